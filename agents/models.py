@@ -1,0 +1,121 @@
+"""Agents: how each role is configured, the worker sessions they run in, and what they cost."""
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class Role(models.TextChoices):
+    ARCHITECT = "architect", "Architect"
+    DEVELOPER = "developer", "Developer"
+    TESTER = "tester", "Tester"
+
+
+class Backend(models.TextChoices):
+    SCRIPTED = "scripted", "Scripted (deterministic, no LLM)"
+    CLAUDE_CODE = "claude_code", "Claude Code (headless)"
+    OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible chat completions"
+
+
+class AgentConfig(models.Model):
+    """Per role: which backend and model, its prompt, and the limits it works under."""
+
+    role = models.CharField(max_length=20, choices=Role.choices, unique=True)
+    backend = models.CharField(max_length=30, choices=Backend.choices, default=Backend.SCRIPTED)
+    model = models.CharField(max_length=100, blank=True)
+    prompt_template = models.TextField(blank=True)
+    # Empty: the WORKER_RUNTIME setting decides.
+    runtime = models.CharField(max_length=20, blank=True)
+    time_limit_seconds = models.PositiveIntegerField(default=900)
+    idle_ttl_seconds = models.PositiveIntegerField(default=120)
+    pause_ttl_seconds = models.PositiveIntegerField(default=1800)
+    max_lifetime_seconds = models.PositiveIntegerField(default=6 * 3600)
+    budget_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    # Backend-specific knobs, e.g. {"fail_times": 2} for the scripted agent.
+    options = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["role"]
+        constraints = [
+            models.CheckConstraint(condition=Q(time_limit_seconds__gte=1), name="agentconfig_time_limit_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} ({self.backend})"
+
+
+class WorkerSession(models.Model):
+    """One worker (a container, or a process group in the embedded default) for one project."""
+
+    class State(models.TextChoices):
+        STARTING = "starting", "Starting"
+        RUNNING = "running", "Running"
+        IDLE = "idle", "Idle"
+        PAUSED = "paused", "Paused"
+        TERMINATED = "terminated", "Terminated"
+        FAILED = "failed", "Failed"
+
+    LIVE = (State.STARTING, State.RUNNING, State.IDLE, State.PAUSED)
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="worker_sessions")
+    run = models.ForeignKey(
+        "projects.PipelineRun", on_delete=models.SET_NULL, null=True, blank=True, related_name="worker_sessions"
+    )
+    role = models.CharField(max_length=20, choices=Role.choices)
+    runtime = models.CharField(max_length=20)
+    # The runtime's handle: a container id, or the process group id of the process runtime.
+    container_id = models.CharField(max_length=100, blank=True)
+    workspace = models.CharField(max_length=500, blank=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.STARTING)
+    state_reason = models.CharField(max_length=200, blank=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    agent_session_id = models.CharField(max_length=100, blank=True)
+    context_tokens = models.PositiveIntegerField(default=0)
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+    owner_node = models.CharField(max_length=200, blank=True)
+    api_token_hash = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    terminated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One live worker per project and role: a rerun finds it instead of starting another.
+            models.UniqueConstraint(
+                fields=["project", "role"],
+                condition=Q(state__in=["starting", "running", "idle", "paused"]),
+                name="workersession_one_live_per_project_role",
+            ),
+        ]
+        indexes = [models.Index(fields=["state", "last_activity_at"], name="workersession_state_activity")]
+
+    def __str__(self) -> str:
+        return f"{self.role} worker #{self.pk} ({self.state})"
+
+
+class Usage(models.Model):
+    """One agent turn's tokens and cost: the ledger behind every cost figure."""
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="usage")
+    stage_run = models.ForeignKey(
+        "projects.StageRun", on_delete=models.SET_NULL, null=True, blank=True, related_name="usage"
+    )
+    session = models.ForeignKey(WorkerSession, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
+    role = models.CharField(max_length=20, choices=Role.choices)
+    backend = models.CharField(max_length=30, choices=Backend.choices)
+    model = models.CharField(max_length=100, blank=True)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cache_read_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "usage"
+        constraints = [models.CheckConstraint(condition=Q(cost_usd__gte=0), name="usage_cost_not_negative")]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.backend} ${self.cost_usd}"

@@ -1,0 +1,185 @@
+"""Settings, all read from the environment once, here.
+
+The embedded default needs no services: SQLite, Celery's filesystem transport, the process
+runtime, the scripted agent, a local bare git remote and local deploys on loopback.
+``DATABASE_URL`` and ``CELERY_BROKER_URL`` / ``REDIS_URL`` switch to PostgreSQL and Redis.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from kombu import Queue
+
+from config.env import env_bool, env_float, env_int, env_list, env_path, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Where the factory keeps its own files: the SQLite database, the filesystem broker, bare git
+# repositories, worker workspaces and releases.
+FACTORY_HOME = env_path("FACTORY_HOME", BASE_DIR / "var")
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+# A fixed key is fine for the embedded default on loopback; production must set its own.
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "embedded-default-not-for-production" if not env_bool("PRODUCTION") else None)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "django_celery_beat",
+    "projects",
+    "agents",
+    "secrets_meta",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "config.wsgi.application"
+
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{FACTORY_HOME / 'db.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes (web, worker, beat) share the file: WAL lets readers run beside the
+    # writer, IMMEDIATE transactions take the write lock up front instead of failing mid-way.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    # Tests that start real worker processes need a database file they can open too.
+    DATABASES["default"]["TEST"] = {"NAME": str(FACTORY_HOME / "test-db.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = FACTORY_HOME / "static"
+
+# --- API ------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Service factory API",
+    "DESCRIPTION": "Describe a service; the factory plans, builds, tests and deploys it.",
+    "VERSION": "0.1.0",
+}
+# The longest project description we accept (characters).
+PROJECT_DESCRIPTION_MAX_CHARS = env_int("PROJECT_DESCRIPTION_MAX_CHARS", 4000)
+
+# --- Celery ---------------------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL", "")
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+BROKER_FOLDER = FACTORY_HOME / "broker"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_FOLDER / "queue"),
+        "data_folder_out": str(BROKER_FOLDER / "queue"),
+        "control_folder": str(BROKER_FOLDER / "control"),
+    }
+else:
+    # Above the longest task time limit, so a slow task is not delivered twice.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 3600}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = "pipeline"
+CELERY_TASK_QUEUES = [Queue("pipeline"), Queue("agents"), Queue("maintenance"), Queue("notify")]
+CELERY_TASK_ROUTES = {
+    "pipeline.*": {"queue": "pipeline"},
+    "maintenance.*": {"queue": "maintenance"},
+    "workers.*": {"queue": "maintenance"},
+    "notify.*": {"queue": "notify"},
+}
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Pipeline -------------------------------------------------------------------------
+# How many times the Tester may send the Developer back before the run fails.
+PIPELINE_MAX_ITERATIONS = env_int("PIPELINE_MAX_ITERATIONS", 3)
+# A running stage writes a heartbeat this often; one silent for STAGE_STALE_SECONDS has no
+# live task behind it and the reconciler re-enqueues it.
+STAGE_HEARTBEAT_SECONDS = env_float("STAGE_HEARTBEAT_SECONDS", 2.0)
+STAGE_STALE_SECONDS = env_float("STAGE_STALE_SECONDS", 30.0)
+# A queued stage whose message has not been picked up for this long is re-enqueued.
+STAGE_PICKUP_SECONDS = env_float("STAGE_PICKUP_SECONDS", 120.0)
+RECONCILE_INTERVAL_SECONDS = env_float("RECONCILE_INTERVAL_SECONDS", 10.0)
+# Soft and hard time limits of stage tasks, in seconds.
+STAGE_SOFT_TIME_LIMIT = env_int("STAGE_SOFT_TIME_LIMIT", 900)
+STAGE_TIME_LIMIT = env_int("STAGE_TIME_LIMIT", 960)
+
+# --- Agents and workers ---------------------------------------------------------------
+AGENT_BACKEND = env_str("AGENT_BACKEND", "scripted")
+WORKER_RUNTIME = env_str("WORKER_RUNTIME", "process")
+WORKER_EXEC_TIMEOUT = env_int("WORKER_EXEC_TIMEOUT", 600)
+# Used by the scripted agent only: how many developer iterations deliberately fail.
+SCRIPTED_FAIL_TIMES = env_int("SCRIPTED_FAIL_TIMES", 0)
+
+# --- Deploy ---------------------------------------------------------------------------
+DEPLOY_HOST = env_str("DEPLOY_HOST", "127.0.0.1")
+DEPLOY_PORT_MIN = env_int("DEPLOY_PORT_MIN", 20000)
+DEPLOY_PORT_MAX = env_int("DEPLOY_PORT_MAX", 20999)
+DEPLOY_HEALTH_TIMEOUT = env_float("DEPLOY_HEALTH_TIMEOUT", 20.0)
+
+# --- Logging --------------------------------------------------------------------------
+LOG_JSON = env_bool("LOG_JSON", False)
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# Django's dictConfig is replaced by structlog's setup (see config/logging.py).
+LOGGING_CONFIG = None
+from config.logging import configure_logging  # noqa: E402
+
+configure_logging(json=LOG_JSON, level=LOG_LEVEL)

@@ -1,0 +1,17 @@
+"""Every beat entry, in one place. django-celery-beat copies them into its tables at start-up,
+where operators can change them in admin."""
+from __future__ import annotations
+
+from django.conf import settings
+
+
+def beat_schedule() -> dict:
+    interval = settings.RECONCILE_INTERVAL_SECONDS
+    return {
+        # Re-enqueue runs whose stage lost its message or its worker (the DB is the truth).
+        "reconcile-runs": {
+            "task": "maintenance.reconcile_runs",
+            "schedule": interval,
+            "options": {"expires": interval},
+        },
+    }

@@ -1,0 +1,211 @@
+"""Projects and their pipeline runs: the truth about what the factory is doing."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Project(models.Model):
+    class Kind(models.TextChoices):
+        WEB_SERVICE = "web_service", "Web service"
+        TELEGRAM_BOT = "telegram_bot", "Telegram bot"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="projects")
+    description = models.TextField()
+    # Name, slug and kind come from the Architect's spec; empty until it has run.
+    name = models.CharField(max_length=100, blank=True)
+    slug = models.SlugField(max_length=60, null=True, blank=True)
+    kind = models.CharField(max_length=30, choices=Kind.choices, blank=True)
+    spec = models.JSONField(null=True, blank=True)
+    repo_url = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["slug"], name="project_slug_unique"),
+            models.CheckConstraint(condition=~Q(description=""), name="project_description_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or f"project #{self.pk}"
+
+
+class Stage(models.TextChoices):
+    ARCHITECT = "architect", "Architect"
+    PREPARER = "preparer", "Preparer"
+    DEVELOPER = "developer", "Developer"
+    TESTER = "tester", "Tester"
+    DEPLOYER = "deployer", "Deployer"
+    NOTIFY = "notify", "Notify"
+
+
+class PipelineRun(models.Model):
+    class Kind(models.TextChoices):
+        CREATE = "create", "Create"
+        CHANGE = "change", "Change"
+        REDEPLOY = "redeploy", "Redeploy"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        WAITING_HUMAN = "waiting_human", "Waiting for a person"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING, Status.WAITING_HUMAN)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="runs")
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.CREATE)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    current_stage = models.CharField(max_length=20, choices=Stage.choices, blank=True)
+    iteration = models.PositiveIntegerField(default=1)
+    max_iterations = models.PositiveIntegerField(default=3)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    budget_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    error_code = models.CharField(max_length=60, blank=True)
+    error_message = models.TextField(blank=True)
+    # The final message told to the person, rendered by code from this row (see Notify).
+    result_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One run at a time per project.
+            models.UniqueConstraint(
+                fields=["project"],
+                condition=Q(status__in=["queued", "running", "waiting_human"]),
+                name="run_one_active_per_project",
+            ),
+            models.CheckConstraint(condition=Q(iteration__gte=1), name="run_iteration_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run #{self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def branch(self) -> str:
+        return f"run-{self.pk}"
+
+
+class StageRun(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+
+    run = models.ForeignKey(PipelineRun, on_delete=models.CASCADE, related_name="stages")
+    stage = models.CharField(max_length=20, choices=Stage.choices)
+    iteration = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    # How many times a task has claimed this row; the claim's number fences late writers.
+    attempt = models.PositiveIntegerField(default=0)
+    task_id = models.CharField(max_length=64, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "stage", "iteration"], name="stagerun_unique_per_iteration"),
+        ]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="stagerun_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.stage} #{self.iteration} of run {self.run_id} ({self.status})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+class RunEvent(models.Model):
+    class Type(models.TextChoices):
+        RUN_QUEUED = "run.queued", "Run queued"
+        RUN_STARTED = "run.started", "Run started"
+        STAGE_STARTED = "stage.started", "Stage started"
+        STAGE_SUCCEEDED = "stage.succeeded", "Stage succeeded"
+        STAGE_FAILED = "stage.failed", "Stage failed"
+        STAGE_REQUEUED = "stage.requeued", "Stage re-enqueued"
+        AGENT_PROGRESS = "agent.progress", "Agent progress"
+        TESTS_FAILED = "tests.failed", "Tests failed"
+        DEPLOYED = "deploy.live", "Deployed"
+        RUN_SUCCEEDED = "run.succeeded", "Run succeeded"
+        RUN_FAILED = "run.failed", "Run failed"
+        RUN_CANCELLED = "run.cancelled", "Run cancelled"
+        NOTIFIED = "run.notified", "Person notified"
+
+    run = models.ForeignKey(PipelineRun, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=40, choices=Type.choices)
+    stage = models.CharField(max_length=20, choices=Stage.choices, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["run", "id"], name="runevent_run_id")]
+
+    def __str__(self) -> str:
+        return f"{self.type} (run {self.run_id})"
+
+
+class Deployment(models.Model):
+    class Status(models.TextChoices):
+        STARTING = "starting", "Starting"
+        LIVE = "live", "Live"
+        STOPPING = "stopping", "Stopping"
+        STOPPED = "stopped", "Stopped"
+        FAILED = "failed", "Failed"
+
+    HOLDS_PORT = (Status.STARTING, Status.LIVE, Status.STOPPING)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="deployments")
+    run = models.ForeignKey(PipelineRun, on_delete=models.CASCADE, related_name="deployments")
+    target = models.CharField(max_length=20, default="local")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.STARTING)
+    # Internal port: allocated atomically by the unique constraint below, never shown to people.
+    port = models.PositiveIntegerField()
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    commit_sha = models.CharField(max_length=40)
+    release_dir = models.CharField(max_length=500, blank=True)
+    url = models.CharField(max_length=300, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    live_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["port"],
+                condition=Q(status__in=["starting", "live", "stopping"]),
+                name="deployment_port_in_use_unique",
+            ),
+            models.UniqueConstraint(fields=["run"], name="deployment_one_per_run"),
+            models.UniqueConstraint(
+                fields=["project"], condition=Q(status="live"), name="deployment_one_live_per_project"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"deployment #{self.pk} of {self.project} ({self.status})"
