@@ -18,6 +18,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 # Where the factory keeps its own files: the SQLite database, the filesystem broker, bare git
 # repositories, worker workspaces and releases.
 FACTORY_HOME = env_path("FACTORY_HOME", BASE_DIR / "var")
+FACTORY_HOME.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 # A fixed key is fine for the embedded default on loopback; production must set its own.
@@ -38,6 +39,7 @@ INSTALLED_APPS = [
     "projects",
     "agents",
     "secrets_meta",
+    "orchestrator",
 ]
 
 MIDDLEWARE = [
@@ -119,12 +121,16 @@ PROJECT_DESCRIPTION_MAX_CHARS = env_int("PROJECT_DESCRIPTION_MAX_CHARS", 4000)
 # --- Celery ---------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
-BROKER_FOLDER = FACTORY_HOME / "broker"
+BROKER_FOLDER = env_path("CELERY_BROKER_FOLDER", FACTORY_HOME / "broker")
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    for _sub in ("queue", "control"):
+        (BROKER_FOLDER / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_FOLDER / "queue"),
         "data_folder_out": str(BROKER_FOLDER / "queue"),
         "control_folder": str(BROKER_FOLDER / "control"),
+        # The transport polls its folder; the default second adds a second to every stage.
+        "polling_interval": env_float("CELERY_BROKER_POLLING_INTERVAL", 0.1),
     }
 else:
     # Above the longest task time limit, so a slow task is not delivered twice.

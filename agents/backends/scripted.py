@@ -1,0 +1,48 @@
+"""The scripted backend: deterministic, no LLM. Plans from a catalogue, writes code by rule.
+
+It powers the embedded demo and the tests. ``AgentConfig.options["fail_times"]`` (or the
+SCRIPTED_FAIL_TIMES setting) makes the first N developer iterations write wrong code on purpose.
+"""
+from __future__ import annotations
+
+import sys
+
+from django.conf import settings
+
+from agents.backends.base import AgentTurn, DevelopTask, TurnUsage, WorkerExec, parse_agent_result
+from agents.models import AgentConfig
+from agents.scripted.catalogue import ScriptedPlanError, plan
+from config.errors import PermanentError
+from projects.specs import ProjectSpec
+
+
+class ScriptedBackend:
+    name = "scripted"
+
+    def __init__(self, config: AgentConfig):
+        self.config = config
+
+    @property
+    def fail_times(self) -> int:
+        return int(self.config.options.get("fail_times", settings.SCRIPTED_FAIL_TIMES))
+
+    def architect(self, description: str) -> ProjectSpec:
+        try:
+            return plan(description)
+        except ScriptedPlanError as exc:
+            raise PermanentError(str(exc), code="description_not_understood") from exc
+
+    def develop(self, task: DevelopTask, run: WorkerExec) -> AgentTurn:
+        argv = [
+            sys.executable, "-m", "agents.scripted.agent", "develop",
+            "--spec", task.spec_path,
+            "--iteration", str(task.iteration),
+            "--fail-times", str(self.fail_times),
+            "--branch", task.branch,
+            "--remote", "origin",
+        ]
+        code, out, err = run(argv, {})
+        result, problem = parse_agent_result(out)
+        if result is None and code != 0:
+            problem = f"{problem}; exit code {code}: {err.strip()[-500:]}"
+        return AgentTurn(result=result, usage=TurnUsage(model="scripted"), log=err[-4000:], problem=problem)

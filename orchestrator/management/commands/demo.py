@@ -1,0 +1,155 @@
+"""``manage.py demo "<description>"``: the whole product on this machine, no services needed.
+
+Starts a real Celery worker and beat, creates a person and a project, shows every stage as it
+happens, and ends with the URL of the running service. ``--exit`` stops everything once the
+service has passed its checks; without it the service runs until Ctrl-C.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from config.errors import AppError
+from orchestrator.deploy import local
+from orchestrator.maintenance import project_teardown
+from projects import selectors, services
+from projects.models import PipelineRun, RunEvent
+from projects.specs import ProjectSpec
+
+STAGES = ["architect", "preparer", "developer", "tester", "deployer", "notify"]
+
+
+class Command(BaseCommand):
+    help = "Describe a service; watch the factory build, test and deploy it on this machine."
+
+    def add_arguments(self, parser):
+        parser.add_argument("description", help='e.g. "a web service that greets people by name"')
+        parser.add_argument("--exit", action="store_true", help="stop everything once the service is healthy")
+        parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+        parser.add_argument("--user", default="demo", help="the person the project belongs to")
+
+    def handle(self, *args, description: str, exit: bool, timeout: float, user: str, **options):
+        call_command("migrate", verbosity=0, interactive=False)
+        logs = Path(settings.FACTORY_HOME) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        procs = [
+            self._spawn("worker", ["worker", "-Q", "pipeline,agents,maintenance,notify", "--concurrency=2",
+                                   "-n", f"demo-{os.getpid()}@%h", "--without-gossip", "--without-mingle"], logs),
+            self._spawn("beat", ["beat", "--pidfile=", f"--schedule={logs / 'beat-schedule'}"], logs),
+        ]
+        project = None
+        try:
+            person = services.person_ensure(username=user)
+            try:
+                project, run = services.project_create(owner=person, description=description)
+            except AppError as exc:
+                raise CommandError(exc.message) from exc
+            self.stdout.write(f"Project #{project.id}, run #{run.id}: {description}")
+            self.stdout.write(f"Worker and beat logs: {logs}")
+            run = self._watch(run.id, timeout, procs)
+            self.stdout.write("")
+            if run.status != PipelineRun.Status.SUCCEEDED:
+                self.stdout.write(run.result_message or f"Run #{run.id} ended {run.status}: {run.error_message}")
+                raise CommandError(f"The run {run.status}.")
+            self._verify(project.id)
+            self.stdout.write(run.result_message.splitlines()[-1])
+            if not exit:
+                self.stdout.write("Press Ctrl-C to stop the service.")
+                while True:
+                    time.sleep(3600)
+        except KeyboardInterrupt:
+            self.stdout.write("\nStopping.")
+        finally:
+            if project is not None:
+                project_teardown(project_id=project.id)
+            for proc in procs:
+                _stop(proc)
+
+    def _spawn(self, name: str, argv: list[str], logs: Path) -> subprocess.Popen:
+        with open(logs / f"{name}.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "config", *argv, "--loglevel=INFO"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cwd=settings.BASE_DIR,
+            )
+
+    def _watch(self, run_id: int, timeout: float, procs: list[subprocess.Popen]) -> PipelineRun:
+        """Print each event as it is recorded, with the elapsed time; return the finished run."""
+        started, last_id, status_line = time.monotonic(), 0, False
+        tty = self.stdout.isatty()
+        while True:
+            elapsed = time.monotonic() - started
+            for event in selectors.run_events_after(run_id=run_id, after_id=last_id):
+                last_id = event.id
+                if status_line:
+                    self.stdout.write("\r\033[K", ending="")
+                    status_line = False
+                self.stdout.write(f"[{elapsed:6.1f}s] {_describe(event)}")
+            run = PipelineRun.objects.get(id=run_id)
+            if run.is_finished and run.result_message:
+                return run
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise CommandError(f"A Celery process exited ({proc.args[4]}, code {proc.returncode}); see its log.")
+            if elapsed > timeout:
+                raise CommandError(f"The run did not finish within {timeout:.0f}s (it is at {run.current_stage}).")
+            if tty and run.current_stage:
+                n = STAGES.index(run.current_stage) + 1
+                self.stdout.write(f"\r\033[K  [{n}/{len(STAGES)}] {run.current_stage} … {elapsed:5.1f}s", ending="")
+                self.stdout.flush()
+                status_line = True
+            time.sleep(0.2)
+
+    def _verify(self, project_id: int) -> None:
+        """Show that the live service answers its health check and what the description asked for."""
+        live = selectors.live_deployment(project_id=project_id)
+        project = live.project
+        status, body = local.http(live.url + "health")
+        self.stdout.write(f"GET /health -> {status} {body.strip()}")
+        spec = ProjectSpec.model_validate(project.spec)
+        for check in spec.acceptance:
+            if check.path == "/health":
+                continue
+            result = local.run_acceptance(live.url, [check])[0]
+            self.stdout.write(f"{result.detail.strip()} [{'ok' if result.ok else 'FAILED'}]")
+            if not result.ok:
+                raise CommandError("The service does not answer what was asked for.")
+
+
+def _describe(event: RunEvent) -> str:
+    p = event.payload
+    match event.type:
+        case RunEvent.Type.STAGE_STARTED:
+            it = f" (iteration {p.get('iteration')})" if event.stage in ("developer", "tester") else ""
+            return f"{event.stage} started{it}"
+        case RunEvent.Type.STAGE_SUCCEEDED:
+            return f"{event.stage} done in {p.get('seconds') or 0:.1f}s"
+        case RunEvent.Type.STAGE_FAILED:
+            return f"{event.stage} FAILED: {p.get('message')}"
+        case RunEvent.Type.TESTS_FAILED:
+            return f"tests failed: {p.get('message')}"
+        case RunEvent.Type.DEPLOYED:
+            return "release is live and healthy"
+        case RunEvent.Type.NOTIFIED:
+            return "person notified"
+        case _:
+            return event.get_type_display()
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)  # the main process shuts its pool down warmly
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

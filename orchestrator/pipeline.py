@@ -1,0 +1,127 @@
+"""The pipeline: a Celery chain of immutable signatures carrying the run id only.
+
+``architect → preparer → developer → tester ⟲ developer → deployer → notify``. The loop is made
+by the Tester task replacing itself with ``developer → tester`` (Celery's ``Task.replace``), so
+the rest of the chain follows. ``execute`` is what every stage task does: claim the StageRun by
+compare-and-set, work with a heartbeat and outside any transaction, record the outcome.
+"""
+from __future__ import annotations
+
+import threading
+
+import structlog
+from celery import chain
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from config.errors import AppError
+from orchestrator.stages import Next, StageContext, StageFailed
+from projects import services as project_services
+from projects.models import PipelineRun, Stage
+from projects.services import STAGE_ORDER, ClaimState
+
+log = structlog.get_logger(__name__)
+
+
+def stage_module(stage: str):
+    from orchestrator.stages import architect, deployer, developer, notify, preparer, tester
+
+    return {
+        Stage.ARCHITECT: architect, Stage.PREPARER: preparer, Stage.DEVELOPER: developer,
+        Stage.TESTER: tester, Stage.DEPLOYER: deployer, Stage.NOTIFY: notify,
+    }[stage]
+
+
+def chain_from(run_id: int, stage: str = Stage.ARCHITECT) -> chain:
+    """The chain of stage tasks from ``stage`` to the end."""
+    from orchestrator import tasks
+
+    by_stage = {
+        Stage.ARCHITECT: tasks.architect, Stage.PREPARER: tasks.preparer, Stage.DEVELOPER: tasks.developer,
+        Stage.TESTER: tasks.tester, Stage.DEPLOYER: tasks.deployer, Stage.NOTIFY: tasks.notify,
+    }
+    stages = STAGE_ORDER[STAGE_ORDER.index(stage):]
+    return chain(*(by_stage[s].si(run_id=run_id) for s in stages))
+
+
+class _Heartbeat:
+    """Writes the claim's heartbeat from a side thread while the stage works."""
+
+    def __init__(self, stage_run_id: int, attempt: int):
+        self.stage_run_id, self.attempt = stage_run_id, attempt
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{stage_run_id}")
+
+    def _beat(self) -> None:
+        try:
+            while not self._stop.wait(settings.STAGE_HEARTBEAT_SECONDS):
+                if not project_services.stage_heartbeat(stage_run_id=self.stage_run_id, attempt=self.attempt):
+                    log.warning("heartbeat_claim_lost", stage_run_id=self.stage_run_id)
+                    return
+        finally:
+            connection.close()
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
+    """Run one stage of one run. Returns what the chain should do next, or None to stop it."""
+    close_old_connections()
+    if not PipelineRun.objects.filter(id=run_id).exists():
+        log.warning("run_missing", run_id=run_id, stage=stage)  # deleted, or a message from another database
+        return None
+    claim = project_services.stage_claim(run_id=run_id, stage=stage, task_id=task_id)
+    if claim.state is ClaimState.DONE:
+        return Next.CONTINUE
+    if claim.state is ClaimState.BUSY:
+        log.info("stage_busy", run_id=run_id, stage=stage, task_id=task_id)
+        return None
+    row, run = claim.stage_run, claim.run
+    ctx = StageContext(run=run, stage_run=row, project=run.project, task_id=task_id)
+    with structlog.contextvars.bound_contextvars(run_id=run_id, stage=stage, task_id=task_id), \
+            _Heartbeat(row.id, row.attempt):
+        try:
+            outcome = stage_module(stage).run(ctx)
+        except StageFailed as exc:
+            log.warning("stage_failed", code=exc.code, reason=exc.message)
+            project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code,
+                                        message=exc.message, output=exc.output)
+            return Next.CONTINUE
+        except SoftTimeLimitExceeded:
+            project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="stage_timeout",
+                                        message=f"The {stage} stage ran past its time limit.")
+            return Next.CONTINUE
+        except AppError as exc:
+            log.warning("stage_error", code=exc.code, reason=exc.message)
+            project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code, message=exc.message)
+            return Next.CONTINUE
+        except Exception as exc:
+            # A bug: the run must not vanish silently. Fail it with what happened, keep the trace.
+            log.exception("stage_crashed")
+            project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="internal_error",
+                                        message=f"The {stage} stage crashed: {type(exc).__name__}: {exc}")
+            return Next.CONTINUE
+    if outcome.next is Next.LOOP:
+        report = outcome.output.get("report", {})
+        project_services.stage_loop_back(
+            stage_run_id=row.id, attempt=row.attempt, output=outcome.output,
+            message=f"{report.get('failed', 0)} failed, {report.get('errors', 0)} errors; back to the developer",
+        )
+        return Next.LOOP
+    project_services.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output=outcome.output)
+    return Next.CONTINUE
+
+
+def start(*, run_id: int) -> None:
+    """Enqueue a run's chain from the stage it is at (from the start for a new run)."""
+    run = PipelineRun.objects.get(id=run_id)
+    rows = project_services.current_stage_runs(run)
+    first = next((r.stage for r in rows if r.status in ("pending", "running")), Stage.NOTIFY)
+    chain_from(run_id, first).apply_async()

@@ -1,0 +1,33 @@
+"""Notify: the person's final message, rendered by code from the database, never by an agent.
+
+An agent cannot claim a deploy that did not happen: the URL comes from the live Deployment row.
+"""
+from __future__ import annotations
+
+from orchestrator.stages import Outcome, StageContext
+from projects import selectors
+from projects import services as project_services
+from projects.models import PipelineRun, RunEvent
+
+
+def run(ctx: StageContext) -> Outcome:
+    run = PipelineRun.objects.select_related("project").get(id=ctx.run.id)
+    message = render(run)
+    if run.status == PipelineRun.Status.RUNNING:
+        project_services.run_succeed(run_id=run.id, result_message=message)
+    else:
+        project_services.run_set_result_message(run_id=run.id, message=message)
+    project_services.event_record(run_id=run.id, type=RunEvent.Type.NOTIFIED, stage="notify", payload={"text": message})
+    return Outcome({"message": message})
+
+
+def render(run: PipelineRun) -> str:
+    project = run.project
+    name = project.name or f"Project #{project.id}"
+    if run.status in (PipelineRun.Status.FAILED, PipelineRun.Status.CANCELLED):
+        stage = run.current_stage or "first"
+        return f"{name}: run #{run.id} {run.status} at the {stage} stage.\nReason: {run.error_message}"
+    live = selectors.live_deployment(project_id=project.id)
+    if live is None or live.run_id != run.id:
+        return f"{name}: run #{run.id} finished, but no release of it is live."
+    return f"{name} is live.\nService running at {live.url}"

@@ -1,0 +1,97 @@
+"""Preparer (no LLM): a repository scaffolded from the bundled template, on branch run-<id>.
+
+The scaffold is made by copier from ``templates/<kind>``; TASK.md and AGENTS.md tell the
+developer agent what to build and how to report. Idempotent: an existing branch is reused.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import copier
+from django.conf import settings
+
+from orchestrator.git import branch_sha, ensure_bare_repo, git
+from orchestrator.stages import Outcome, StageContext, StageFailed
+from projects import services as project_services
+from projects.specs import ProjectSpec
+
+SPEC_PATH = ".factory/spec.json"
+
+
+def run(ctx: StageContext) -> Outcome:
+    spec = ProjectSpec.model_validate(ctx.project.spec)
+    bare = ensure_bare_repo(ctx.project.slug)
+    project_services.project_set_repo(project_id=ctx.project.id, repo_url=str(bare))
+    branch = ctx.run.branch
+    existing = branch_sha(bare, branch)
+    if existing:
+        return Outcome({"repo": str(bare), "branch": branch, "commit": existing, "reused": True})
+    template = Path(settings.BASE_DIR) / "templates" / spec.kind
+    if not template.is_dir():
+        raise StageFailed(f"There is no project template for kind {spec.kind!r}.", code="no_template")
+    scratch_root = Path(settings.FACTORY_HOME) / "tmp"
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch_root) as scratch:
+        work = Path(scratch) / "repo"
+        if branch_sha(bare, "main"):  # a later run builds on what is deployed
+            git("clone", "--quiet", "--branch", "main", str(bare), str(work))
+        else:
+            copier.run_copy(
+                str(template), str(work), defaults=True, quiet=True, unsafe=False,
+                data={"project_name": spec.name, "project_slug": ctx.project.slug, "summary": spec.summary or spec.name},
+            )
+            git("init", "--quiet", cwd=work)
+        (work / ".factory").mkdir(exist_ok=True)
+        (work / SPEC_PATH).write_text(json.dumps(ctx.project.spec, indent=2) + "\n")
+        (work / "TASK.md").write_text(render_task(spec, ctx.run.id))
+        (work / "AGENTS.md").write_text(AGENTS_MD)
+        git("add", "-A", cwd=work)
+        git("commit", "--quiet", "--allow-empty", "-m", f"Prepare run {ctx.run.id}: {spec.name}", cwd=work)
+        push = git("push", "--quiet", str(bare), f"HEAD:refs/heads/{branch}", cwd=work, check=False)
+        sha = git("rev-parse", "HEAD", cwd=work).stdout.strip()
+    if push.returncode != 0:  # another attempt pushed first: use its branch
+        sha = branch_sha(bare, branch)
+        if not sha:
+            raise StageFailed(f"Could not push the scaffold: {push.stderr.strip()[-300:]}", code="git_failed")
+    return Outcome({"repo": str(bare), "branch": branch, "commit": sha, "reused": False})
+
+
+def render_task(spec: ProjectSpec, run_id: int) -> str:
+    features = "\n".join(f"- **{f.name}**: {f.summary}" for f in spec.features)
+    checks = "\n".join(
+        f"- `{c.method} {c.path}` answers {c.expect_status}" + (f" containing `{c.expect_contains}`" if c.expect_contains else "")
+        for c in spec.acceptance
+    )
+    env = "\n".join(f"- `{v.name}` ({v.source}): {v.description}" for v in spec.env) or "- none beyond PORT, HOST, RELEASE"
+    return f"""# Task: {spec.name} (run {run_id})
+
+{spec.summary}
+
+## Features to implement
+{features}
+
+## Acceptance checks (the deployer runs these against the live service)
+{checks}
+
+## Environment contract (names only; values are injected at deploy time)
+{env}
+
+## Definition of done
+- Every feature is implemented in `handlers.py` and covered by tests under `tests/`.
+- `python -m pytest` passes in this repository.
+- Your work is committed and pushed to this branch, and you reported your result (see AGENTS.md).
+"""
+
+
+AGENTS_MD = """# Working agreement for agents
+
+- Read `TASK.md`; `.factory/spec.json` is the same task as data.
+- The service is `app.py` (do not change its /health contract); features go in `handlers.py`.
+- Tests go under `tests/`; run them with `python -m pytest` before you report.
+- Commit your work and push it to the current branch.
+- Secrets: you only ever see variable names, never values; never write a value into a file.
+- When you stop, report exactly one JSON line as the last line of your output:
+  `{"status": "complete" | "blocked" | "failed", "commit": "<sha>", "summary": "...", "question": "..."}`
+"""

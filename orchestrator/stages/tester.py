@@ -1,0 +1,74 @@
+"""Tester: the project's own pytest, in its worker, parsed from JUnit XML into a TestReport.
+
+Failures go back to the Developer with the report, at most ``run.max_iterations`` times; then
+the run fails with the report as its reason.
+"""
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from agents.contracts import FailingTest, TestReport
+from agents.models import Role
+from orchestrator import workers
+from orchestrator.stages import Next, Outcome, StageContext, StageFailed
+from projects.models import Stage
+
+MESSAGE_LIMIT = 300
+
+
+def run(ctx: StageContext) -> Outcome:
+    prepared = ctx.output_of(Stage.PREPARER)
+    developed = ctx.output_of(Stage.DEVELOPER, iteration=ctx.run.iteration)
+    commit = developed["commit"]
+    session = workers.session_acquire(project_id=ctx.project.id, run_id=ctx.run.id, role=Role.DEVELOPER)
+    repo = workers.workspace_checkout(session, remote=prepared["repo"], branch=prepared["branch"], commit=commit)
+    reports = Path(session.workspace) / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    junit = reports / f"junit-{ctx.stage_run.id}.xml"
+    junit.unlink(missing_ok=True)
+    result = workers.session_exec(
+        session, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                  f"--junitxml={junit}"], cwd=repo,
+    )
+    workers.session_idle(session=session, reason="tests finished")
+    if junit.exists():
+        report = parse_junit(junit.read_text())
+    else:  # pytest did not get as far as writing a report
+        tail = (result.stdout + result.stderr).strip()[-MESSAGE_LIMIT:]
+        report = TestReport(errors=1, failing=[FailingTest(name="pytest", message=tail or f"exit {result.exit_code}")])
+    output = {"commit": commit, "report": report.model_dump(), "exit_code": result.exit_code}
+    if report.ok:
+        return Outcome(output)
+    if ctx.run.iteration < ctx.run.max_iterations:
+        return Outcome(output, Next.LOOP)
+    raise StageFailed(
+        f"The tests still fail after {ctx.run.iteration} iterations: {report.summary()}",
+        code="tests_failed", output=output,
+    )
+
+
+def parse_junit(xml_text: str) -> TestReport:
+    """Count outcomes per test case; keep failing tests' names with trimmed messages."""
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as exc:
+        return TestReport(errors=1, failing=[FailingTest(name="junit", message=f"unreadable report: {exc}")])
+    passed = failed = errors = skipped = 0
+    failing: list[FailingTest] = []
+    for case in root.iter("testcase"):
+        name = "::".join(p for p in (case.get("classname", ""), case.get("name", "")) if p)
+        problem = next((c for c in case if c.tag in ("failure", "error")), None)
+        if problem is not None:
+            if problem.tag == "failure":
+                failed += 1
+            else:
+                errors += 1
+            message = (problem.get("message") or problem.text or "").strip().splitlines()
+            failing.append(FailingTest(name=name, message=(message[0] if message else "")[:MESSAGE_LIMIT]))
+        elif any(c.tag == "skipped" for c in case):
+            skipped += 1
+        else:
+            passed += 1
+    return TestReport(passed=passed, failed=failed, errors=errors, skipped=skipped, failing=failing[:20])

@@ -1,0 +1,78 @@
+"""Celery tasks: thin adapters with stable names. Each calls one service and maps its outcome."""
+from __future__ import annotations
+
+import structlog
+from celery import chain, shared_task
+from django.conf import settings
+
+from orchestrator import pipeline
+from orchestrator.stages import Next
+from projects import services as project_services
+from projects.models import Stage
+
+log = structlog.get_logger(__name__)
+
+STAGE_TASK = dict(
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    soft_time_limit=settings.STAGE_SOFT_TIME_LIMIT,
+    time_limit=settings.STAGE_TIME_LIMIT,
+)
+
+
+def _run_stage(task, stage: str, run_id: int) -> None:
+    outcome = pipeline.execute(stage=stage, run_id=run_id, task_id=task.request.id or "")
+    if outcome is None:
+        # Another task owns this stage (or an earlier one): that task's chain goes on, not ours.
+        task.request.chain = None
+
+
+@shared_task(name="pipeline.start", acks_late=True, ignore_result=True, soft_time_limit=30, time_limit=60)
+def start(run_id: int) -> None:
+    pipeline.start(run_id=run_id)
+
+
+@shared_task(name="pipeline.architect", **STAGE_TASK)
+def architect(self, run_id: int) -> None:
+    _run_stage(self, Stage.ARCHITECT, run_id)
+
+
+@shared_task(name="pipeline.preparer", **STAGE_TASK)
+def preparer(self, run_id: int) -> None:
+    _run_stage(self, Stage.PREPARER, run_id)
+
+
+@shared_task(name="pipeline.developer", **STAGE_TASK)
+def developer(self, run_id: int) -> None:
+    _run_stage(self, Stage.DEVELOPER, run_id)
+
+
+@shared_task(name="pipeline.tester", **STAGE_TASK)
+def tester(self, run_id: int) -> None:
+    outcome = pipeline.execute(stage=Stage.TESTER, run_id=run_id, task_id=self.request.id or "")
+    if outcome is None:
+        self.request.chain = None
+    elif outcome is Next.LOOP:
+        # Back to the Developer; the rest of this chain (deployer, notify) follows the new pair.
+        raise self.replace(chain(developer.si(run_id=run_id), tester.si(run_id=run_id)))
+
+
+@shared_task(name="pipeline.deployer", **STAGE_TASK)
+def deployer(self, run_id: int) -> None:
+    _run_stage(self, Stage.DEPLOYER, run_id)
+
+
+@shared_task(name="pipeline.notify", **STAGE_TASK)
+def notify(self, run_id: int) -> None:
+    _run_stage(self, Stage.NOTIFY, run_id)
+
+
+@shared_task(name="maintenance.reconcile_runs", acks_late=True, ignore_result=True, soft_time_limit=60, time_limit=90)
+def reconcile_runs() -> int:
+    """Re-enqueue every run whose current stage lost its message or its worker."""
+    requeued = project_services.runs_requeue_stuck()
+    for item in requeued:
+        log.info("run_requeued", run_id=item.run_id, stage=item.stage, reason=item.reason)
+        pipeline.chain_from(item.run_id, item.stage).apply_async()
+    return len(requeued)

@@ -1,0 +1,128 @@
+"""A worker's life, joining the runtime (where it runs) and WorkerSession (the truth about it)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+from django.conf import settings
+
+from agents import services as agent_services
+from agents.models import WorkerSession
+from orchestrator.runtime import ExecResult, WorkerGone, get_runtime
+from orchestrator.stages import StageFailed
+
+log = structlog.get_logger(__name__)
+State = WorkerSession.State
+
+
+def _worker_env(workspace: Path) -> dict[str, str]:
+    """What a worker's commands see: a bare environment, never the factory's own secrets."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(workspace),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(settings.BASE_DIR),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "GIT_AUTHOR_NAME": "Factory Agent",
+        "GIT_AUTHOR_EMAIL": "agent@factory.invalid",
+        "GIT_COMMITTER_NAME": "Factory Agent",
+        "GIT_COMMITTER_EMAIL": "agent@factory.invalid",
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+
+
+def session_acquire(*, project_id: int, run_id: int, role: str, runtime_name: str | None = None) -> WorkerSession:
+    """The project's live worker for this role, resumed; or a new one if it is gone."""
+    runtime = get_runtime(runtime_name)
+    existing = WorkerSession.objects.filter(project_id=project_id, role=role, state__in=WorkerSession.LIVE).first()
+    if existing is not None:
+        if existing.container_id and runtime.is_alive(existing.container_id):
+            if existing.state == State.PAUSED:
+                runtime.unpause(existing.container_id)
+            agent_services.session_set_state(session_id=existing.id, state=State.RUNNING, reason="resumed")
+            agent_services.session_attach_run(session_id=existing.id, run_id=run_id)
+            existing.refresh_from_db()
+            return existing
+        session_terminate(session=existing, reason="worker gone", failed=True)
+    workspace = Path(settings.FACTORY_HOME) / "workspaces" / f"p{project_id}-{role}"
+    session = agent_services.session_create(
+        project_id=project_id, run_id=run_id, role=role, runtime=runtime.name, workspace=str(workspace)
+    )
+    try:
+        handle = runtime.create(session_id=session.id, workspace=workspace, env=_worker_env(workspace))
+    except OSError as exc:
+        agent_services.session_set_state(session_id=session.id, state=State.FAILED, reason=f"start failed: {exc}")
+        raise
+    agent_services.session_set_state(session_id=session.id, state=State.RUNNING, reason="started", container_id=handle)
+    session.refresh_from_db()
+    log.info("worker_started", session_id=session.id, handle=handle, runtime=runtime.name)
+    return session
+
+
+def session_exec(session: WorkerSession, argv: list[str], *, cwd: Path | None = None, timeout: float | None = None,
+                 env: dict[str, str] | None = None) -> ExecResult:
+    runtime = get_runtime(session.runtime)
+    workspace = Path(session.workspace)
+    try:
+        return runtime.exec(
+            session.container_id, argv, cwd=cwd or workspace, env={**_worker_env(workspace), **(env or {})},
+            timeout=timeout or settings.WORKER_EXEC_TIMEOUT,
+        )
+    except WorkerGone:
+        session_terminate(session=session, reason="worker gone", failed=True)
+        raise
+
+
+def session_idle(*, session: WorkerSession, reason: str) -> None:
+    """Channel 1, "I stopped": the agent is done for now; pause the worker at once."""
+    runtime = get_runtime(session.runtime)
+    agent_services.session_set_state(session_id=session.id, state=State.IDLE, reason=reason,
+                                     expect=(State.RUNNING, State.STARTING))
+    try:
+        runtime.pause(session.container_id)
+    except WorkerGone:
+        agent_services.session_set_state(session_id=session.id, state=State.FAILED, reason="worker gone")
+        return
+    agent_services.session_set_state(session_id=session.id, state=State.PAUSED, reason=reason, expect=(State.IDLE,))
+
+
+def session_terminate(*, session: WorkerSession, reason: str, failed: bool = False) -> None:
+    runtime = get_runtime(session.runtime)
+    if session.container_id:
+        runtime.terminate(session.container_id)
+    agent_services.session_set_state(
+        session_id=session.id, state=State.FAILED if failed else State.TERMINATED, reason=reason,
+        expect=WorkerSession.LIVE,
+    )
+
+
+def sessions_terminate_for_project(*, project_id: int, reason: str) -> int:
+    sessions = list(WorkerSession.objects.filter(project_id=project_id, state__in=WorkerSession.LIVE))
+    for session in sessions:
+        session_terminate(session=session, reason=reason)
+    return len(sessions)
+
+
+def workspace_checkout(session: WorkerSession, *, remote: str, branch: str, commit: str | None = None) -> Path:
+    """Bring the worker's working copy to ``branch`` (or ``commit``) as pushed to ``remote``.
+
+    Local leftovers of an interrupted attempt are discarded, so a rerun starts from what was
+    really pushed.
+    """
+    repo = Path(session.workspace) / "repo"
+    steps: list[list[str]] = []
+    if not (repo / ".git").exists():
+        steps.append(["git", "clone", "--quiet", remote, str(repo)])
+    steps.append(["git", "-C", str(repo), "fetch", "--quiet", "--prune", "origin"])
+    if commit:
+        steps.append(["git", "-C", str(repo), "checkout", "--quiet", "--force", "--detach", commit])
+    else:
+        steps.append(["git", "-C", str(repo), "checkout", "--quiet", "--force", "-B", branch, f"origin/{branch}"])
+    steps.append(["git", "-C", str(repo), "clean", "--quiet", "-fdx"])
+    for argv in steps:
+        result = session_exec(session, argv, cwd=Path(session.workspace), timeout=120)
+        if not result.ok:
+            raise StageFailed(f"{' '.join(argv[:4])} failed in the worker: {result.stderr.strip()[-300:]}",
+                              code="workspace_failed")
+    return repo
