@@ -10,7 +10,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from agents.models import AgentConfig, Role, Usage, WorkerSession
-from config.errors import Conflict
+from config.errors import Conflict, ValidationFailed
 from projects.models import PipelineRun, StageRun
 
 log = structlog.get_logger(__name__)
@@ -27,18 +27,39 @@ def current_node() -> str:
 
 
 @transaction.atomic
-def session_create(*, project_id: int, run_id: int | None, role: str, runtime: str, workspace: str) -> WorkerSession:
-    """Record a worker before it exists, so a crash mid-start leaves a row the reaper can find."""
+def session_create(*, project_id: int, run_id: int | None, role: str, runtime: str, workspace_root: str) -> WorkerSession:
+    """Record a worker before it exists, so a crash mid-start leaves a row the reaper can find.
+
+    Each session gets a workspace of its own under ``workspace_root``: a replacement worker never
+    inherits the half-written files (or git locks) of the one it replaces.
+    """
     try:
         with transaction.atomic():
             session = WorkerSession.objects.create(
-                project_id=project_id, run_id=run_id, role=role, runtime=runtime, workspace=workspace,
+                project_id=project_id, run_id=run_id, role=role, runtime=runtime,
                 state=WorkerSession.State.STARTING, state_reason="created", state_changed_at=timezone.now(),
                 last_activity_at=timezone.now(), owner_node=current_node(),
             )
     except IntegrityError as exc:
         raise Conflict(f"Project {project_id} already has a live {role} worker.", code="worker_exists") from exc
+    session.workspace = f"{workspace_root.rstrip('/')}/session-{session.id}"
+    WorkerSession.objects.filter(id=session.id).update(workspace=session.workspace)
     return session
+
+
+@transaction.atomic
+def agent_config_set(*, role: str, **fields) -> AgentConfig:
+    """Change a role's config (backend, model, options, limits); unknown fields are refused."""
+    config = agent_config_for(role=role)
+    allowed = {f.name for f in AgentConfig._meta.fields} - {"id", "role", "updated_at"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValidationFailed(f"AgentConfig has no field(s) {', '.join(sorted(unknown))}.", code="unknown_field")
+    for name, value in fields.items():
+        setattr(config, name, value)
+    config.full_clean()
+    config.save()
+    return config
 
 
 def session_set_state(*, session_id: int, state: str, reason: str, container_id: str | None = None,

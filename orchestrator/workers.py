@@ -37,18 +37,17 @@ def session_acquire(*, project_id: int, run_id: int, role: str, runtime_name: st
     runtime = get_runtime(runtime_name)
     existing = WorkerSession.objects.filter(project_id=project_id, role=role, state__in=WorkerSession.LIVE).first()
     if existing is not None:
-        if existing.container_id and runtime.is_alive(existing.container_id):
-            if existing.state == State.PAUSED:
-                runtime.unpause(existing.container_id)
+        if _resume(runtime, existing):
             agent_services.session_set_state(session_id=existing.id, state=State.RUNNING, reason="resumed")
             agent_services.session_attach_run(session_id=existing.id, run_id=run_id)
             existing.refresh_from_db()
             return existing
-        session_terminate(session=existing, reason="worker gone", failed=True)
-    workspace = Path(settings.FACTORY_HOME) / "workspaces" / f"p{project_id}-{role}"
+        session_terminate(session=existing, reason="worker unreachable; replaced", failed=True)
     session = agent_services.session_create(
-        project_id=project_id, run_id=run_id, role=role, runtime=runtime.name, workspace=str(workspace)
+        project_id=project_id, run_id=run_id, role=role, runtime=runtime.name,
+        workspace_root=str(Path(settings.FACTORY_HOME) / "workspaces"),
     )
+    workspace = Path(session.workspace)
     try:
         handle = runtime.create(session_id=session.id, workspace=workspace, env=_worker_env(workspace))
     except OSError as exc:
@@ -58,6 +57,21 @@ def session_acquire(*, project_id: int, run_id: int, role: str, runtime_name: st
     session.refresh_from_db()
     log.info("worker_started", session_id=session.id, handle=handle, runtime=runtime.name)
     return session
+
+
+def _resume(runtime, session: WorkerSession) -> bool:
+    """Wake a live worker and prove a command can run in it (a worker started by a process that
+    has since died may be alive yet out of reach)."""
+    if not session.container_id or not runtime.is_alive(session.container_id):
+        return False
+    try:
+        if session.state == State.PAUSED:
+            runtime.unpause(session.container_id)
+        probe = runtime.exec(session.container_id, ["true"], cwd=Path(session.workspace),
+                             env=_worker_env(Path(session.workspace)), timeout=10)
+    except WorkerGone:
+        return False
+    return probe.ok
 
 
 def session_exec(session: WorkerSession, argv: list[str], *, cwd: Path | None = None, timeout: float | None = None,

@@ -40,6 +40,7 @@ class ScriptedBackend:
             "--fail-times", str(self.fail_times),
             "--branch", task.branch,
             "--remote", "origin",
+            "--work-seconds", str(float(self.config.options.get("work_seconds", 0))),
         ]
         code, out, err = run(argv, {})
         result, problem = parse_agent_result(out)

@@ -27,6 +27,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -391,8 +392,13 @@ def log(message: str) -> None:
     print(f"[scripted developer] {message}", file=sys.stderr, flush=True)
 
 
-def develop(spec_path: Path, iteration: int, fail_times: int, branch: str, remote: str) -> dict:
-    """Write, commit and push the implementation; return the AgentResult as a dict."""
+def develop(spec_path: Path, iteration: int, fail_times: int, branch: str, remote: str,
+            work_seconds: float = 0.0) -> dict:
+    """Write, commit and push the implementation; return the AgentResult as a dict.
+
+    ``work_seconds`` makes the agent take that long before it writes anything, as a real agent
+    would: it lets tests kill a worker while the agent is in the middle of its work.
+    """
     try:
         spec = json.loads(spec_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -403,6 +409,9 @@ def develop(spec_path: Path, iteration: int, fail_times: int, branch: str, remot
     if not (root / "app.py").is_file():
         raise AgentError("this working copy has no app.py: not scaffolded from web_service")
 
+    if work_seconds > 0:
+        log(f"working for {work_seconds:g}s")
+        time.sleep(work_seconds)
     log(f"iteration {iteration}: implementing {', '.join(names)} in {root.name}"
         + (" (deliberately faulty)" if faulty else ""))
     (root / "handlers.py").write_text(render_handlers(names, faulty), encoding="utf-8")
@@ -440,10 +449,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      help="write faulty code while iteration <= this")
     dev.add_argument("--branch", required=True, help="branch to push HEAD to")
     dev.add_argument("--remote", default="origin")
+    dev.add_argument("--work-seconds", type=float, default=0.0,
+                     help="spend this long before writing (to simulate a slow agent)")
     args = parser.parse_args(argv)
 
     try:
-        result = develop(args.spec, args.iteration, args.fail_times, args.branch, args.remote)
+        result = develop(args.spec, args.iteration, args.fail_times, args.branch, args.remote,
+                         args.work_seconds)
     except AgentError as exc:
         log(f"failed: {exc}")
         print(json.dumps({"status": "failed", "summary": str(exc)[:4000]}), flush=True)

@@ -29,7 +29,7 @@ def run(ctx: StageContext) -> Outcome:
     junit = reports / f"junit-{ctx.stage_run.id}.xml"
     junit.unlink(missing_ok=True)
     result = workers.session_exec(
-        session, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+        session, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:django",
                   f"--junitxml={junit}"], cwd=repo,
     )
     workers.session_idle(session=session, reason="tests finished")
