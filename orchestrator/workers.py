@@ -10,15 +10,20 @@ from django.conf import settings
 from agents import services as agent_services
 from agents.models import WorkerSession
 from orchestrator.runtime import ExecResult, WorkerGone, get_runtime
+from orchestrator.runtime.base import SESSION_MARKER
 from orchestrator.stages import StageFailed
 
 log = structlog.get_logger(__name__)
 State = WorkerSession.State
 
 
-def _worker_env(workspace: Path) -> dict[str, str]:
-    """What a worker's commands see: a bare environment, never the factory's own secrets."""
+def _worker_env(workspace: Path, session_id: int) -> dict[str, str]:
+    """What a worker's commands see: a bare environment, never the factory's own secrets.
+
+    Every process in a worker carries the session's marker, so none can hide from the reaper.
+    """
     return {
+        SESSION_MARKER: str(session_id),
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(workspace),
         "LANG": "C.UTF-8",
@@ -49,7 +54,7 @@ def session_acquire(*, project_id: int, run_id: int, role: str, runtime_name: st
     )
     workspace = Path(session.workspace)
     try:
-        handle = runtime.create(session_id=session.id, workspace=workspace, env=_worker_env(workspace))
+        handle = runtime.create(session_id=session.id, workspace=workspace, env=_worker_env(workspace, session.id))
     except OSError as exc:
         agent_services.session_set_state(session_id=session.id, state=State.FAILED, reason=f"start failed: {exc}")
         raise
@@ -68,7 +73,7 @@ def _resume(runtime, session: WorkerSession) -> bool:
         if session.state == State.PAUSED:
             runtime.unpause(session.container_id)
         probe = runtime.exec(session.container_id, ["true"], cwd=Path(session.workspace),
-                             env=_worker_env(Path(session.workspace)), timeout=10)
+                             env=_worker_env(Path(session.workspace), session.id), timeout=10)
     except WorkerGone:
         return False
     return probe.ok
@@ -80,7 +85,7 @@ def session_exec(session: WorkerSession, argv: list[str], *, cwd: Path | None = 
     workspace = Path(session.workspace)
     try:
         return runtime.exec(
-            session.container_id, argv, cwd=cwd or workspace, env={**_worker_env(workspace), **(env or {})},
+            session.container_id, argv, cwd=cwd or workspace, env={**(env or {}), **_worker_env(workspace, session.id)},
             timeout=timeout or settings.WORKER_EXEC_TIMEOUT,
         )
     except WorkerGone:

@@ -1,7 +1,7 @@
 """The HTTP API for projects and runs: parse, call one service or selector, render."""
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -57,25 +57,23 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
 
 class ProjectSerializer(serializers.ModelSerializer):
+    """Renders projects from ``selectors.project_list_queryset`` (it annotates and prefetches what this reads)."""
+
     latest_run = serializers.SerializerMethodField()
     live_url = serializers.SerializerMethodField()
-    cost_usd = serializers.SerializerMethodField()
+    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, source="total_cost_usd", read_only=True)
 
     class Meta:
         model = Project
         fields = ["id", "name", "slug", "kind", "description", "spec", "created_at", "latest_run", "live_url",
                   "cost_usd"]
 
+    @extend_schema_field(RunSummarySerializer(allow_null=True))
     def get_latest_run(self, obj: Project) -> dict | None:
-        run = obj.runs.order_by("-id").first()
-        return RunSummarySerializer(run).data if run else None
+        return RunSummarySerializer(obj.latest_runs[0]).data if obj.latest_runs else None
 
     def get_live_url(self, obj: Project) -> str | None:
-        live = selectors.live_deployment(project_id=obj.id)
-        return live.url if live else None
-
-    def get_cost_usd(self, obj: Project) -> str:
-        return str(selectors.project_cost(project_id=obj.id))
+        return obj.live_deployments[0].url if obj.live_deployments else None
 
 
 class ProjectCreateSerializer(serializers.Serializer):
@@ -87,7 +85,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     serializer_class = ProjectSerializer
 
     def get_queryset(self):
-        return selectors.projects_visible_to(self.request.user)
+        return selectors.project_list_queryset(self.request.user)
 
     @extend_schema(request=ProjectCreateSerializer, responses={201: ProjectSerializer})
     def create(self, request: Request) -> Response:
@@ -95,7 +93,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         body = ProjectCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         project, run = services.project_create(owner=request.user, description=body.validated_data["description"])
-        data = ProjectSerializer(project).data
+        data = ProjectSerializer(self.get_queryset().get(id=project.id)).data
         data["run_id"] = run.id
         return Response(data, status=status.HTTP_201_CREATED)
 
@@ -103,7 +101,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     def get_queryset(self):
         if self.action == "retrieve":
-            return selectors.run_detail_queryset(self.request.user).prefetch_related("stages__usage")
+            return selectors.run_detail_queryset(self.request.user)
         return selectors.runs_visible_to(self.request.user)
 
     def get_serializer_class(self):

@@ -1,7 +1,10 @@
 """Reads. The only place with non-trivial queries over projects and runs."""
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet, Sum
+from decimal import Decimal
+
+from django.db.models import DecimalField, OuterRef, Prefetch, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 
 from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
 
@@ -11,6 +14,26 @@ def projects_visible_to(user) -> QuerySet[Project]:
     return qs if user.is_staff else qs.filter(owner=user)
 
 
+def project_list_queryset(user) -> QuerySet[Project]:
+    """Visible projects with what their summary shows, in the same number of queries for any count.
+
+    Each project carries ``total_cost_usd`` (the sum over its runs), ``latest_runs`` (a list of at
+    most its newest run) and ``live_deployments`` (a list of at most its live deployment).
+    """
+    money = DecimalField(max_digits=14, decimal_places=6)
+    run_costs = (
+        PipelineRun.objects.filter(project=OuterRef("pk")).order_by().values("project")
+        .annotate(total=Sum("cost_usd")).values("total")
+    )
+    return projects_visible_to(user).annotate(
+        total_cost_usd=Coalesce(Subquery(run_costs, output_field=money), Value(Decimal(0)), output_field=money),
+    ).prefetch_related(
+        Prefetch("runs", queryset=PipelineRun.objects.order_by("-id")[:1], to_attr="latest_runs"),
+        Prefetch("deployments", queryset=Deployment.objects.filter(status=Deployment.Status.LIVE),
+                 to_attr="live_deployments"),
+    )
+
+
 def runs_visible_to(user) -> QuerySet[PipelineRun]:
     qs = PipelineRun.objects.select_related("project")
     return qs if user.is_staff else qs.filter(project__owner=user)
@@ -18,7 +41,7 @@ def runs_visible_to(user) -> QuerySet[PipelineRun]:
 
 def run_detail_queryset(user) -> QuerySet[PipelineRun]:
     return runs_visible_to(user).prefetch_related(
-        Prefetch("stages", queryset=StageRun.objects.order_by("id")),
+        Prefetch("stages", queryset=StageRun.objects.order_by("id").prefetch_related("usage")),
         Prefetch("events", queryset=RunEvent.objects.order_by("id")),
     )
 

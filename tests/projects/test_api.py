@@ -1,0 +1,508 @@
+"""The HTTP API for projects and runs, against the real database and the real services.
+
+The ``db`` fixture wraps each test in a transaction, so ``transaction.on_commit`` never fires and
+no pipeline is enqueued: these tests see exactly the rows the services wrote.
+"""
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from agents import services as agent_services
+from agents.models import Role
+from projects import services
+from projects.models import PipelineRun, Project, RunEvent, Stage, StageRun
+from tests.conftest import client_for
+
+pytestmark = pytest.mark.django_db
+
+PROJECTS = "/api/projects/"
+RUNS = "/api/runs/"
+STAGES = [s.value for s in Stage]
+
+
+def error_of(response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "extra"}, body
+    return body["error"]
+
+
+def counts() -> tuple[int, int, int]:
+    return Project.objects.count(), PipelineRun.objects.count(), StageRun.objects.count()
+
+
+def advance(run: PipelineRun, stages: list[str], *, cost: str | None = None) -> list[StageRun]:
+    """Claim and succeed each stage in turn, as the pipeline's tasks would; record a cost on each."""
+    done = []
+    for n, stage in enumerate(stages):
+        claim = services.stage_claim(run_id=run.id, stage=stage, task_id=f"task-{run.id}-{stage}-{n}")
+        assert claim.state == services.ClaimState.CLAIMED, (stage, claim.state)
+        if cost is not None:
+            agent_services.usage_record(project_id=run.project_id, stage_run_id=claim.stage_run.id, session_id=None,
+                                        role=Role.ARCHITECT, backend="scripted", input_tokens=10, output_tokens=5,
+                                        cost_usd=cost)
+        assert services.stage_succeed(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
+                                      output={"stage": stage})
+        done.append(claim.stage_run)
+    return done
+
+
+def finished_run(owner, *, cost: str | None = None, description: str = "a web service that greets people"):
+    """A run that went through all six stages and succeeded."""
+    project, run = services.project_create(owner=owner, description=description)
+    advance(run, STAGES, cost=cost)
+    assert services.run_succeed(run_id=run.id, result_message="It is live.")
+    run.refresh_from_db()
+    return project, run
+
+
+# --- POST /api/projects/ --------------------------------------------------------------
+def test_create_returns_project_and_queued_run_with_six_stages(api, user):
+    response = api.post(PROJECTS, {"description": "  a web service that greets people by name  "}, format="json")
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    project = Project.objects.get(id=body["id"])
+    assert project.owner == user
+    assert project.description == "a web service that greets people by name"
+    assert body["description"] == project.description
+    run = PipelineRun.objects.get(id=body["run_id"])
+    assert run.project == project
+    assert run.status == PipelineRun.Status.QUEUED
+    assert run.kind == PipelineRun.Kind.CREATE
+    assert body["latest_run"]["id"] == run.id
+    assert body["latest_run"]["status"] == "queued"
+    assert body["live_url"] is None
+    assert Decimal(body["cost_usd"]) == 0
+    stages = list(run.stages.order_by("id"))
+    assert [s.stage for s in stages] == STAGES
+    assert all(s.status == StageRun.Status.PENDING and s.iteration == 1 for s in stages)
+    assert list(run.events.values_list("type", flat=True)) == [RunEvent.Type.RUN_QUEUED]
+
+
+def test_create_without_description_is_rejected_naming_the_field(api):
+    before = counts()
+
+    response = api.post(PROJECTS, {}, format="json")
+
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "validation_error"
+    assert "description" in error["extra"]["fields"]
+    assert "description" in error["message"]
+    assert counts() == before
+
+
+@pytest.mark.parametrize("description", ["", "   ", "\n\t  \n"])
+def test_create_with_blank_description_is_rejected(api, description):
+    before = counts()
+
+    response = api.post(PROJECTS, {"description": description}, format="json")
+
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "validation_error"
+    assert "description" in error["extra"]["fields"]
+    assert counts() == before
+
+
+@pytest.mark.parametrize("description", [None, 12, ["a service"], {"text": "a service"}])
+def test_create_with_description_of_wrong_type_is_rejected(api, description):
+    before = counts()
+
+    response = api.post(PROJECTS, {"description": description}, format="json")
+
+    # DRF's CharField accepts a number as its text; anything else must be refused cleanly.
+    if isinstance(description, int):
+        assert response.status_code == 201, response.content
+        return
+    assert response.status_code == 400, response.content
+    assert error_of(response)["code"] == "validation_error"
+    assert counts() == before
+
+
+def test_create_with_50kb_description_is_rejected_and_creates_nothing(api):
+    before = counts()
+    runs_before = PipelineRun.objects.count()
+
+    response = api.post(PROJECTS, {"description": "a greeting service " * 2700}, format="json")
+
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "description_too_long"
+    assert error["extra"]["limit"] == settings.PROJECT_DESCRIPTION_MAX_CHARS
+    assert error["extra"]["length"] > 50_000
+    assert counts() == before
+    assert PipelineRun.objects.count() == runs_before
+    assert RunEvent.objects.count() == 0
+
+
+def test_create_accepts_description_at_the_limit_and_rejects_one_more_character(api):
+    limit = settings.PROJECT_DESCRIPTION_MAX_CHARS
+
+    at_limit = api.post(PROJECTS, {"description": "x" * limit}, format="json")
+    over = api.post(PROJECTS, {"description": "y" * (limit + 1)}, format="json")
+
+    assert at_limit.status_code == 201, at_limit.content
+    assert over.status_code == 400
+    assert error_of(over)["code"] == "description_too_long"
+    assert list(Project.objects.values_list("description", flat=True)) == ["x" * limit]
+
+
+@pytest.mark.parametrize("body", ['{"description": "a greeting service"', "not json at all", '{"description": }'])
+def test_create_with_malformed_json_is_a_parse_error(api, body):
+    before = counts()
+
+    response = api.post(PROJECTS, data=body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "parse_error"
+    assert counts() == before
+
+
+def test_create_with_json_that_is_not_an_object_is_rejected(api):
+    response = api.post(PROJECTS, data='["a greeting service"]', content_type="application/json")
+
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "validation_error"
+    assert Project.objects.count() == 0
+
+
+def test_create_with_unsupported_content_type_is_rejected(api):
+    response = api.post(PROJECTS, data="a greeting service", content_type="text/plain")
+
+    assert response.status_code == 415
+    assert error_of(response)["code"] == "unsupported_media_type"
+    assert Project.objects.count() == 0
+
+
+@pytest.mark.parametrize("text", ["a\u0000b service", "a \ud800 service"])
+def test_create_with_characters_the_database_cannot_store_is_rejected(api, text):
+    response = api.post(PROJECTS, data=json.dumps({"description": text}), content_type="application/json")
+
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "validation_error"
+    assert Project.objects.count() == 0
+
+
+def test_create_without_token_is_not_authenticated(db):
+    response = APIClient().post(PROJECTS, {"description": "a greeting service"}, format="json")
+
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "not_authenticated"
+    assert Project.objects.count() == 0
+
+
+def test_create_with_bad_token_is_refused(user):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token-0000000000000000000")
+
+    response = client.post(PROJECTS, {"description": "a greeting service"}, format="json")
+
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "authentication_failed"
+    assert Project.objects.count() == 0
+
+
+def test_create_for_inactive_user_is_refused(user):
+    client = client_for(user)
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+
+    response = client.post(PROJECTS, {"description": "a greeting service"}, format="json")
+
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "authentication_failed"
+    assert Project.objects.count() == 0
+
+
+# --- GET /api/projects/ ---------------------------------------------------------------
+def test_list_shows_only_the_callers_projects(api, user, other_user):
+    mine, _ = services.project_create(owner=user, description="my greeting service")
+    services.project_create(owner=other_user, description="bob's echo service")
+
+    response = api.get(PROJECTS)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["count"] == 1
+    assert [p["id"] for p in body["results"]] == [mine.id]
+
+
+def test_list_for_staff_shows_every_project(user, other_user, django_user_model):
+    staff = django_user_model.objects.create_user(username="root", password="pw-root-123", is_staff=True)
+    a, _ = services.project_create(owner=user, description="ada's service")
+    b, _ = services.project_create(owner=other_user, description="bob's service")
+
+    response = client_for(staff).get(PROJECTS)
+
+    assert response.status_code == 200
+    assert {p["id"] for p in response.json()["results"]} == {a.id, b.id}
+
+
+def test_list_without_token_is_not_authenticated(db):
+    response = APIClient().get(PROJECTS)
+
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "not_authenticated"
+
+
+def test_list_shows_latest_run_live_url_and_total_cost(api, user):
+    project, first = finished_run(user, cost="0.25")
+    second = services.run_create(project=project, kind=PipelineRun.Kind.CHANGE)
+    claim = services.stage_claim(run_id=second.id, stage=Stage.ARCHITECT, task_id="t-2")
+    agent_services.usage_record(project_id=project.id, stage_run_id=claim.stage_run.id, session_id=None,
+                                role=Role.ARCHITECT, backend="scripted", cost_usd="0.5")
+    deployment = services.deployment_allocate(project_id=project.id, run_id=first.id, commit_sha="a" * 40)
+    services.deployment_go_live(deployment_id=deployment.id, url="http://greeter.localhost")
+
+    response = api.get(PROJECTS)
+
+    assert response.status_code == 200
+    [item] = response.json()["results"]
+    assert item["latest_run"]["id"] == second.id
+    assert item["latest_run"]["status"] == "running"
+    assert item["live_url"] == "http://greeter.localhost"
+    assert Decimal(item["cost_usd"]) == Decimal("0.25") * 6 + Decimal("0.5")
+
+
+def test_list_query_count_does_not_grow_with_projects(api, user):
+    def make(n: int) -> None:
+        for i in range(n):
+            project, run = finished_run(user, cost="0.1", description=f"service number {i}")
+            deployment = services.deployment_allocate(project_id=project.id, run_id=run.id, commit_sha=f"{i:040d}")
+            services.deployment_go_live(deployment_id=deployment.id, url=f"http://s{i}.localhost")
+            services.run_create(project=project, kind=PipelineRun.Kind.REDEPLOY)
+
+    make(2)
+    with CaptureQueriesContext(connection) as two:
+        response = api.get(PROJECTS)
+    assert response.status_code == 200
+    assert response.json()["count"] == 2
+
+    make(4)
+    with CaptureQueriesContext(connection) as six:
+        response = api.get(PROJECTS)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 6
+    assert all(p["live_url"] and p["latest_run"]["kind"] == "redeploy" for p in results)
+    assert all(Decimal(p["cost_usd"]) == Decimal("0.6") for p in results)
+
+    assert len(six) == len(two), [q["sql"] for q in six.captured_queries]
+
+
+def test_detail_shows_own_project(api, user):
+    project, run = services.project_create(owner=user, description="a greeting service")
+
+    response = api.get(f"{PROJECTS}{project.id}/")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"] == project.id
+    assert body["latest_run"]["id"] == run.id
+
+
+def test_detail_of_another_users_project_is_not_found(api, other_user):
+    theirs, _ = services.project_create(owner=other_user, description="bob's echo service")
+
+    response = api.get(f"{PROJECTS}{theirs.id}/")
+
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"
+
+
+@pytest.mark.parametrize("project_id", ["999999", "0", "abc", "99999999999999999999999"])
+def test_detail_of_unknown_project_is_not_found(api, project_id):
+    response = api.get(f"{PROJECTS}{project_id}/")
+
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"
+
+
+def test_detail_without_token_is_not_authenticated(user):
+    project, _ = services.project_create(owner=user, description="a greeting service")
+
+    response = APIClient().get(f"{PROJECTS}{project.id}/")
+
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "not_authenticated"
+
+
+# --- /api/runs/ -----------------------------------------------------------------------
+def test_run_detail_shows_stages_events_duration_and_cost(api, user):
+    project, run = finished_run(user, cost="0.125")
+
+    response = api.get(f"{RUNS}{run.id}/")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"] == run.id
+    assert body["project"] == project.id
+    assert body["status"] == "succeeded"
+    assert Decimal(body["cost_usd"]) == Decimal("0.125") * 6
+    assert body["duration_seconds"] == pytest.approx((run.finished_at - run.started_at).total_seconds())
+    assert body["duration_seconds"] >= 0
+
+    assert [s["stage"] for s in body["stages"]] == STAGES
+    rows = {s.id: s for s in run.stages.all()}
+    for stage in body["stages"]:
+        row = rows[stage["id"]]
+        assert stage["status"] == "succeeded"
+        assert stage["iteration"] == 1
+        assert stage["started_at"] and stage["finished_at"]
+        assert stage["duration_seconds"] == pytest.approx(row.duration_seconds)
+        assert Decimal(stage["cost_usd"]) == Decimal("0.125")
+
+    types = [e["type"] for e in body["events"]]
+    expected = ["run.queued", "run.started"]
+    for stage in STAGES:
+        expected += ["stage.started", "stage.succeeded"]
+    expected.append("run.succeeded")
+    assert types == expected
+    assert [e["stage"] for e in body["events"] if e["type"].startswith("stage.")] == [
+        s for s in STAGES for _ in range(2)
+    ]
+    ids = [e["id"] for e in body["events"]]
+    assert ids == sorted(ids)
+
+
+def test_run_cost_reflects_recorded_usage(api, user):
+    _, run = services.project_create(owner=user, description="a greeting service")
+    claim = services.stage_claim(run_id=run.id, stage=Stage.ARCHITECT, task_id="t-1")
+    for cost in ("0.10", "0.05"):
+        agent_services.usage_record(project_id=run.project_id, stage_run_id=claim.stage_run.id, session_id=None,
+                                    role=Role.ARCHITECT, backend="scripted", model="m", cost_usd=cost)
+
+    body = api.get(f"{RUNS}{run.id}/").json()
+
+    assert Decimal(body["cost_usd"]) == Decimal("0.15")
+    architect = next(s for s in body["stages"] if s["stage"] == "architect")
+    assert architect["status"] == "running"
+    assert architect["finished_at"] is None
+    assert architect["duration_seconds"] is None
+    assert Decimal(architect["cost_usd"]) == Decimal("0.15")
+    assert all(Decimal(s["cost_usd"]) == 0 for s in body["stages"] if s["stage"] != "architect")
+    assert body["status"] == "running"
+    assert body["duration_seconds"] is None
+
+
+def test_run_detail_shows_every_iteration_after_a_loop_back(api, user):
+    _, run = services.project_create(owner=user, description="a greeting service")
+    advance(run, [Stage.ARCHITECT, Stage.PREPARER, Stage.DEVELOPER])
+    claim = services.stage_claim(run_id=run.id, stage=Stage.TESTER, task_id="t-tester")
+    assert services.stage_loop_back(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
+                                    output={"failed": 1}, message="1 test failed")
+
+    body = api.get(f"{RUNS}{run.id}/").json()
+
+    assert body["iteration"] == 2
+    assert [(s["stage"], s["iteration"], s["status"]) for s in body["stages"]] == [
+        ("architect", 1, "succeeded"), ("preparer", 1, "succeeded"), ("developer", 1, "succeeded"),
+        ("tester", 1, "failed"), ("deployer", 1, "pending"), ("notify", 1, "pending"),
+        ("developer", 2, "pending"), ("tester", 2, "pending"),
+    ]
+    assert body["events"][-1]["type"] == "tests.failed"
+
+
+def test_run_detail_of_another_users_run_is_not_found(api, other_user):
+    _, theirs = services.project_create(owner=other_user, description="bob's echo service")
+
+    response = api.get(f"{RUNS}{theirs.id}/")
+
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"
+
+
+@pytest.mark.parametrize("run_id", ["999999", "abc"])
+def test_run_detail_of_unknown_run_is_not_found(api, run_id):
+    response = api.get(f"{RUNS}{run_id}/")
+
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"
+
+
+def test_run_detail_without_token_is_not_authenticated(user):
+    _, run = services.project_create(owner=user, description="a greeting service")
+
+    response = APIClient().get(f"{RUNS}{run.id}/")
+
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "not_authenticated"
+
+
+def test_run_list_shows_only_own_runs(api, user, other_user):
+    _, mine = services.project_create(owner=user, description="my greeting service")
+    services.project_create(owner=other_user, description="bob's echo service")
+
+    response = api.get(RUNS)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["count"] == 1
+    assert [r["id"] for r in body["results"]] == [mine.id]
+    assert body["results"][0]["status"] == "queued"
+
+
+def test_run_list_without_token_is_not_authenticated(db):
+    response = APIClient().get(RUNS)
+
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "not_authenticated"
+
+
+def test_runs_are_read_only(api, user):
+    _, run = services.project_create(owner=user, description="a greeting service")
+
+    response = api.delete(f"{RUNS}{run.id}/")
+
+    assert response.status_code == 405
+    assert error_of(response)["code"] == "method_not_allowed"
+    assert PipelineRun.objects.filter(id=run.id).exists()
+
+
+def test_run_detail_query_count_does_not_grow_with_stages_and_events(api, user, django_assert_max_num_queries):
+    _, small = services.project_create(owner=user, description="a small run")
+    advance(small, [Stage.ARCHITECT], cost="0.01")
+
+    project, big = services.project_create(owner=user, description="a big run")
+    advance(big, [Stage.ARCHITECT, Stage.PREPARER, Stage.DEVELOPER], cost="0.01")
+    for i in range(2):  # two loop-backs: more stage rows and more events
+        claim = services.stage_claim(run_id=big.id, stage=Stage.TESTER, task_id=f"t-tester-{i}")
+        agent_services.usage_record(project_id=project.id, stage_run_id=claim.stage_run.id, session_id=None,
+                                    role=Role.TESTER, backend="scripted", cost_usd="0.01")
+        services.stage_loop_back(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
+                                 output={}, message="failed")
+        big.refresh_from_db()
+        advance(big, [Stage.DEVELOPER], cost="0.01")
+    for i in range(20):
+        services.event_record(run_id=big.id, type=RunEvent.Type.AGENT_PROGRESS, stage=Stage.DEVELOPER,
+                              payload={"step": i})
+
+    with CaptureQueriesContext(connection) as few:
+        small_body = api.get(f"{RUNS}{small.id}/").json()
+    with django_assert_max_num_queries(len(few)):
+        big_body = api.get(f"{RUNS}{big.id}/").json()
+
+    assert len(small_body["events"]) < 5 < 30 < len(big_body["events"])
+    assert len(big_body["stages"]) == 10
+    assert len(few) <= 6, [q["sql"] for q in few.captured_queries]
+
+
+# --- OpenAPI --------------------------------------------------------------------------
+def test_openapi_schema_describes_the_projects_endpoint(api):
+    response = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+
+    assert response.status_code == 200
+    schema = response.json()
+    assert schema["openapi"].startswith("3.")
+    assert "/api/projects/" in schema["paths"]
+    assert "post" in schema["paths"]["/api/projects/"]
+    assert "/api/runs/{id}/" in schema["paths"]
