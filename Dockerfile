@@ -1,0 +1,10 @@
+# The factory's own image: web, worker, beat and flower all run from it (see compose.yaml).
+FROM python:3.11-slim
+RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY . .
+ENV FACTORY_HOME=/data PYTHONUNBUFFERED=1
+RUN mkdir -p /data
+CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2"]
