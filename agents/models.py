@@ -31,6 +31,9 @@ class AgentConfig(models.Model):
     pause_ttl_seconds = models.PositiveIntegerField(default=1800)
     max_lifetime_seconds = models.PositiveIntegerField(default=6 * 3600)
     budget_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    # Resource limits of the role's worker containers (the process runtime does not enforce them).
+    cpu_limit = models.FloatField(null=True, blank=True, help_text="CPUs, e.g. 1.5")
+    memory_limit_mb = models.PositiveIntegerField(null=True, blank=True)
     # Backend-specific knobs, e.g. {"fail_times": 2} for the scripted agent.
     options = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

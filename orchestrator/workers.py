@@ -8,16 +8,16 @@ import structlog
 from django.conf import settings
 
 from agents import services as agent_services
-from agents.models import WorkerSession
-from orchestrator.runtime import ExecResult, WorkerGone, get_runtime
-from orchestrator.runtime.base import SESSION_MARKER
+from agents.models import AgentConfig, WorkerSession
+from orchestrator.runtime import ExecResult, WorkerGone, WorkerRuntime, get_runtime
+from orchestrator.runtime.base import SESSION_MARKER, WorkerSpec
 from orchestrator.stages import StageFailed
 
 log = structlog.get_logger(__name__)
 State = WorkerSession.State
 
 
-def _worker_env(workspace: Path, session_id: int) -> dict[str, str]:
+def worker_env(runtime: WorkerRuntime, workspace: Path, session_id: int) -> dict[str, str]:
     """What a worker's commands see: a bare environment, never the factory's own secrets.
 
     Every process in a worker carries the session's marker, so none can hide from the reaper.
@@ -27,7 +27,7 @@ def _worker_env(workspace: Path, session_id: int) -> dict[str, str]:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(workspace),
         "LANG": "C.UTF-8",
-        "PYTHONPATH": str(settings.BASE_DIR),
+        "PYTHONPATH": runtime.factory_path,
         "PYTHONDONTWRITEBYTECODE": "1",
         "GIT_AUTHOR_NAME": "Factory Agent",
         "GIT_AUTHOR_EMAIL": "agent@factory.invalid",
@@ -37,12 +37,16 @@ def _worker_env(workspace: Path, session_id: int) -> dict[str, str]:
     }
 
 
-def session_acquire(*, project_id: int, run_id: int, role: str, runtime_name: str | None = None) -> WorkerSession:
+def runtime_of(session: WorkerSession) -> WorkerRuntime:
+    return get_runtime(session.runtime)
+
+
+def session_acquire(*, project_id: int, run_id: int, role: str, config: AgentConfig | None = None) -> WorkerSession:
     """The project's live worker for this role, resumed; or a new one if it is gone."""
-    runtime = get_runtime(runtime_name)
+    runtime = get_runtime(config.runtime if config and config.runtime else None)
     existing = WorkerSession.objects.filter(project_id=project_id, role=role, state__in=WorkerSession.LIVE).first()
     if existing is not None:
-        if _resume(runtime, existing):
+        if existing.runtime == runtime.name and _resume(runtime, existing):
             agent_services.session_set_state(session_id=existing.id, state=State.RUNNING, reason="resumed")
             agent_services.session_attach_run(session_id=existing.id, run_id=run_id)
             existing.refresh_from_db()
@@ -54,26 +58,33 @@ def session_acquire(*, project_id: int, run_id: int, role: str, runtime_name: st
     )
     workspace = Path(session.workspace)
     try:
-        handle = runtime.create(session_id=session.id, workspace=workspace, env=_worker_env(workspace, session.id))
-    except OSError as exc:
+        handle = runtime.create(WorkerSpec(
+            session_id=session.id, workspace=workspace, env=worker_env(runtime, workspace, session.id),
+            labels={"factory.session": str(session.id), "factory.project": str(project_id),
+                    "factory.node": session.owner_node},
+            cpu_limit=config.cpu_limit if config else None,
+            memory_limit_mb=config.memory_limit_mb if config else None,
+        ))
+    except (OSError, WorkerGone) as exc:
         agent_services.session_set_state(session_id=session.id, state=State.FAILED, reason=f"start failed: {exc}")
-        raise
+        raise StageFailed(f"Could not start a {runtime.name} worker: {exc}", code="worker_start_failed") from exc
     agent_services.session_set_state(session_id=session.id, state=State.RUNNING, reason="started", container_id=handle)
     session.refresh_from_db()
     log.info("worker_started", session_id=session.id, handle=handle, runtime=runtime.name)
     return session
 
 
-def _resume(runtime, session: WorkerSession) -> bool:
+def _resume(runtime: WorkerRuntime, session: WorkerSession) -> bool:
     """Wake a live worker and prove a command can run in it (a worker started by a process that
     has since died may be alive yet out of reach)."""
     if not session.container_id or not runtime.is_alive(session.container_id):
         return False
+    workspace = Path(session.workspace)
     try:
         if session.state == State.PAUSED:
             runtime.unpause(session.container_id)
-        probe = runtime.exec(session.container_id, ["true"], cwd=Path(session.workspace),
-                             env=_worker_env(Path(session.workspace), session.id), timeout=10)
+        probe = runtime.exec(session.container_id, ["true"], cwd=workspace,
+                             env=worker_env(runtime, workspace, session.id), timeout=10)
     except WorkerGone:
         return False
     return probe.ok
@@ -81,11 +92,12 @@ def _resume(runtime, session: WorkerSession) -> bool:
 
 def session_exec(session: WorkerSession, argv: list[str], *, cwd: Path | None = None, timeout: float | None = None,
                  env: dict[str, str] | None = None) -> ExecResult:
-    runtime = get_runtime(session.runtime)
+    runtime = runtime_of(session)
     workspace = Path(session.workspace)
     try:
         return runtime.exec(
-            session.container_id, argv, cwd=cwd or workspace, env={**(env or {}), **_worker_env(workspace, session.id)},
+            session.container_id, argv, cwd=cwd or workspace,
+            env={**(env or {}), **worker_env(runtime, workspace, session.id)},
             timeout=timeout or settings.WORKER_EXEC_TIMEOUT,
         )
     except WorkerGone:
@@ -95,7 +107,7 @@ def session_exec(session: WorkerSession, argv: list[str], *, cwd: Path | None = 
 
 def session_idle(*, session: WorkerSession, reason: str) -> None:
     """Channel 1, "I stopped": the agent is done for now; pause the worker at once."""
-    runtime = get_runtime(session.runtime)
+    runtime = runtime_of(session)
     agent_services.session_set_state(session_id=session.id, state=State.IDLE, reason=reason,
                                      expect=(State.RUNNING, State.STARTING))
     try:
@@ -107,7 +119,7 @@ def session_idle(*, session: WorkerSession, reason: str) -> None:
 
 
 def session_terminate(*, session: WorkerSession, reason: str, failed: bool = False) -> None:
-    runtime = get_runtime(session.runtime)
+    runtime = runtime_of(session)
     if session.container_id:
         runtime.terminate(session.container_id)
     agent_services.session_set_state(

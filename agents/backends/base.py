@@ -25,6 +25,7 @@ class DevelopTask:
     spec: ProjectSpec
     repo_dir: str  # the working copy, inside the worker
     spec_path: str  # the spec inside the working copy
+    python: str = "python3"  # the interpreter inside the worker
     previous_report: TestReport | None = None
     resume: bool = False
 

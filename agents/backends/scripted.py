@@ -5,8 +5,6 @@ SCRIPTED_FAIL_TIMES setting) makes the first N developer iterations write wrong 
 """
 from __future__ import annotations
 
-import sys
-
 from django.conf import settings
 
 from agents.backends.base import AgentTurn, DevelopTask, TurnUsage, WorkerExec, parse_agent_result
@@ -34,7 +32,7 @@ class ScriptedBackend:
 
     def develop(self, task: DevelopTask, run: WorkerExec) -> AgentTurn:
         argv = [
-            sys.executable, "-m", "agents.scripted.agent", "develop",
+            task.python, "-m", "agents.scripted.agent", "develop",
             "--spec", task.spec_path,
             "--iteration", str(task.iteration),
             "--fail-times", str(self.fail_times),

@@ -1,13 +1,14 @@
-"""The WorkerRuntime edge: where a worker lives (a process group here, a container later)."""
+"""The WorkerRuntime edge: where a worker lives (a process group, or a Docker container)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from config.errors import AppError
 
-# Every worker process carries this variable, so anything we started can be found again.
+# Every worker process (or container) carries this variable / label, so anything we started can
+# be found again: by the reaper, and by tests looking for orphans.
 SESSION_MARKER = "FACTORY_WORKER_SESSION"
 
 
@@ -29,10 +30,42 @@ class ExecResult:
         return self.exit_code == 0 and not self.timed_out
 
 
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a new worker is made of. ``labels`` identify it (session, project, owning node)."""
+
+    session_id: int
+    workspace: Path
+    env: dict[str, str]
+    labels: dict[str, str] = field(default_factory=dict)
+    cpu_limit: float | None = None  # CPUs
+    memory_limit_mb: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker found on the host, whatever the database says about it."""
+
+    handle: str
+    session_id: int | None
+    labels: dict[str, str]
+    running: bool
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    cpu_seconds: float | None
+    memory_bytes: int | None
+
+
 class WorkerRuntime(Protocol):
     name: str
+    # The Python inside the worker, and the PYTHONPATH under which the factory's in-worker code
+    # (the scripted agent, later the orchestrator CLI) is importable there.
+    python: str
+    factory_path: str
 
-    def create(self, *, session_id: int, workspace: Path, env: dict[str, str]) -> str:
+    def create(self, spec: WorkerSpec) -> str:
         """Start the worker; return its handle (container id, process group id)."""
 
     def exec(self, handle: str, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> ExecResult:
@@ -46,3 +79,8 @@ class WorkerRuntime(Protocol):
         """Stop the worker and everything in it. Terminating a gone worker is not an error."""
 
     def is_alive(self, handle: str) -> bool: ...
+
+    def stats(self, handle: str) -> WorkerStats: ...
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every worker of ours this runtime can see (for the orphan sweep)."""

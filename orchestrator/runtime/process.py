@@ -15,8 +15,10 @@ from pathlib import Path
 
 import structlog
 
-from orchestrator.procs import process_state, signal_group
-from orchestrator.runtime.base import SESSION_MARKER, ExecResult, WorkerGone
+from django.conf import settings
+
+from orchestrator.procs import pids_with_marker, process_state, signal_group
+from orchestrator.runtime.base import SESSION_MARKER, ExecResult, WorkerGone, WorkerInfo, WorkerSpec, WorkerStats
 
 log = structlog.get_logger(__name__)
 
@@ -24,14 +26,21 @@ _HOLDER = "import time\nwhile True:\n    time.sleep(3600)\n"
 
 
 class ProcessRuntime:
-    name = "process"
+    """Limits (CPU, memory) are not enforced by this runtime; containers enforce them."""
 
-    def create(self, *, session_id: int, workspace: Path, env: dict[str, str]) -> str:
-        workspace.mkdir(parents=True, exist_ok=True)
+    name = "process"
+    python = sys.executable
+
+    @property
+    def factory_path(self) -> str:
+        return str(settings.BASE_DIR)
+
+    def create(self, spec: WorkerSpec) -> str:
+        spec.workspace.mkdir(parents=True, exist_ok=True)
         holder = subprocess.Popen(
             [sys.executable, "-c", _HOLDER],
-            cwd=workspace,
-            env={**env, SESSION_MARKER: str(session_id)},
+            cwd=spec.workspace,
+            env={**spec.env, SESSION_MARKER: str(spec.session_id)},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -80,6 +89,41 @@ class ProcessRuntime:
         except ValueError:
             return False
         return process_state(pgid) not in (None, "Z", "X")
+
+    def stats(self, handle: str) -> WorkerStats:
+        """CPU time and resident memory of the group's leader, from /proc."""
+        pid = int(handle)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            raise WorkerGone(f"Worker process group {pid} is gone.") from exc
+        ticks = os.sysconf("SC_CLK_TCK")
+        rss = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), None)
+        return WorkerStats(cpu_seconds=(int(stat[11]) + int(stat[12])) / ticks, memory_bytes=rss)
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Worker holders on this machine: marked processes that lead their own group."""
+        found = []
+        for pid in pids_with_marker(SESSION_MARKER):
+            try:
+                if os.getpgid(pid) != pid:
+                    continue  # a command inside a worker, not a worker
+            except ProcessLookupError:
+                continue
+            session = _marker_value(pid)
+            found.append(WorkerInfo(handle=str(pid), session_id=session, labels={}, running=process_state(pid) != "T"))
+        return found
+
+
+def _marker_value(pid: int) -> int | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    prefix = f"{SESSION_MARKER}=".encode()
+    value = next((item[len(prefix):] for item in environ if item.startswith(prefix)), b"")
+    return int(value) if value.isdigit() else None
 
 
 def _reap(pid: int, wait: float = 2.0) -> None:

@@ -30,11 +30,12 @@ def run(ctx: StageContext) -> Outcome:
     except PermanentError as exc:
         raise StageFailed(exc.message, code=exc.code) from exc
     session = workers.session_acquire(project_id=ctx.project.id, run_id=ctx.run.id, role=Role.DEVELOPER,
-                                      runtime_name=config.runtime or None)
+                                      config=config)
     repo = workers.workspace_checkout(session, remote=prepared["repo"], branch=prepared["branch"])
     task = DevelopTask(
         run_id=ctx.run.id, iteration=ctx.run.iteration, branch=prepared["branch"], spec=spec,
         repo_dir=str(repo), spec_path=SPEC_PATH, previous_report=_previous_report(ctx),
+        python=workers.runtime_of(session).python,
     )
 
     def in_worker(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:

@@ -5,11 +5,11 @@ the run fails with the report as its reason.
 """
 from __future__ import annotations
 
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from agents.contracts import FailingTest, TestReport
+from agents import services as agent_services
 from agents.models import Role
 from orchestrator import workers
 from orchestrator.stages import Next, Outcome, StageContext, StageFailed
@@ -22,14 +22,16 @@ def run(ctx: StageContext) -> Outcome:
     prepared = ctx.output_of(Stage.PREPARER)
     developed = ctx.output_of(Stage.DEVELOPER, iteration=ctx.run.iteration)
     commit = developed["commit"]
-    session = workers.session_acquire(project_id=ctx.project.id, run_id=ctx.run.id, role=Role.DEVELOPER)
+    config = agent_services.agent_config_for(role=Role.DEVELOPER)
+    session = workers.session_acquire(project_id=ctx.project.id, run_id=ctx.run.id, role=Role.DEVELOPER,
+                                      config=config)
     repo = workers.workspace_checkout(session, remote=prepared["repo"], branch=prepared["branch"], commit=commit)
     reports = Path(session.workspace) / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     junit = reports / f"junit-{ctx.stage_run.id}.xml"
     junit.unlink(missing_ok=True)
     result = workers.session_exec(
-        session, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:django",
+        session, [workers.runtime_of(session).python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:django",
                   f"--junitxml={junit}"], cwd=repo,
     )
     workers.session_idle(session=session, reason="tests finished")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.procs import pids_with_marker, process_state
-from orchestrator.runtime.base import SESSION_MARKER, WorkerGone
+from orchestrator.runtime.base import SESSION_MARKER, WorkerGone, WorkerSpec
 from orchestrator.runtime.process import ProcessRuntime
 
 
@@ -28,7 +28,7 @@ def _env(tmp: Path) -> dict[str, str]:
 
 def test_exec_runs_in_the_workspace_inside_the_worker_group(runtime, tmp_path):
     rt, handles = runtime
-    handle = rt.create(session_id=9001, workspace=tmp_path / "ws", env=_env(tmp_path))
+    handle = rt.create(WorkerSpec(session_id=9001, workspace=tmp_path / "ws", env=_env(tmp_path)))
     handles.append(handle)
     result = rt.exec(handle, [sys.executable, "-c", "import os; print(os.getcwd(), os.getpgrp())"],
                      cwd=tmp_path / "ws", env=_env(tmp_path), timeout=10)
@@ -41,7 +41,7 @@ def test_exec_runs_in_the_workspace_inside_the_worker_group(runtime, tmp_path):
 
 def test_exec_timeout_kills_the_command_and_says_so(runtime, tmp_path):
     rt, handles = runtime
-    handle = rt.create(session_id=9002, workspace=tmp_path, env=_env(tmp_path))
+    handle = rt.create(WorkerSpec(session_id=9002, workspace=tmp_path, env=_env(tmp_path)))
     handles.append(handle)
     started = time.monotonic()
     result = rt.exec(handle, ["sleep", "30"], cwd=tmp_path, env=_env(tmp_path), timeout=0.5)
@@ -51,7 +51,7 @@ def test_exec_timeout_kills_the_command_and_says_so(runtime, tmp_path):
 
 def test_pause_really_stops_output_and_unpause_resumes_it(runtime, tmp_path):
     rt, handles = runtime
-    handle = rt.create(session_id=9003, workspace=tmp_path, env=_env(tmp_path))
+    handle = rt.create(WorkerSpec(session_id=9003, workspace=tmp_path, env=_env(tmp_path)))
     handles.append(handle)
     ticker = tmp_path / "ticks"
     # A process inside the worker that writes a tick every 50 ms, in the background.
@@ -71,7 +71,7 @@ def test_pause_really_stops_output_and_unpause_resumes_it(runtime, tmp_path):
 
 def test_terminate_kills_everything_in_the_worker(runtime, tmp_path):
     rt, _ = runtime
-    handle = rt.create(session_id=9004, workspace=tmp_path, env=_env(tmp_path))
+    handle = rt.create(WorkerSpec(session_id=9004, workspace=tmp_path, env=_env(tmp_path)))
     rt.exec(handle, ["sh", "-c", "sleep 300 >/dev/null 2>&1 &"], cwd=tmp_path, env=_env(tmp_path), timeout=10)
     rt.pause(handle)
     rt.terminate(handle)
@@ -85,7 +85,21 @@ def test_terminate_kills_everything_in_the_worker(runtime, tmp_path):
 
 def test_exec_in_a_gone_worker_raises_worker_gone(runtime, tmp_path):
     rt, _ = runtime
-    handle = rt.create(session_id=9005, workspace=tmp_path, env=_env(tmp_path))
+    handle = rt.create(WorkerSpec(session_id=9005, workspace=tmp_path, env=_env(tmp_path)))
     rt.terminate(handle)
     with pytest.raises(WorkerGone):
         rt.exec(handle, ["true"], cwd=tmp_path, env=_env(tmp_path), timeout=5)
+
+
+def test_list_workers_finds_holders_not_the_commands_inside_them(runtime, tmp_path):
+    rt, handles = runtime
+    handle = rt.create(WorkerSpec(session_id=9006, workspace=tmp_path, env=_env(tmp_path)))
+    handles.append(handle)
+    rt.exec(handle, ["sh", "-c", "sleep 30 >/dev/null 2>&1 &"], cwd=tmp_path,
+            env={**_env(tmp_path), SESSION_MARKER: "9006"}, timeout=10)
+    mine = [w for w in rt.list_workers() if w.session_id == 9006]
+    assert [(w.handle, w.running) for w in mine] == [(handle, True)]
+    rt.pause(handle)
+    assert [w.running for w in rt.list_workers() if w.session_id == 9006] == [False]
+    stats = rt.stats(handle)
+    assert stats.memory_bytes and stats.memory_bytes > 1_000_000
