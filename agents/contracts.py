@@ -42,3 +42,17 @@ class TestReport(BaseModel):
         if self.failing:
             text += ": " + "; ".join(f"{t.name}: {t.message}" for t in self.failing[:5])
         return text
+
+
+class ProgressIn(BaseModel):
+    """``orchestrator-cli progress "..."``: what the agent is doing, for the person to see."""
+
+    model_config = ConfigDict(extra="forbid")
+    message: str = Field(min_length=1, max_length=2000)
+
+
+class AskIn(BaseModel):
+    """``orchestrator-cli ask "..."``: a question for a person."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1, max_length=4000)

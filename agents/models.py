@@ -77,7 +77,11 @@ class WorkerSession(models.Model):
     context_tokens = models.PositiveIntegerField(default=0)
     last_activity_at = models.DateTimeField(null=True, blank=True)
     owner_node = models.CharField(max_length=200, blank=True)
-    api_token_hash = models.CharField(max_length=128, blank=True)
+    # The worker's short-lived API token (channel 2), stored as a SHA-256 hash, scoped to ``run``.
+    api_token_hash = models.CharField(max_length=128, blank=True, db_index=True)
+    api_token_expires_at = models.DateTimeField(null=True, blank=True)
+    # An AgentResult reported through `orchestrator-cli result` (validated when it arrived).
+    reported_result = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     terminated_at = models.DateTimeField(null=True, blank=True)
 
@@ -95,6 +99,22 @@ class WorkerSession(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} worker #{self.pk} ({self.state})"
+
+
+class WorkerTransition(models.Model):
+    """Every state change of a worker session: when, from what, to what, and why."""
+
+    session = models.ForeignKey(WorkerSession, on_delete=models.CASCADE, related_name="transitions")
+    from_state = models.CharField(max_length=20, blank=True)
+    to_state = models.CharField(max_length=20)
+    reason = models.CharField(max_length=200, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.from_state or '-'} → {self.to_state} ({self.reason})"
 
 
 class Usage(models.Model):

@@ -1,50 +1,39 @@
 """State changes of agent configs, worker sessions and the usage ledger."""
 from __future__ import annotations
 
+import hashlib
+import os
+import secrets
 import socket
+from datetime import timedelta
 from decimal import Decimal
 
 import structlog
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from agents.models import AgentConfig, Role, Usage, WorkerSession
-from config.errors import Conflict, ValidationFailed
+from agents.contracts import AgentResult
+from agents.models import AgentConfig, Role, Usage, WorkerSession, WorkerTransition
+from config.errors import AppError, Conflict, ValidationFailed
 from projects.models import PipelineRun, StageRun
 
 log = structlog.get_logger(__name__)
+State = WorkerSession.State
+
+
+class WorkerQuotaExceeded(AppError):
+    """MAX_WORKERS live sessions exist; a new one must wait (the stage retries later)."""
+
+    status_code = 503
+    code = "worker_quota"
 
 
 def agent_config_for(*, role: str) -> AgentConfig:
     """The role's config; a missing one is created with the defaults (scripted backend)."""
     config, _ = AgentConfig.objects.get_or_create(role=role)
     return config
-
-
-def current_node() -> str:
-    return socket.gethostname()
-
-
-@transaction.atomic
-def session_create(*, project_id: int, run_id: int | None, role: str, runtime: str, workspace_root: str) -> WorkerSession:
-    """Record a worker before it exists, so a crash mid-start leaves a row the reaper can find.
-
-    Each session gets a workspace of its own under ``workspace_root``: a replacement worker never
-    inherits the half-written files (or git locks) of the one it replaces.
-    """
-    try:
-        with transaction.atomic():
-            session = WorkerSession.objects.create(
-                project_id=project_id, run_id=run_id, role=role, runtime=runtime,
-                state=WorkerSession.State.STARTING, state_reason="created", state_changed_at=timezone.now(),
-                last_activity_at=timezone.now(), owner_node=current_node(),
-            )
-    except IntegrityError as exc:
-        raise Conflict(f"Project {project_id} already has a live {role} worker.", code="worker_exists") from exc
-    session.workspace = f"{workspace_root.rstrip('/')}/session-{session.id}"
-    WorkerSession.objects.filter(id=session.id).update(workspace=session.workspace)
-    return session
 
 
 @transaction.atomic
@@ -62,28 +51,163 @@ def agent_config_set(*, role: str, **fields) -> AgentConfig:
     return config
 
 
+def current_node() -> str:
+    """The Celery node this process belongs to (set when a worker starts), else the host name."""
+    return os.environ.get("FACTORY_NODE") or socket.gethostname()
+
+
+def _quota_lock() -> None:
+    """Serialise quota checks: an advisory lock on PostgreSQL; SQLite's write lock already does."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [0x57524B52])
+
+
+@transaction.atomic
+def session_create(*, project_id: int, run_id: int | None, role: str, runtime: str, workspace_root: str) -> WorkerSession:
+    """Record a worker before it exists, so a crash mid-start leaves a row the reaper can find.
+
+    Refused with WorkerQuotaExceeded when MAX_WORKERS sessions are live (paused ones count).
+    Each session gets a workspace of its own under ``workspace_root``: a replacement worker never
+    inherits the half-written files (or git locks) of the one it replaces.
+    """
+    _quota_lock()
+    live = WorkerSession.objects.filter(state__in=WorkerSession.LIVE).count()
+    if live >= settings.MAX_WORKERS:
+        raise WorkerQuotaExceeded(f"{live} workers are live; the limit is {settings.MAX_WORKERS}.",
+                                  extra={"live": live, "limit": settings.MAX_WORKERS})
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            session = WorkerSession.objects.create(
+                project_id=project_id, run_id=run_id, role=role, runtime=runtime,
+                state=State.STARTING, state_reason="created", state_changed_at=now,
+                last_activity_at=now, owner_node=current_node(),
+            )
+    except IntegrityError as exc:
+        raise Conflict(f"Project {project_id} already has a live {role} worker.", code="worker_exists") from exc
+    session.workspace = f"{workspace_root.rstrip('/')}/session-{session.id}"
+    WorkerSession.objects.filter(id=session.id).update(workspace=session.workspace)
+    WorkerTransition.objects.create(session=session, from_state="", to_state=State.STARTING, reason="created")
+    return session
+
+
+@transaction.atomic
 def session_set_state(*, session_id: int, state: str, reason: str, container_id: str | None = None,
                       expect: tuple[str, ...] | None = None) -> bool:
-    """Move a session to ``state``; with ``expect``, only from one of those states."""
+    """Move a session to ``state`` (only from one of ``expect``, if given); record the transition."""
+    current = WorkerSession.objects.select_for_update().filter(id=session_id).values_list("state", flat=True).first()
+    if current is None or (expect is not None and current not in expect):
+        return False
     now = timezone.now()
     fields: dict = {"state": state, "state_reason": reason[:200], "state_changed_at": now, "last_activity_at": now}
     if container_id is not None:
         fields["container_id"] = container_id
-    if state in (WorkerSession.State.TERMINATED, WorkerSession.State.FAILED):
-        fields["terminated_at"] = now
-    qs = WorkerSession.objects.filter(id=session_id)
-    if expect is not None:
-        qs = qs.filter(state__in=expect)
-    changed = bool(qs.update(**fields))
-    if changed:
-        log.info("worker_state", session_id=session_id, state=state, reason=reason)
-    return changed
+    if state in (State.TERMINATED, State.FAILED):
+        fields.update(terminated_at=now, api_token_hash="", api_token_expires_at=None)
+    WorkerSession.objects.filter(id=session_id).update(**fields)
+    WorkerTransition.objects.create(session_id=session_id, from_state=current, to_state=state, reason=reason[:200])
+    log.info("worker_state", session_id=session_id, state=state, reason=reason)
+    return True
 
 
 def session_attach_run(*, session_id: int, run_id: int) -> None:
     WorkerSession.objects.filter(id=session_id).update(run_id=run_id, last_activity_at=timezone.now())
 
 
+def sessions_touch(*, run_id: int) -> None:
+    """Work is going on in this run's running workers: they are not idle."""
+    WorkerSession.objects.filter(run_id=run_id, state=State.RUNNING).update(last_activity_at=timezone.now())
+
+
+def session_record_agent(*, session_id: int, agent_session_id: str | None, context_tokens: int) -> None:
+    """Remember the agent's own session (for --resume) and how large its context has grown."""
+    fields: dict = {"context_tokens": context_tokens, "last_activity_at": timezone.now()}
+    if agent_session_id:
+        fields["agent_session_id"] = agent_session_id
+    WorkerSession.objects.filter(id=session_id).update(**fields)
+
+
+def session_resumable_agent(session: WorkerSession) -> str | None:
+    """The agent session to resume, if the same project's worker is still a good place for it:
+    under AGENT_RESUME_MAX_CONTEXT tokens of context and active within AGENT_RESUME_MAX_AGE."""
+    if not session.agent_session_id:
+        return None
+    if session.context_tokens >= settings.AGENT_RESUME_MAX_CONTEXT_TOKENS:
+        return None
+    if not session.last_activity_at or timezone.now() - session.last_activity_at > timedelta(
+        seconds=settings.AGENT_RESUME_MAX_AGE_SECONDS
+    ):
+        return None
+    return session.agent_session_id
+
+
+# --- the worker's API token (channel 2) ----------------------------------------------
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@transaction.atomic
+def session_issue_token(*, session_id: int, run_id: int) -> str:
+    """A fresh short-lived token for the worker, scoped to ``run_id``; only its hash is kept."""
+    token = secrets.token_urlsafe(32)
+    WorkerSession.objects.filter(id=session_id).update(
+        api_token_hash=_hash(token), run_id=run_id,
+        api_token_expires_at=timezone.now() + timedelta(seconds=settings.WORKER_TOKEN_TTL_SECONDS),
+    )
+    return token
+
+
+def session_for_token(token: str) -> WorkerSession | None:
+    """The live session a token belongs to, if it has not expired."""
+    if not token:
+        return None
+    return (
+        WorkerSession.objects.select_related("run")
+        .filter(api_token_hash=_hash(token), state__in=WorkerSession.LIVE, api_token_expires_at__gt=timezone.now())
+        .first()
+    )
+
+
+@transaction.atomic
+def session_report_result(*, session_id: int, result: AgentResult) -> None:
+    WorkerSession.objects.filter(id=session_id).update(
+        reported_result=result.model_dump(), last_activity_at=timezone.now()
+    )
+
+
+def session_take_result(*, session_id: int) -> AgentResult | None:
+    """The result reported through the CLI, cleared so a later turn cannot reuse it."""
+    with transaction.atomic():
+        raw = WorkerSession.objects.select_for_update().filter(id=session_id).values_list(
+            "reported_result", flat=True).first()
+        if raw is None:
+            return None
+        WorkerSession.objects.filter(id=session_id).update(reported_result=None)
+    return AgentResult.model_validate(raw)
+
+
+@transaction.atomic
+def worker_progress(*, session: WorkerSession, message: str) -> None:
+    """Channel 2: the agent says what it is doing; the worker keeps running."""
+    from projects.services import event_record
+
+    WorkerSession.objects.filter(id=session.id).update(last_activity_at=timezone.now())
+    event_record(run_id=session.run_id, type="agent.progress", stage=session.role,
+                 payload={"session_id": session.id, "message": message})
+
+
+@transaction.atomic
+def worker_ask(*, session: WorkerSession, question: str) -> None:
+    """Channel 2: the agent asks a person. (Answers arrive with the escalation flow.)"""
+    from projects.services import event_record
+
+    WorkerSession.objects.filter(id=session.id).update(last_activity_at=timezone.now())
+    event_record(run_id=session.run_id, type="agent.question", stage=session.role,
+                 payload={"session_id": session.id, "question": question})
+
+
+# --- the ledger ----------------------------------------------------------------------
 @transaction.atomic
 def usage_record(*, project_id: int, stage_run_id: int | None, session_id: int | None, role: str, backend: str,
                  model: str = "", input_tokens: int = 0, output_tokens: int = 0, cache_read_tokens: int = 0,

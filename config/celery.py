@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -18,3 +18,19 @@ def _install_beat_schedule(sender: Celery, **_: object) -> None:
     from orchestrator.schedule import beat_schedule
 
     sender.conf.beat_schedule = beat_schedule()
+
+
+@signals.celeryd_after_setup.connect
+def _remember_node(sender: str, **_: object) -> None:
+    # Worker sessions record the node that owns them; pool processes inherit this.
+    os.environ["FACTORY_NODE"] = sender
+
+
+@signals.worker_shutdown.connect
+def _terminate_owned_workers(**_: object) -> None:
+    """A node that shuts down ends the worker sessions it owns (a SIGKILL leaves them to the reaper)."""
+    from orchestrator.maintenance import workers_terminate_node
+
+    node = os.environ.get("FACTORY_NODE")
+    if node:
+        workers_terminate_node(node=node)

@@ -16,7 +16,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 def env_str(name: str, default: str | None = None) -> str:
     value = os.environ.get(name)
-    if value is None:
+    if value is None or value == "":  # set but empty counts as unset
         if default is None:
             raise ImproperlyConfigured(f"The environment variable {name} is required.")
         return default

@@ -172,8 +172,30 @@ STAGE_TIME_LIMIT = env_int("STAGE_TIME_LIMIT", 960)
 AGENT_BACKEND = env_str("AGENT_BACKEND", "scripted")
 WORKER_RUNTIME = env_str("WORKER_RUNTIME", "process")
 WORKER_EXEC_TIMEOUT = env_int("WORKER_EXEC_TIMEOUT", 600)
+# At most this many live worker sessions (paused ones count); over it a stage waits and retries.
+MAX_WORKERS = env_int("MAX_WORKERS", 8)
+WORKER_QUOTA_RETRY_SECONDS = env_float("WORKER_QUOTA_RETRY_SECONDS", 15.0)
+# Beat sweeps of the worker lifecycle.
+WORKER_SWEEP_INTERVAL_SECONDS = env_float("WORKER_SWEEP_INTERVAL_SECONDS", 30.0)
+# The worker's API token (orchestrator-cli) lives this long; it is scoped to one run.
+WORKER_TOKEN_TTL_SECONDS = env_int("WORKER_TOKEN_TTL_SECONDS", 2 * 3600)
+# Where a worker reaches the API (channel 2), and the Python the CLI runs with inside it.
+FACTORY_API_URL = env_str("FACTORY_API_URL", "http://127.0.0.1:8000")
+# Resume the agent's own session only while its context is small and it was active recently.
+AGENT_RESUME_MAX_CONTEXT_TOKENS = env_int("AGENT_RESUME_MAX_CONTEXT_TOKENS", 150_000)
+AGENT_RESUME_MAX_AGE_SECONDS = env_int("AGENT_RESUME_MAX_AGE_SECONDS", 24 * 3600)
+# Budgets in USD: per run and per project (AgentConfig.budget_usd caps one stage's agent).
+RUN_BUDGET_USD = env_float("RUN_BUDGET_USD", 5.0)
+PROJECT_BUDGET_USD = env_float("PROJECT_BUDGET_USD", 50.0)
 # Used by the scripted agent only: how many developer iterations deliberately fail.
 SCRIPTED_FAIL_TIMES = env_int("SCRIPTED_FAIL_TIMES", 0)
+# Claude Code backend: the CLI inside the worker; the key reaches it only as an env variable.
+ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY", "")
+CLAUDE_BIN = env_str("CLAUDE_BIN", "claude")
+# OpenAI-compatible backend: a chat-completions endpoint (base URL ends before /chat/completions).
+LLM_BASE_URL = env_str("LLM_BASE_URL", "")
+LLM_API_KEY = env_str("LLM_API_KEY", "")
+LLM_MODEL = env_str("LLM_MODEL", "")
 
 # --- Deploy ---------------------------------------------------------------------------
 DEPLOY_HOST = env_str("DEPLOY_HOST", "127.0.0.1")

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from agents.api import WorkerAskView, WorkerProgressView, WorkerResultView
 from projects.api import ProjectViewSet, RunViewSet
 
 router = DefaultRouter()
@@ -12,6 +13,9 @@ router.register("runs", RunViewSet, basename="run")
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include(router.urls)),
+    path("api/runs/<int:run_id>/worker/progress/", WorkerProgressView.as_view(), name="worker-progress"),
+    path("api/runs/<int:run_id>/worker/ask/", WorkerAskView.as_view(), name="worker-ask"),
+    path("api/runs/<int:run_id>/worker/result/", WorkerResultView.as_view(), name="worker-result"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

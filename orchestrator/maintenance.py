@@ -1,14 +1,26 @@
-"""Clean-up the engine does on request or on schedule."""
+"""Clean-up the engine does on schedule (beat) or on request: the worker lifecycle sweeps."""
 from __future__ import annotations
 
-import structlog
+import socket
+from dataclasses import dataclass, field
+from datetime import timedelta
 
+import structlog
+from django.db.models import Q
+from django.utils import timezone
+
+from agents import services as agent_services
+from agents.models import AgentConfig, WorkerSession
 from orchestrator import workers
 from orchestrator.deploy import local
+from orchestrator.runtime import WorkerGone, get_runtime
 from projects import services as project_services
 from projects.models import Deployment
 
 log = structlog.get_logger(__name__)
+State = WorkerSession.State
+# A session may sit in "starting" without a container this long before it counts as failed.
+STARTING_GRACE = timedelta(minutes=5)
 
 
 def project_teardown(*, project_id: int) -> int:
@@ -21,3 +33,100 @@ def project_teardown(*, project_id: int) -> int:
     workers.sessions_terminate_for_project(project_id=project_id, reason="project torn down")
     log.info("project_torn_down", project_id=project_id, releases=stopped)
     return stopped
+
+
+def _ttls() -> dict[str, AgentConfig]:
+    configs = {c.role: c for c in AgentConfig.objects.all()}
+    return configs
+
+
+def _ttl(configs: dict[str, AgentConfig], role: str, name: str) -> int:
+    config = configs.get(role)
+    return getattr(config, name) if config else AgentConfig._meta.get_field(name).default
+
+
+def workers_pause_idle() -> int:
+    """Pause running workers nobody has used for their role's idle TTL."""
+    configs, now = _ttls(), timezone.now()
+    shortest = min([_ttl(configs, r, "idle_ttl_seconds") for r in ("architect", "developer", "tester")])
+    paused = 0
+    candidates = WorkerSession.objects.filter(
+        state__in=[State.RUNNING, State.IDLE], last_activity_at__lt=now - timedelta(seconds=shortest)
+    )
+    for session in candidates:
+        if session.last_activity_at >= now - timedelta(seconds=_ttl(configs, session.role, "idle_ttl_seconds")):
+            continue
+        workers.session_idle(session=session, reason="idle past its TTL")
+        paused += 1
+    return paused
+
+
+@dataclass
+class ReapReport:
+    expired: list[int] = field(default_factory=list)  # paused past pause_ttl, or past max lifetime
+    vanished: list[int] = field(default_factory=list)  # the database says live; the container is gone
+    orphans: list[str] = field(default_factory=list)  # containers of ours with no live session
+
+    def total(self) -> int:
+        return len(self.expired) + len(self.vanished) + len(self.orphans)
+
+
+def workers_reap() -> ReapReport:
+    """Terminate expired workers, fail sessions whose worker vanished, remove orphan workers."""
+    configs, now, report = _ttls(), timezone.now(), ReapReport()
+    min_pause = min(_ttl(configs, r, "pause_ttl_seconds") for r in ("architect", "developer", "tester"))
+    min_life = min(_ttl(configs, r, "max_lifetime_seconds") for r in ("architect", "developer", "tester"))
+    expired = WorkerSession.objects.filter(
+        Q(state=State.PAUSED, state_changed_at__lt=now - timedelta(seconds=min_pause))
+        | Q(state__in=WorkerSession.LIVE, created_at__lt=now - timedelta(seconds=min_life))
+    )
+    for session in expired:
+        if session.state == State.PAUSED and session.state_changed_at < now - timedelta(
+                seconds=_ttl(configs, session.role, "pause_ttl_seconds")):
+            reason = "paused past pause_ttl"
+        elif session.created_at < now - timedelta(seconds=_ttl(configs, session.role, "max_lifetime_seconds")):
+            reason = "past max lifetime"
+        else:
+            continue
+        workers.session_terminate(session=session, reason=reason)
+        report.expired.append(session.id)
+
+    live = list(WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list(
+        "id", "runtime", "container_id", "owner_node", "created_at"))
+    for runtime_name in {row[1] for row in live} | {"process"}:
+        _reconcile_runtime(runtime_name, live, now, report)
+    if report.total():
+        log.info("workers_reaped", expired=report.expired, vanished=report.vanished, orphans=report.orphans)
+    return report
+
+
+def _reconcile_runtime(runtime_name: str, live: list[tuple], now, report: ReapReport) -> None:
+    runtime = get_runtime(runtime_name)
+    try:
+        found = runtime.list_workers()
+    except WorkerGone:
+        return
+    handles = {w.handle for w in found}
+    live_ids = {row[0] for row in live}
+    local_only = runtime_name == "process"  # process groups are visible on their own machine only
+    host = socket.gethostname()
+    for session_id, name, handle, node, created in live:
+        if name != runtime_name or (local_only and node.rsplit("@", 1)[-1] != host):
+            continue
+        if handle in handles or (not handle and created > now - STARTING_GRACE):
+            continue
+        if agent_services.session_set_state(session_id=session_id, state=State.FAILED,
+                                            reason="worker vanished", expect=WorkerSession.LIVE):
+            report.vanished.append(session_id)
+    for worker in found:
+        if worker.session_id not in live_ids:
+            runtime.terminate(worker.handle)
+            report.orphans.append(worker.handle)
+
+
+def workers_terminate_node(*, node: str) -> int:
+    """A worker node is shutting down: end the sessions it owns."""
+    sessions = list(WorkerSession.objects.filter(owner_node=node, state__in=WorkerSession.LIVE))
+    for session in sessions:
+        workers.session_terminate(session=session, reason=f"node {node} shut down")
+    return len(sessions)

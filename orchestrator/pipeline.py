@@ -15,6 +15,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from agents import services as agent_services
+from agents.services import WorkerQuotaExceeded
 from config.errors import AppError
 from orchestrator.stages import Next, StageContext, StageFailed
 from projects import services as project_services
@@ -48,8 +50,8 @@ def chain_from(run_id: int, stage: str = Stage.ARCHITECT) -> chain:
 class _Heartbeat:
     """Writes the claim's heartbeat from a side thread while the stage works."""
 
-    def __init__(self, stage_run_id: int, attempt: int):
-        self.stage_run_id, self.attempt = stage_run_id, attempt
+    def __init__(self, run_id: int, stage_run_id: int, attempt: int):
+        self.run_id, self.stage_run_id, self.attempt = run_id, stage_run_id, attempt
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{stage_run_id}")
 
@@ -59,6 +61,7 @@ class _Heartbeat:
                 if not project_services.stage_heartbeat(stage_run_id=self.stage_run_id, attempt=self.attempt):
                     log.warning("heartbeat_claim_lost", stage_run_id=self.stage_run_id)
                     return
+                agent_services.sessions_touch(run_id=self.run_id)
         finally:
             connection.close()
 
@@ -86,9 +89,14 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     row, run = claim.stage_run, claim.run
     ctx = StageContext(run=run, stage_run=row, project=run.project, task_id=task_id)
     with structlog.contextvars.bound_contextvars(run_id=run_id, stage=stage, task_id=task_id), \
-            _Heartbeat(row.id, row.attempt):
+            _Heartbeat(run_id, row.id, row.attempt):
         try:
             outcome = stage_module(stage).run(ctx)
+        except WorkerQuotaExceeded as exc:
+            # Not a failure: too many live workers. Give the claim back; the task retries later.
+            log.info("worker_quota_wait", reason=exc.message)
+            project_services.stage_release(stage_run_id=row.id, attempt=row.attempt, reason=exc.message)
+            return Next.WAIT
         except StageFailed as exc:
             log.warning("stage_failed", code=exc.code, reason=exc.message)
             project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code,

@@ -7,11 +7,24 @@ from django.conf import settings
 
 def beat_schedule() -> dict:
     interval = settings.RECONCILE_INTERVAL_SECONDS
+    sweep = settings.WORKER_SWEEP_INTERVAL_SECONDS
     return {
         # Re-enqueue runs whose stage lost its message or its worker (the DB is the truth).
         "reconcile-runs": {
             "task": "maintenance.reconcile_runs",
             "schedule": interval,
             "options": {"expires": interval},
+        },
+        # Pause running workers idle past their role's idle TTL (a paused worker costs no CPU).
+        "workers-pause-idle": {
+            "task": "workers.pause_idle",
+            "schedule": sweep,
+            "options": {"expires": sweep},
+        },
+        # Terminate expired workers, fail sessions whose worker vanished, remove orphan workers.
+        "workers-reap": {
+            "task": "workers.reap",
+            "schedule": sweep,
+            "options": {"expires": sweep},
         },
     }

@@ -5,7 +5,7 @@ import structlog
 from celery import chain, shared_task
 from django.conf import settings
 
-from orchestrator import pipeline
+from orchestrator import maintenance, pipeline
 from orchestrator.stages import Next
 from projects import services as project_services
 from projects.models import Stage
@@ -21,11 +21,15 @@ STAGE_TASK = dict(
 )
 
 
-def _run_stage(task, stage: str, run_id: int) -> None:
+def _run_stage(task, stage: str, run_id: int) -> Next | None:
     outcome = pipeline.execute(stage=stage, run_id=run_id, task_id=task.request.id or "")
     if outcome is None:
         # Another task owns this stage (or an earlier one): that task's chain goes on, not ours.
         task.request.chain = None
+    elif outcome is Next.WAIT:
+        # Over the worker quota: wait by retrying later, never by sleeping.
+        raise task.retry(countdown=settings.WORKER_QUOTA_RETRY_SECONDS, max_retries=None)
+    return outcome
 
 
 @shared_task(name="pipeline.start", acks_late=True, ignore_result=True, soft_time_limit=30, time_limit=60)
@@ -50,10 +54,7 @@ def developer(self, run_id: int) -> None:
 
 @shared_task(name="pipeline.tester", **STAGE_TASK)
 def tester(self, run_id: int) -> None:
-    outcome = pipeline.execute(stage=Stage.TESTER, run_id=run_id, task_id=self.request.id or "")
-    if outcome is None:
-        self.request.chain = None
-    elif outcome is Next.LOOP:
+    if _run_stage(self, Stage.TESTER, run_id) is Next.LOOP:
         # Back to the Developer; the rest of this chain (deployer, notify) follows the new pair.
         raise self.replace(chain(developer.si(run_id=run_id), tester.si(run_id=run_id)))
 
@@ -76,3 +77,16 @@ def reconcile_runs() -> int:
         log.info("run_requeued", run_id=item.run_id, stage=item.stage, reason=item.reason)
         pipeline.chain_from(item.run_id, item.stage).apply_async()
     return len(requeued)
+
+
+SWEEP_TASK = dict(acks_late=True, ignore_result=True, soft_time_limit=120, time_limit=180)
+
+
+@shared_task(name="workers.pause_idle", **SWEEP_TASK)
+def pause_idle() -> int:
+    return maintenance.workers_pause_idle()
+
+
+@shared_task(name="workers.reap", **SWEEP_TASK)
+def reap() -> int:
+    return maintenance.workers_reap().total()

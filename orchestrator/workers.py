@@ -24,7 +24,8 @@ def worker_env(runtime: WorkerRuntime, workspace: Path, session_id: int) -> dict
     """
     return {
         SESSION_MARKER: str(session_id),
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        # orchestrator-cli lives in the factory's bin/.
+        "PATH": f"{runtime.factory_path}/bin:" + os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(workspace),
         "LANG": "C.UTF-8",
         "PYTHONPATH": runtime.factory_path,

@@ -85,7 +85,8 @@ def run_create(*, project: Project, kind: str) -> PipelineRun:
     try:
         with transaction.atomic():
             run = PipelineRun.objects.create(
-                project=project, kind=kind, max_iterations=settings.PIPELINE_MAX_ITERATIONS
+                project=project, kind=kind, max_iterations=settings.PIPELINE_MAX_ITERATIONS,
+                budget_usd=settings.RUN_BUDGET_USD,
             )
     except IntegrityError as exc:
         raise Conflict("This project already has a run in progress.", code="run_in_progress") from exc
@@ -238,6 +239,18 @@ def stage_fail(*, stage_run_id: int, attempt: int, code: str, message: str,
             queued_at=now
         )
     return True
+
+
+@transaction.atomic
+def stage_release(*, stage_run_id: int, attempt: int, reason: str) -> bool:
+    """Give a claim back untouched (the stage could not start yet); it will be claimed again."""
+    done = StageRun.objects.filter(id=stage_run_id, attempt=attempt, status=StageRun.Status.RUNNING).update(
+        status=StageRun.Status.PENDING, queued_at=timezone.now(), started_at=None
+    )
+    if done:
+        row = StageRun.objects.get(id=stage_run_id)
+        event_record(run_id=row.run_id, type=RunEvent.Type.STAGE_WAITING, stage=row.stage, payload={"reason": reason})
+    return bool(done)
 
 
 def stage_skip(*, stage_run_id: int) -> None:

@@ -28,6 +28,8 @@ class DevelopTask:
     python: str = "python3"  # the interpreter inside the worker
     previous_report: TestReport | None = None
     resume: bool = False
+    # The agent's own conversation to continue (Claude Code's session id), from the last turn.
+    agent_session_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class AgentTurn:
     usage: TurnUsage = field(default_factory=TurnUsage)
     log: str = ""
     problem: str = ""  # why there is no result, for the person
+    agent_session_id: str | None = None  # for the caller to store and hand back as DevelopTask.agent_session_id
 
 
 class AgentBackend(Protocol):
@@ -71,3 +74,63 @@ def parse_agent_result(stdout: str) -> tuple[AgentResult | None, str]:
         return None, "the agent's last line is not JSON"
     except ValidationError as exc:
         return None, f"the agent's result is malformed: {exc.errors()[0]['msg']}"
+
+
+DEFAULT_DEVELOP_PROMPT = """You are the developer agent for "{spec_name}" (run {run_id}, iteration {iteration}).
+The current directory is the project's git working copy, on branch {branch}.
+Read TASK.md (what to build) and AGENTS.md (how to work here); {spec_path} is the same task as data.
+Implement the task, add tests, and run them with `python -m pytest` until they pass.
+Then commit your work and push it: `git push origin HEAD:{branch}`.
+{failing_tests}
+{report}"""
+
+RESUME_PROMPT = """Continue the task in TASK.md from where you stopped: the working copy holds your work so far.
+Finish it, make `python -m pytest` pass, commit, and push to the branch {branch}.
+{failing_tests}
+{report}"""
+
+# Placeholders a prompt template (AgentConfig.prompt_template) may use, as {name}.
+PROMPT_PLACEHOLDERS = (
+    "spec_name", "run_id", "iteration", "branch", "spec_path", "failing_tests", "report",
+)
+
+
+def failing_tests_text(report: TestReport | None, limit: int = 20) -> str:
+    """What the tester found last time, for the agent to fix; empty if there is nothing."""
+    if report is None or report.ok:
+        return ""
+    lines = [f"The last test run failed ({report.passed} passed, {report.failed} failed, "
+             f"{report.errors} errors). Fix these:"]
+    lines += [f"- {t.name}" + (f": {t.message}" if t.message else "") for t in report.failing[:limit]]
+    if len(report.failing) > limit:
+        lines.append(f"- ... and {len(report.failing) - limit} more")
+    return "\n".join(lines) + "\n"
+
+
+def develop_prompt(task: DevelopTask, *, template: str, report: str, continuing: bool) -> str:
+    """The developer's prompt: the role's template (or the default), the failing tests, how to report.
+
+    ``continuing``: the agent's own conversation is resumed, so a short "continue" suffices.
+    Placeholders are replaced by name only, so a template may hold literal JSON braces. The
+    report instructions and failing tests are appended when a template leaves them out: they
+    are the contract the factory depends on. Never a secret here: the prompt is on a command line.
+    """
+    failing = failing_tests_text(task.previous_report)
+    if continuing:
+        text = RESUME_PROMPT
+    else:
+        text = template.strip() or DEFAULT_DEVELOP_PROMPT
+        if task.resume:
+            text = ("A previous attempt at this task stopped without reporting a result; continue "
+                    "from the state of the working copy.\n\n" + text)
+    values = {
+        "spec_name": task.spec.name, "run_id": str(task.run_id), "iteration": str(task.iteration),
+        "branch": task.branch, "spec_path": task.spec_path, "failing_tests": failing, "report": report,
+    }
+    missing = [name for name in ("failing_tests", "report") if "{" + name + "}" not in text]
+    for name in PROMPT_PLACEHOLDERS:
+        text = text.replace("{" + name + "}", values[name])
+    for name in missing:
+        if values[name]:
+            text = text.rstrip() + "\n\n" + values[name]
+    return "\n".join(line.rstrip() for line in text.strip().splitlines()) + "\n"

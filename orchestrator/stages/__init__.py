@@ -12,6 +12,7 @@ from projects.models import PipelineRun, Project, StageRun
 class Next(enum.Enum):
     CONTINUE = "continue"  # go on down the chain
     LOOP = "loop"  # back to the Developer for another iteration
+    WAIT = "wait"  # no worker capacity: retry this stage later
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from projects import selectors, services
 from projects.models import PipelineRun, RunEvent
 from projects.specs import ProjectSpec
 
+CELERY = [sys.executable, "-m", "celery", "-A", "config"]
 STAGES = ["architect", "preparer", "developer", "tester", "deployer", "notify"]
 
 
@@ -40,10 +42,15 @@ class Command(BaseCommand):
         call_command("migrate", verbosity=0, interactive=False)
         logs = Path(settings.FACTORY_HOME) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        # The web app serves the API that agents call from inside workers (orchestrator-cli).
+        api_url = f"http://127.0.0.1:{_free_port()}"
+        env = {**os.environ, "FACTORY_API_URL": api_url}
         procs = [
-            self._spawn("worker", ["worker", "-Q", "pipeline,agents,maintenance,notify", "--concurrency=2",
-                                   "-n", f"demo-{os.getpid()}@%h", "--without-gossip", "--without-mingle"], logs),
-            self._spawn("beat", ["beat", "--pidfile=", f"--schedule={logs / 'beat-schedule'}"], logs),
+            self._spawn("web", [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", api_url[7:],
+                                "--workers", "2"], logs, env),
+            self._spawn("worker", [*CELERY, "worker", "-Q", "pipeline,agents,maintenance,notify", "--concurrency=2",
+                                   "-n", f"demo-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--loglevel=INFO"], logs, env),
+            self._spawn("beat", [*CELERY, "beat", f"--schedule={logs / 'beat-schedule'}", "--loglevel=INFO"], logs, env),
         ]
         project = None
         try:
@@ -53,7 +60,7 @@ class Command(BaseCommand):
             except AppError as exc:
                 raise CommandError(exc.message) from exc
             self.stdout.write(f"Project #{project.id}, run #{run.id}: {description}")
-            self.stdout.write(f"Worker and beat logs: {logs}")
+            self.stdout.write(f"API and admin at {api_url}/ ; logs in {logs}")
             run = self._watch(run.id, timeout, procs)
             self.stdout.write("")
             if run.status != PipelineRun.Status.SUCCEEDED:
@@ -73,13 +80,14 @@ class Command(BaseCommand):
             for proc in procs:
                 _stop(proc)
 
-    def _spawn(self, name: str, argv: list[str], logs: Path) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], logs: Path, env: dict[str, str]) -> subprocess.Popen:
         with open(logs / f"{name}.log", "ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", *argv, "--loglevel=INFO"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                cwd=settings.BASE_DIR,
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cwd=settings.BASE_DIR, env=env,
             )
+        proc.name = name  # type: ignore[attr-defined]
+        return proc
 
     def _watch(self, run_id: int, timeout: float, procs: list[subprocess.Popen]) -> PipelineRun:
         """Print each event as it is recorded, with the elapsed time; return the finished run."""
@@ -98,7 +106,7 @@ class Command(BaseCommand):
                 return run
             for proc in procs:
                 if proc.poll() is not None:
-                    raise CommandError(f"A Celery process exited ({proc.args[4]}, code {proc.returncode}); see its log.")
+                    raise CommandError(f"The {proc.name} process exited with code {proc.returncode}; see its log.")
             if elapsed > timeout:
                 raise CommandError(f"The run did not finish within {timeout:.0f}s (it is at {run.current_stage}).")
             if tty and run.current_stage:
@@ -153,3 +161,9 @@ def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
