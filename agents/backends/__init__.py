@@ -11,9 +11,17 @@ def get_backend(config: AgentConfig) -> AgentBackend:
         from agents.backends.scripted import ScriptedBackend
 
         return ScriptedBackend(config)
+    if config.backend == Backend.CLAUDE_CODE:
+        from agents.backends.claude_code import ClaudeCodeBackend
+
+        return ClaudeCodeBackend(config)
+    if config.backend == Backend.OPENAI_COMPATIBLE:
+        from agents.backends.openai_compatible import OpenAICompatibleBackend
+
+        return OpenAICompatibleBackend(config)
     raise PermanentError(
-        f"The {config.get_backend_display()} backend is not built yet; set the {config.role} role's backend "
-        f"to 'scripted' in admin (Agent configs).",
+        f"There is no agent backend {config.backend!r}; set the {config.role} role's backend to one of "
+        f"{', '.join(Backend.values)} in admin (Agent configs).",
         code="backend_not_available",
     )
 

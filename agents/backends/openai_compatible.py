@@ -11,6 +11,8 @@ million tokens, 0), ``request_timeout`` (seconds, 120), ``temperature`` (unset).
 from __future__ import annotations
 
 import base64
+import http.client
+import inspect
 import json
 import posixpath
 import socket
@@ -225,7 +227,7 @@ class OpenAICompatibleBackend:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             detail = _error_detail(exc)
-            if exc.code in (408, 409, 429) or exc.code >= 500:
+            if exc.code in (408, 429) or exc.code >= 500:
                 extra = {"status": exc.code}
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
                 if retry_after:
@@ -239,7 +241,7 @@ class OpenAICompatibleBackend:
                                  code="llm_unavailable") from exc
         except urllib.error.URLError as exc:
             raise TransientError(f"The LLM endpoint is unreachable: {exc.reason}", code="llm_unavailable") from exc
-        except (ConnectionError, OSError) as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise TransientError(f"The LLM endpoint connection failed: {exc}", code="llm_unavailable") from exc
         try:
             return _Completion.model_validate(json.loads(raw))
@@ -342,9 +344,10 @@ class _Tools:
         if handler is None:
             return f"error: there is no tool {name!r}; use run_shell, read_file, write_file or report_result."
         try:
-            return handler(**args)
+            inspect.signature(handler).bind(**args)
         except TypeError:
             return f"error: wrong arguments for {name}: {sorted(args)}"
+        return handler(**args)
 
     def run_shell(self, command: str) -> str:
         if not isinstance(command, str) or not command.strip():
