@@ -159,7 +159,8 @@ class ClaudeCodeBackend:
         log = err[-4000:]
         cli, problem = parse_cli_output(out)
         if cli is None:
-            detail = f"exit code {code}" + (f": {err.strip()[-500:]}" if err.strip() else "")
+            detail = f"exit code {code}" + (", killed: the time limit?" if code in (-9, 137) else "")
+            detail += f": {err.strip()[-500:]}" if err.strip() else ""
             return AgentTurn(result=None, usage=TurnUsage(model=self.config.model), log=log,
                              problem=f"{problem} ({detail})", agent_session_id=session_id)
         self._last_session_id = cli.session_id or session_id

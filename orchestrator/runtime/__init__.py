@@ -13,7 +13,12 @@ def get_runtime(name: str | None = None) -> WorkerRuntime:
         from orchestrator.runtime.process import ProcessRuntime
 
         return ProcessRuntime()
-    raise PermanentError(f"Unknown worker runtime {name!r}; this build supports: process.", code="unknown_runtime")
+    if name == "docker":
+        from orchestrator.runtime.docker import DockerRuntime
+
+        return DockerRuntime()
+    raise PermanentError(f"Unknown worker runtime {name!r}; this build supports: process, docker.",
+                         code="unknown_runtime")
 
 
 __all__ = ["ExecResult", "WorkerGone", "WorkerRuntime", "get_runtime"]

@@ -109,3 +109,26 @@ def test_worker_killed_mid_developer_the_run_still_finishes_once(celery_procs, u
     assert [s.id for s in live_sessions] != [old_session.id] and live_sessions.count() == 1
     deployment = Deployment.objects.get(project=project)
     assert pids_with_marker(RELEASE_MARKER, str(deployment.id)) == [deployment.pid]
+
+
+def test_over_the_worker_quota_a_stage_waits_by_retrying_then_goes_on(celery_procs, user):
+    from orchestrator import workers as worker_ops
+    from orchestrator.maintenance import project_teardown
+
+    celery_procs.worker(MAX_WORKERS="1", WORKER_QUOTA_RETRY_SECONDS="1")
+    # Another project (whose own run ended at once) holds the only worker slot.
+    blocker, blocker_run = services.project_create(owner=user, description="a bot that tells the weather")
+    assert wait_for_run(blocker_run.id, procs=celery_procs).status == "failed"
+    held = worker_ops.session_acquire(project_id=blocker.id, run_id=blocker_run.id, role="developer")
+    project, run = services.project_create(owner=user, description="a web service that greets people by name")
+    deadline = time.monotonic() + 60
+    while run.events.filter(type="stage.waiting").count() < 2:  # waited, and came back to wait again
+        assert time.monotonic() < deadline, celery_procs.logs()
+        time.sleep(0.2)
+    developer = StageRun.objects.get(run=run, stage="developer")
+    assert developer.status == "pending"
+    assert not WorkerSession.objects.filter(project=project).exists()
+    project_teardown(project_id=blocker.id)  # the slot frees up
+    run = wait_for_run(run.id, procs=celery_procs)
+    assert run.status == "succeeded", run.error_message
+    assert WorkerSession.objects.get(id=held.id).state == "terminated"
