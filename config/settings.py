@@ -171,6 +171,8 @@ STAGE_TIME_LIMIT = env_int("STAGE_TIME_LIMIT", 960)
 # --- Agents and workers ---------------------------------------------------------------
 AGENT_BACKEND = env_str("AGENT_BACKEND", "scripted")
 WORKER_RUNTIME = env_str("WORKER_RUNTIME", "process")
+# Names this installation on its hosts; workers carry it. Empty: derived from FACTORY_HOME.
+FACTORY_INSTANCE = env_str("FACTORY_INSTANCE", "")
 WORKER_IMAGE = env_str("WORKER_IMAGE", "factory-worker:test")  # the docker runtime's image
 WORKER_NETWORK_MODE = env_str("WORKER_NETWORK_MODE", "host")  # docker runtime: "host" or "none"
 WORKER_EXEC_TIMEOUT = env_int("WORKER_EXEC_TIMEOUT", 600)

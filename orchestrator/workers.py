@@ -10,7 +10,7 @@ from django.conf import settings
 from agents import services as agent_services
 from agents.models import AgentConfig, WorkerSession
 from orchestrator.runtime import ExecResult, WorkerGone, WorkerRuntime, get_runtime
-from orchestrator.runtime.base import SESSION_MARKER, WorkerSpec
+from orchestrator.runtime.base import SESSION_MARKER, WorkerSpec, factory_instance
 from orchestrator.stages import StageFailed
 
 log = structlog.get_logger(__name__)
@@ -61,7 +61,8 @@ def session_acquire(*, project_id: int, run_id: int, role: str, config: AgentCon
     try:
         handle = runtime.create(WorkerSpec(
             session_id=session.id, workspace=workspace, env=worker_env(runtime, workspace, session.id),
-            labels={"factory.session": str(session.id), "factory.project": str(project_id),
+            labels={"factory.instance": factory_instance(), "factory.session": str(session.id),
+                    "factory.project": str(project_id),
                     "factory.node": session.owner_node},
             cpu_limit=config.cpu_limit if config else None,
             memory_limit_mb=config.memory_limit_mb if config else None,

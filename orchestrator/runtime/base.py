@@ -1,6 +1,7 @@
 """The WorkerRuntime edge: where a worker lives (a process group, or a Docker container)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -10,6 +11,18 @@ from config.errors import AppError
 # Every worker process (or container) carries this variable / label, so anything we started can
 # be found again: by the reaper, and by tests looking for orphans.
 SESSION_MARKER = "FACTORY_WORKER_SESSION"
+# ... and this one names the factory installation that owns it, so a sweep never touches workers
+# of another installation on the same host (another FACTORY_HOME, a test run beside it).
+INSTANCE_MARKER = "FACTORY_INSTANCE"
+
+
+def factory_instance() -> str:
+    """This installation's id: FACTORY_INSTANCE if set, else derived from FACTORY_HOME."""
+    from django.conf import settings
+
+    if settings.FACTORY_INSTANCE:
+        return settings.FACTORY_INSTANCE
+    return hashlib.sha1(str(settings.FACTORY_HOME).encode()).hexdigest()[:12]
 
 
 class WorkerGone(AppError):
@@ -83,4 +96,4 @@ class WorkerRuntime(Protocol):
     def stats(self, handle: str) -> WorkerStats: ...
 
     def list_workers(self) -> list[WorkerInfo]:
-        """Every worker of ours this runtime can see (for the orphan sweep)."""
+        """Every worker of this installation (factory_instance()) the runtime can see."""

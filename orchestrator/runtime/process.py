@@ -18,7 +18,16 @@ import structlog
 from django.conf import settings
 
 from orchestrator.procs import pids_with_marker, process_state, signal_group
-from orchestrator.runtime.base import SESSION_MARKER, ExecResult, WorkerGone, WorkerInfo, WorkerSpec, WorkerStats
+from orchestrator.runtime.base import (
+    INSTANCE_MARKER,
+    SESSION_MARKER,
+    ExecResult,
+    WorkerGone,
+    WorkerInfo,
+    WorkerSpec,
+    WorkerStats,
+    factory_instance,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +49,7 @@ class ProcessRuntime:
         holder = subprocess.Popen(
             [sys.executable, "-c", _HOLDER],
             cwd=spec.workspace,
-            env={**spec.env, SESSION_MARKER: str(spec.session_id)},
+            env={**spec.env, SESSION_MARKER: str(spec.session_id), INSTANCE_MARKER: factory_instance()},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -105,7 +114,10 @@ class ProcessRuntime:
     def list_workers(self) -> list[WorkerInfo]:
         """Worker holders on this machine: marked processes that lead their own group."""
         found = []
+        mine = set(pids_with_marker(INSTANCE_MARKER, factory_instance()))
         for pid in pids_with_marker(SESSION_MARKER):
+            if pid not in mine:
+                continue  # another installation's worker
             try:
                 if os.getpgid(pid) != pid:
                     continue  # a command inside a worker, not a worker
