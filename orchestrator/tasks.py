@@ -5,7 +5,7 @@ import structlog
 from celery import chain, shared_task
 from django.conf import settings
 
-from orchestrator import maintenance, pipeline
+from orchestrator import maintenance, pipeline, workers
 from orchestrator.stages import Next
 from projects import services as project_services
 from projects.models import Stage
@@ -90,3 +90,18 @@ def pause_idle() -> int:
 @shared_task(name="workers.reap", **SWEEP_TASK)
 def reap() -> int:
     return maintenance.workers_reap().total()
+
+
+@shared_task(name="workers.pause_session", **SWEEP_TASK)
+def pause_session(session_id: int) -> None:
+    workers.operator_action(session_id=session_id, action="pause")
+
+
+@shared_task(name="workers.resume_session", **SWEEP_TASK)
+def resume_session(session_id: int) -> None:
+    workers.operator_action(session_id=session_id, action="resume")
+
+
+@shared_task(name="workers.terminate_session", **SWEEP_TASK)
+def terminate_session(session_id: int) -> None:
+    workers.operator_action(session_id=session_id, action="terminate")

@@ -159,3 +159,23 @@ def workspace_checkout(session: WorkerSession, *, remote: str, branch: str, comm
             raise StageFailed(f"{' '.join(argv[:4])} failed in the worker: {result.stderr.strip()[-300:]}",
                               code="workspace_failed")
     return repo
+
+
+def operator_action(*, session_id: int, action: str) -> None:
+    """Pause, resume or terminate a worker on an operator's request (admin)."""
+    session = WorkerSession.objects.filter(id=session_id, state__in=WorkerSession.LIVE).first()
+    if session is None:
+        return  # already gone: nothing to do
+    runtime = runtime_of(session)
+    if action == "terminate":
+        session_terminate(session=session, reason="terminated by an operator")
+    elif action == "pause" and session.state in (State.RUNNING, State.IDLE):
+        session_idle(session=session, reason="paused by an operator")
+    elif action == "resume" and session.state == State.PAUSED:
+        try:
+            runtime.unpause(session.container_id)
+        except WorkerGone:
+            agent_services.session_set_state(session_id=session.id, state=State.FAILED, reason="worker gone")
+            return
+        agent_services.session_set_state(session_id=session.id, state=State.RUNNING, reason="resumed by an operator",
+                                         expect=(State.PAUSED,))

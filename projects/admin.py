@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.db.models import Sum
 
 from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
 
@@ -14,11 +15,18 @@ class RunInline(admin.TabularInline):
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "slug", "kind", "owner", "created_at"]
+    list_display = ["id", "name", "slug", "kind", "owner", "cost", "created_at"]
     list_filter = ["kind"]
     search_fields = ["name", "slug", "description", "owner__username"]
     readonly_fields = ["owner", "name", "slug", "kind", "spec", "repo_url", "created_at", "updated_at"]
     inlines = [RunInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(total_cost=Sum("usage__cost_usd"))
+
+    @admin.display(description="cost (USD)", ordering="total_cost")
+    def cost(self, obj: Project):
+        return obj.total_cost or 0
 
 
 class StageRunInline(admin.TabularInline):

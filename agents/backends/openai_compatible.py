@@ -15,6 +15,7 @@ import http.client
 import inspect
 import json
 import posixpath
+import re
 import socket
 import time
 import urllib.error
@@ -427,10 +428,21 @@ def _assistant_message(message: _Message) -> dict[str, Any]:
 
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:
+    """The endpoint's own words, without anything that looks like a key (some echo it masked)."""
+    detail = _raw_error_detail(exc)
+    if settings.LLM_API_KEY:
+        detail = detail.replace(settings.LLM_API_KEY, "***")
+    return _KEYLIKE.sub("***", detail)
+
+
+_KEYLIKE = re.compile(r"\b(sk|pk|rk|key)-[A-Za-z0-9*_\-]{6,}")
+
+
+def _raw_error_detail(exc: urllib.error.HTTPError) -> str:
     try:
         body = exc.read().decode("utf-8", "replace")
     except OSError:
-        return exc.reason or "no detail"
+        return str(exc.reason or "no detail")
     try:
         data = json.loads(body)
         error = data.get("error") if isinstance(data, dict) else None

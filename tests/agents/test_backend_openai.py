@@ -232,11 +232,12 @@ def test_a_slow_endpoint_times_out_as_transient(llm, worker):
         backend(options={"request_timeout": 0.3}).develop(make_task(worker), worker.exec)
 
 
-def test_a_client_error_is_permanent(llm, worker):
-    llm.add(error(401, "Incorrect API key provided"))
+def test_a_client_error_is_permanent_and_its_message_shows_no_key(llm, worker):
+    llm.add(error(401, f"Incorrect API key provided: {API_KEY}. Or was it sk-proj-abc123***xyz?"))
 
-    with pytest.raises(PermanentError, match="Incorrect API key"):
+    with pytest.raises(PermanentError, match="Incorrect API key") as caught:
         backend().develop(make_task(worker), worker.exec)
+    assert API_KEY not in caught.value.message and "abc123" not in caught.value.message
 
 
 def test_an_unconfigured_endpoint_is_permanent(settings, worker):

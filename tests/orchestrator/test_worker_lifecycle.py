@@ -131,3 +131,15 @@ def test_another_projects_worker_is_never_reused(project, user):
     second = _acquire(other, other_run)
     assert second.id != first.id and second.container_id != first.container_id
     maintenance.project_teardown(project_id=other.id)
+
+
+def test_an_operator_can_pause_resume_and_terminate_a_worker(project):
+    session = _acquire(*project)
+    workers.operator_action(session_id=session.id, action="pause")
+    assert process_state(int(session.container_id)) == "T"
+    workers.operator_action(session_id=session.id, action="resume")
+    assert WorkerSession.objects.get(id=session.id).state == "running"
+    assert process_state(int(session.container_id)) in ("S", "R")
+    workers.operator_action(session_id=session.id, action="terminate")
+    assert WorkerSession.objects.get(id=session.id).state_reason == "terminated by an operator"
+    assert pids_with_marker(SESSION_MARKER, str(session.id)) == []
