@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("FACTORY_HOME", tempfile.mkdtemp(prefix="factory-bench-"))
+os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 import django  # noqa: E402
 
@@ -109,7 +110,7 @@ def table(results: dict[str, dict[str, list[float]] | str], runs: int) -> str:
         if isinstance(samples, str):
             lines.append(f"| {name} | {samples} |" + " |" * (len(STEPS) - 1))
             continue
-        cells = [f"{statistics.median(samples[s]):.1f} / {p95(samples[s]):.1f}" for s in STEPS]
+        cells = [f"{statistics.median(samples[s]):.2f} / {p95(samples[s]):.2f}" for s in STEPS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",

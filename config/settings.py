@@ -164,6 +164,9 @@ STAGE_STALE_SECONDS = env_float("STAGE_STALE_SECONDS", 30.0)
 # A queued stage whose message has not been picked up for this long is re-enqueued.
 STAGE_PICKUP_SECONDS = env_float("STAGE_PICKUP_SECONDS", 120.0)
 RECONCILE_INTERVAL_SECONDS = env_float("RECONCILE_INTERVAL_SECONDS", 10.0)
+# A stage hit by transient errors (outside services) is retried until it has been claimed this
+# many times; then the run fails with the last error.
+STAGE_MAX_ATTEMPTS = env_int("STAGE_MAX_ATTEMPTS", 5)
 # Soft and hard time limits of stage tasks, in seconds.
 STAGE_SOFT_TIME_LIMIT = env_int("STAGE_SOFT_TIME_LIMIT", 900)
 STAGE_TIME_LIMIT = env_int("STAGE_TIME_LIMIT", 960)

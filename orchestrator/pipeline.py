@@ -17,7 +17,7 @@ from django.db import close_old_connections, connection
 
 from agents import services as agent_services
 from agents.services import WorkerQuotaExceeded
-from config.errors import AppError
+from config.errors import AppError, TransientError
 from orchestrator.stages import Next, StageContext, StageFailed
 from projects import services as project_services
 from projects.models import PipelineRun, Stage
@@ -95,6 +95,16 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
         except WorkerQuotaExceeded as exc:
             # Not a failure: too many live workers. Give the claim back; the task retries later.
             log.info("worker_quota_wait", reason=exc.message)
+            project_services.stage_release(stage_run_id=row.id, attempt=row.attempt, reason=exc.message)
+            return Next.WAIT
+        except TransientError as exc:
+            # An outside service hiccuped (timeout, 5xx, rate limit): try the stage again later,
+            # up to STAGE_MAX_ATTEMPTS claims; then the run fails with the last error.
+            if row.attempt >= settings.STAGE_MAX_ATTEMPTS:
+                project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code,
+                                            message=f"{exc.message} (gave up after {row.attempt} attempts)")
+                return Next.CONTINUE
+            log.warning("stage_transient_error", reason=exc.message, attempt=row.attempt)
             project_services.stage_release(stage_run_id=row.id, attempt=row.attempt, reason=exc.message)
             return Next.WAIT
         except StageFailed as exc:

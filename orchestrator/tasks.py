@@ -27,7 +27,7 @@ def _run_stage(task, stage: str, run_id: int) -> Next | None:
         # Another task owns this stage (or an earlier one): that task's chain goes on, not ours.
         task.request.chain = None
     elif outcome is Next.WAIT:
-        # Over the worker quota: wait by retrying later, never by sleeping.
+        # Over the worker quota, or an outside service hiccuped: retry later, never sleep.
         raise task.retry(countdown=settings.WORKER_QUOTA_RETRY_SECONDS, max_retries=None)
     return outcome
 

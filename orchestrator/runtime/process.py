@@ -6,6 +6,7 @@ the group terminates all of it. It is the embedded default's stand-in for a cont
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -66,7 +67,13 @@ class ProcessRuntime:
                 argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True, process_group=pgid,
             )
-        except (PermissionError, ProcessLookupError, subprocess.SubprocessError) as exc:
+        except FileNotFoundError as exc:  # like a shell: the command (or its directory) is missing
+            return ExecResult(127, "", f"{argv[0]}: {exc.strerror}")
+        except PermissionError as exc:
+            if exc.errno == errno.EACCES:  # the command is not executable
+                return ExecResult(126, "", f"{argv[0]}: {exc.strerror}")
+            raise WorkerGone(f"Cannot run inside worker process group {pgid}: {exc}") from exc
+        except (ProcessLookupError, subprocess.SubprocessError) as exc:
             # Joining a group is only possible from the session that created it; a worker made
             # by a process that has since died cannot be joined and must be replaced.
             raise WorkerGone(f"Cannot run inside worker process group {pgid}: {exc}") from exc

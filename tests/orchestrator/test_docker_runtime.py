@@ -17,7 +17,7 @@ import requests
 
 from config.errors import PermanentError, TransientError
 from orchestrator.runtime import get_runtime
-from orchestrator.runtime.base import SESSION_MARKER, WorkerGone, WorkerSpec
+from orchestrator.runtime.base import INSTANCE_MARKER, SESSION_MARKER, WorkerGone, WorkerSpec, factory_instance
 from orchestrator.runtime.docker import DockerRuntime
 
 pytestmark = pytest.mark.docker
@@ -110,11 +110,14 @@ def test_create_starts_a_labelled_limited_container_with_the_workspace_at_the_sa
     assert config["Labels"][SESSION_MARKER] == "9101"
     assert config["Labels"]["factory.session"] == "9101"
     assert config["Labels"]["factory.test"] == h.tag
+    assert config["Labels"][INSTANCE_MARKER] == factory_instance()
     assert f"{SESSION_MARKER}=9101" in config["Env"]
+    assert f"{INSTANCE_MARKER}={factory_instance()}" in config["Env"]
     assert config["User"] == f"{os.getuid()}:{os.getgid()}"
     assert host["NanoCpus"] == 500_000_000
     assert host["Memory"] == 256 * MIB
     assert host["NetworkMode"] == "host"
+    assert host["AutoRemove"] is True
     mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
     assert mounts[str(h.ws)]["Source"] == str(h.ws.resolve())
     assert mounts[str(h.ws)]["RW"] is True
@@ -246,19 +249,20 @@ def test_terminate_removes_the_worker_even_paused_and_twice_is_no_error(h, engin
         h.rt.pause(handle)
 
 
-def test_a_killed_container_is_not_alive_and_exec_in_it_raises_worker_gone(h):
+def test_a_killed_container_is_not_alive_exec_in_it_raises_worker_gone_and_the_engine_removes_it(h):
     handle = h.create(9112)
     assert h.rt.is_alive(handle)
     h.container(handle).kill()
-    assert wait_until(lambda: h.container(handle).status == "exited")
-    assert not h.rt.is_alive(handle)
+    assert wait_until(lambda: not h.rt.is_alive(handle))
     with pytest.raises(WorkerGone):
         h.run(handle, ["true"])
     with pytest.raises(WorkerGone):
         h.rt.stats(handle)
-    assert [w.running for w in h.rt.list_workers() if w.handle == handle] == [False]
+    with pytest.raises(WorkerGone):
+        h.rt.unpause(handle)
+    assert handle not in {w.handle for w in h.rt.list_workers()}
+    assert wait_until(lambda: h.mine() == [])  # auto_remove: no dead container is left behind
     h.rt.terminate(handle)
-    assert h.mine() == []
 
 
 def test_stats_report_cpu_time_and_memory_in_use(h):
@@ -271,21 +275,29 @@ def test_stats_report_cpu_time_and_memory_in_use(h):
     assert after.memory_bytes and after.memory_bytes > 100_000
 
 
-def test_list_workers_finds_an_orphan_started_by_hand_and_not_foreign_containers(h, engine, worker_image):
+def test_list_workers_finds_an_orphan_started_by_hand_but_not_other_containers(h, engine, worker_image):
     ours = h.create(9114)
-    orphan = engine.containers.run(worker_image, ["sleep", "infinity"], detach=True, network_mode="none",
-                                   labels={**h.labels, "factory.managed": "true", SESSION_MARKER: "9115"})
-    foreign = engine.containers.run(worker_image, ["sleep", "infinity"], detach=True, network_mode="none",
-                                    labels={**h.labels, SESSION_MARKER: "9116"})
+
+    def by_hand(**labels: str):
+        return engine.containers.run(worker_image, ["sleep", "infinity"], detach=True, network_mode="none",
+                                     labels={**h.labels, **labels})
+
+    mine = {"factory.managed": "true", INSTANCE_MARKER: factory_instance()}
+    orphan = by_hand(**mine, **{SESSION_MARKER: "9115"})
+    unmanaged = by_hand(**{INSTANCE_MARKER: factory_instance(), SESSION_MARKER: "9116"})
+    other_installation = by_hand(**{**mine, INSTANCE_MARKER: "another-factory", SESSION_MARKER: "9117"})
     try:
-        found = {w.handle: w for w in h.rt.list_workers() if w.labels.get("factory.test") == h.tag}
+        found = {w.handle: w for w in h.rt.list_workers()}
         assert set(found) == {ours, orphan.id}
         assert (found[orphan.id].session_id, found[orphan.id].running) == (9115, True)
         assert (found[ours].session_id, found[ours].running) == (9114, True)
+        assert found[ours].labels["factory.session"] == "9114"
         h.rt.terminate(orphan.id)
         assert not h.rt.is_alive(orphan.id)
+        assert {w.handle for w in h.rt.list_workers()} == {ours}
     finally:
-        foreign.remove(force=True)
+        unmanaged.remove(force=True)
+        other_installation.remove(force=True)
 
 
 def test_an_unreachable_engine_is_a_transient_error(h, monkeypatch, tmp_path):

@@ -103,3 +103,11 @@ def test_list_workers_finds_holders_not_the_commands_inside_them(runtime, tmp_pa
     assert [w.running for w in rt.list_workers() if w.session_id == 9006] == [False]
     stats = rt.stats(handle)
     assert stats.memory_bytes and stats.memory_bytes > 1_000_000
+
+
+def test_a_missing_command_exits_127_like_a_shell(runtime, tmp_path):
+    rt, handles = runtime
+    handle = rt.create(WorkerSpec(session_id=9007, workspace=tmp_path, env=_env(tmp_path)))
+    handles.append(handle)
+    result = rt.exec(handle, ["no-such-command-here"], cwd=tmp_path, env=_env(tmp_path), timeout=5)
+    assert result.exit_code == 127 and "no-such-command-here" in result.stderr
