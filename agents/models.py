@@ -142,3 +142,48 @@ class Usage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} {self.backend} ${self.cost_usd}"
+
+
+class Escalation(models.Model):
+    """A question to a person, raised when the system must not go on alone."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        ANSWERED = "answered", "Answered"
+        EXPIRED = "expired", "Expired"
+
+    class Reason(models.TextChoices):
+        AGENT_BLOCKED = "agent_blocked", "The agent is blocked"
+        TESTS_FAILING = "tests_failing", "Tests still fail after the last iteration"
+        BUDGET = "budget", "The budget would be exceeded"
+        STAGE_ERROR = "stage_error", "A stage failed with an error that cannot be retried"
+
+    class Action(models.TextChoices):
+        GUIDANCE = "guidance", "Go on with this guidance"
+        RAISE_BUDGET = "raise_budget", "Raise the budget and go on"
+        CANCEL = "cancel", "Cancel the run"
+
+    run = models.ForeignKey("projects.PipelineRun", on_delete=models.CASCADE, related_name="escalations")
+    stage = models.CharField(max_length=20)
+    reason = models.CharField(max_length=30, choices=Reason.choices)
+    question = models.TextField()
+    context = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
+    deadline = models.DateTimeField()
+    action = models.CharField(max_length=20, choices=Action.choices, blank=True)
+    answer = models.TextField(blank=True)
+    budget_increase_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    answered_by = models.ForeignKey("auth.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    answered_at = models.DateTimeField(null=True, blank=True)
+    # The chat message that carried the question, so a reply to it is the answer.
+    telegram_message_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["run"], condition=Q(status="open"), name="escalation_one_open_per_run"),
+        ]
+
+    def __str__(self) -> str:
+        return f"escalation #{self.pk} ({self.status}): {self.question[:60]}"

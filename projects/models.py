@@ -211,3 +211,37 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"deployment #{self.pk} of {self.project} ({self.status})"
+
+
+class TelegramAccount(models.Model):
+    """A Telegram user linked to a Django user: the only way a Telegram user is let in."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="telegram")
+    telegram_user_id = models.BigIntegerField(unique=True)
+    chat_id = models.BigIntegerField(null=True, blank=True)
+    username = models.CharField(max_length=100, blank=True)
+    # Set when Telegram says we may not write there any more (bot blocked, chat deleted).
+    blocked_at = models.DateTimeField(null=True, blank=True)
+    blocked_reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"@{self.username or self.telegram_user_id} → {self.user}"
+
+
+class Invite(models.Model):
+    """A code an operator hands out; ``/start <code>`` in Telegram redeems it once."""
+
+    code = models.CharField(max_length=40, unique=True)
+    # The person it is for; empty: redeeming creates a new user.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True,
+                             related_name="invites")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    expires_at = models.DateTimeField()
+    redeemed_at = models.DateTimeField(null=True, blank=True)
+    redeemed_by = models.BigIntegerField(null=True, blank=True, help_text="Telegram user id")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"invite {self.code[:6]}… ({'used' if self.redeemed_at else 'open'})"
