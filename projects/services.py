@@ -19,6 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from config.errors import Conflict, ValidationFailed
+from projects import events
 from projects.models import Deployment, PipelineRun, Project, RunEvent, Stage, StageRun
 from projects.specs import ProjectSpec
 
@@ -38,8 +39,13 @@ ITERATED_STAGES = (Stage.DEVELOPER, Stage.TESTER)
 
 # --- events ---------------------------------------------------------------------------
 def event_record(*, run_id: int, type: str, stage: str = "", payload: dict[str, Any] | None = None) -> RunEvent:
+    """Store a typed event; once committed, publish it on ``run:<id>`` and tell the person."""
     event = RunEvent.objects.create(run_id=run_id, type=type, stage=stage, payload=payload or {})
     log.info("run_event", run_id=run_id, type=type, stage=stage or None, payload=payload or {})
+    transaction.on_commit(lambda: events.publish(
+        run_id=run_id, event_id=event.id, type=str(type), stage=str(stage), payload=event.payload,
+        created_at=event.created_at.isoformat(),
+    ))
     return event
 
 

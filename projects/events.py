@@ -1,0 +1,55 @@
+"""Run events on Redis pub/sub (``run:<id>``), beside the database where they are stored.
+
+The database is the record; pub/sub only wakes listeners (the SSE stream) the moment an event
+is committed. Without Redis (the embedded default) nothing is published and listeners fall back
+to the database (see projects/api.py).
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import redis
+import structlog
+from django.conf import settings
+
+log = structlog.get_logger(__name__)
+
+
+def channel(run_id: int) -> str:
+    return f"run:{run_id}"
+
+
+def _client() -> redis.Redis | None:
+    if not settings.REDIS_URL:
+        return None
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+
+
+def publish(*, run_id: int, event_id: int, type: str, stage: str, payload: dict, created_at: str) -> None:
+    client = _client()
+    if client is None:
+        return
+    message = json.dumps({"id": event_id, "type": type, "stage": stage, "payload": payload, "created_at": created_at})
+    try:
+        client.publish(channel(run_id), message)
+    except redis.RedisError as exc:  # the event is stored; listeners catch up from the database
+        log.warning("event_publish_failed", run_id=run_id, error=str(exc))
+    finally:
+        client.close()
+
+
+def listen(run_id: int, *, timeout: float) -> Iterator[dict | None]:
+    """Events published for a run as they come; None every ``timeout`` seconds of silence."""
+    client = _client()
+    if client is None:
+        raise RuntimeError("Event streaming needs Redis (REDIS_URL).")
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(channel(run_id))
+    try:
+        while True:
+            message = pubsub.get_message(timeout=timeout)
+            yield json.loads(message["data"]) if message else None
+    finally:
+        pubsub.close()
+        client.close()
