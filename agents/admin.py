@@ -1,9 +1,12 @@
 from celery import current_app
+from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Sum
 
-from agents.models import AgentConfig, Usage, WorkerSession, WorkerTransition
+from agents.models import AgentConfig, Escalation, Usage, WorkerSession, WorkerTransition
+from agents.services import escalation_answer
+from config.errors import AppError
 
 
 @admin.register(AgentConfig)
@@ -62,3 +65,42 @@ class UsageAdmin(admin.ModelAdmin):
             return response
         response.context_data["title"] = f"Usage: total ${qs.aggregate(t=Sum('cost_usd'))['t'] or 0}"
         return response
+
+
+class EscalationAnswerForm(forms.ModelForm):
+    """Operators answer here; saving calls the same service as Telegram does."""
+
+    reply_action = forms.ChoiceField(label="Answer", choices=Escalation.Action.choices, required=False)
+    reply_text = forms.CharField(label="Guidance", widget=forms.Textarea, required=False)
+    reply_budget = forms.DecimalField(label="Add to budget (USD)", required=False, min_value=0)
+
+    class Meta:
+        model = Escalation
+        fields: list[str] = []
+
+
+@admin.register(Escalation)
+class EscalationAdmin(admin.ModelAdmin):
+    form = EscalationAnswerForm
+    list_display = ["id", "run", "stage", "reason", "status", "deadline", "answered_by", "created_at"]
+    list_filter = ["status", "reason"]
+    readonly_fields = ["run", "stage", "reason", "question", "context", "status", "deadline", "action", "answer",
+                       "budget_increase_usd", "answered_by", "answered_at", "created_at"]
+
+    def get_fields(self, request, obj=None):
+        answerable = obj is not None and obj.status == Escalation.Status.OPEN
+        return self.readonly_fields + (["reply_action", "reply_text", "reply_budget"] if answerable else [])
+
+    def has_add_permission(self, request):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        action = form.cleaned_data.get("reply_action")
+        if not action:
+            return
+        try:
+            escalation_answer(escalation_id=obj.id, user=request.user, action=action,
+                              answer=form.cleaned_data.get("reply_text") or "",
+                              budget_increase_usd=form.cleaned_data.get("reply_budget"))
+        except AppError as exc:
+            messages.error(request, exc.message)

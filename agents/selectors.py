@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from django.db.models import Q, Sum
 
-from agents.models import Usage
+from agents.models import Escalation, Usage
 
 
 @dataclass(frozen=True)
@@ -23,3 +23,23 @@ def spend(*, run_id: int, project_id: int, stage_run_id: int) -> Spend:
         stage=Sum("cost_usd", filter=Q(stage_run_id=stage_run_id)),
     )
     return Spend(**{k: float(v or 0) for k, v in totals.items()})
+
+
+def latest_guidance(*, run_id: int) -> str | None:
+    """The newest guidance a person gave this run's agents, if any."""
+    return (
+        Escalation.objects.filter(run_id=run_id, status=Escalation.Status.ANSWERED, action="guidance")
+        .exclude(answer="").order_by("-answered_at").values_list("answer", flat=True).first()
+    )
+
+
+def escalation_for_reply(*, telegram_message_id: int):
+    """The open question a Telegram message replied to."""
+    return Escalation.objects.select_related("run__project").filter(
+        telegram_message_id=telegram_message_id, status=Escalation.Status.OPEN).first()
+
+
+def open_escalation_for_user(*, user_id: int):
+    """The newest open question on any of this person's runs."""
+    return Escalation.objects.select_related("run__project").filter(
+        run__project__owner_id=user_id, status=Escalation.Status.OPEN).order_by("-created_at").first()

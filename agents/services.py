@@ -9,14 +9,15 @@ from datetime import timedelta
 from decimal import Decimal
 
 import structlog
+from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from agents.contracts import AgentResult
-from agents.models import AgentConfig, Role, Usage, WorkerSession, WorkerTransition
-from config.errors import AppError, Conflict, ValidationFailed
+from agents.models import AgentConfig, Escalation, Role, Usage, WorkerSession, WorkerTransition
+from config.errors import AppError, Conflict, NotFound, ValidationFailed
 from projects.models import PipelineRun, StageRun
 
 log = structlog.get_logger(__name__)
@@ -226,3 +227,108 @@ def usage_record(*, project_id: int, stage_run_id: int | None, session_id: int |
 
 
 __all__ = ["Role", "agent_config_for", "session_create", "session_set_state", "usage_record"]
+
+
+# --- escalations: asking a person ---------------------------------------------------
+ESCALATION_ACTIONS = {"guidance", "raise_budget", "cancel"}
+
+
+@transaction.atomic
+def escalation_raise(*, run_id: int, stage: str, reason: str, question: str, context: dict | None = None,
+                     stage_run_id: int | None = None, attempt: int | None = None) -> Escalation | None:
+    """Stop the run and ask a person; the run waits (``waiting_human``) until answered.
+
+    With ``stage_run_id``, that claimed stage is given back (pending, fenced by ``attempt`` like
+    every stage write) so the answer resumes it; None if the claim was lost.
+    """
+    from projects.services import event_record
+
+    if stage_run_id is not None:
+        done = StageRun.objects.filter(id=stage_run_id, attempt=attempt, status=StageRun.Status.RUNNING).update(
+            status=StageRun.Status.PENDING, started_at=None, queued_at=None
+        )
+        if not done:
+            return None
+    PipelineRun.objects.filter(id=run_id, status=PipelineRun.Status.RUNNING).update(
+        status=PipelineRun.Status.WAITING_HUMAN
+    )
+    escalation = Escalation.objects.create(
+        run_id=run_id, stage=stage, reason=reason, question=question, context=context or {},
+        deadline=timezone.now() + timedelta(seconds=settings.ESCALATION_TTL_SECONDS),
+    )
+    event_record(run_id=run_id, type="escalation.raised", stage=stage,
+                 payload={"escalation_id": escalation.id, "reason": reason, "question": question})
+    return escalation
+
+
+@transaction.atomic
+def escalation_answer(*, escalation_id: int, user, action: str, answer: str = "",
+                      budget_increase_usd: Decimal | float | str | None = None) -> Escalation:
+    """A person answers: guidance (the agent's next prompt carries it), more budget, or cancel.
+
+    Anything but cancel resumes the run from the stage that was waiting.
+    """
+    from projects.services import event_record, run_cancel
+
+    escalation = Escalation.objects.select_for_update().select_related("run__project").filter(
+        id=escalation_id).first()
+    if escalation is None or not (user.is_staff or escalation.run.project.owner_id == user.id):
+        raise NotFound("No such question.", code="escalation_not_found")
+    if escalation.status != Escalation.Status.OPEN:
+        raise Conflict(f"This question is already {escalation.status}.", code="escalation_closed")
+    if action not in ESCALATION_ACTIONS:
+        raise ValidationFailed(f"Unknown answer {action!r}; use one of {', '.join(sorted(ESCALATION_ACTIONS))}.",
+                               code="unknown_action")
+    answer = (answer or "").strip()
+    if action == "guidance" and not answer:
+        raise ValidationFailed("Guidance needs some text for the agent.", code="guidance_required")
+    increase = None
+    if action == "raise_budget":
+        try:
+            increase = Decimal(str(budget_increase_usd))
+        except (ArithmeticError, ValueError) as exc:
+            raise ValidationFailed("The budget increase must be a number of dollars.", code="bad_budget") from exc
+        if not increase.is_finite() or increase <= 0 or increase > Decimal(settings.MAX_BUDGET_INCREASE_USD):
+            raise ValidationFailed(
+                f"The budget increase must be between $0 and ${settings.MAX_BUDGET_INCREASE_USD}.",
+                code="bad_budget")
+    Escalation.objects.filter(id=escalation.id).update(
+        status=Escalation.Status.ANSWERED, action=action, answer=answer[:4000], budget_increase_usd=increase,
+        answered_by=user if user.is_authenticated else None, answered_at=timezone.now(),
+    )
+    event_record(run_id=escalation.run_id, type="escalation.answered", stage=escalation.stage,
+                 payload={"escalation_id": escalation.id, "action": action,
+                          "by": getattr(user, "username", "") or "operator"})
+    run = escalation.run
+    if action == "cancel":
+        run_cancel(run_id=run.id, user=user)
+    else:
+        fields: dict = {"status": PipelineRun.Status.RUNNING}
+        if increase is not None:
+            fields["budget_usd"] = F("budget_usd") + increase
+        if escalation.reason == Escalation.Reason.TESTS_FAILING:
+            fields["max_iterations"] = F("max_iterations") + 1  # one more try with the guidance
+        PipelineRun.objects.filter(id=run.id, status=PipelineRun.Status.WAITING_HUMAN).update(**fields)
+        StageRun.objects.filter(run_id=run.id, status=StageRun.Status.PENDING).update(queued_at=timezone.now())
+        transaction.on_commit(lambda: current_app.send_task("pipeline.start", kwargs={"run_id": run.id}))
+    escalation.refresh_from_db()
+    return escalation
+
+
+def escalations_expire() -> list[int]:
+    """Fail the runs whose question nobody answered before its deadline; return their run ids."""
+    from projects.services import _enqueue_notify, event_record, run_fail
+
+    expired = []
+    for escalation in Escalation.objects.filter(status=Escalation.Status.OPEN, deadline__lt=timezone.now()):
+        with transaction.atomic():
+            if not Escalation.objects.filter(id=escalation.id, status=Escalation.Status.OPEN).update(
+                    status=Escalation.Status.EXPIRED):
+                continue
+            event_record(run_id=escalation.run_id, type="escalation.expired", stage=escalation.stage,
+                         payload={"escalation_id": escalation.id})
+            run_fail(run_id=escalation.run_id, code="escalation_expired",
+                     message=f"Nobody answered in time. The question was: {escalation.question}")
+            _enqueue_notify(escalation.run_id)
+        expired.append(escalation.run_id)
+    return expired

@@ -115,6 +115,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Describe a service; the factory plans, builds, tests and deploys it.",
     "VERSION": "0.1.0",
 }
+# Server-sent event streams send a keep-alive comment after this many silent seconds.
+SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15.0)
 # The longest project description we accept (characters).
 PROJECT_DESCRIPTION_MAX_CHARS = env_int("PROJECT_DESCRIPTION_MAX_CHARS", 4000)
 
@@ -148,6 +150,7 @@ CELERY_TASK_ROUTES = {
     "maintenance.*": {"queue": "maintenance"},
     "workers.*": {"queue": "maintenance"},
     "notify.*": {"queue": "notify"},
+    "escalations.*": {"queue": "maintenance"},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
@@ -194,6 +197,10 @@ AGENT_RESUME_MAX_AGE_SECONDS = env_int("AGENT_RESUME_MAX_AGE_SECONDS", 24 * 3600
 # Budgets in USD: per run and per project (AgentConfig.budget_usd caps one stage's agent).
 RUN_BUDGET_USD = env_float("RUN_BUDGET_USD", 5.0)
 PROJECT_BUDGET_USD = env_float("PROJECT_BUDGET_USD", 50.0)
+# A question to a person stays open this long; then the run fails and its worker is ended.
+ESCALATION_TTL_SECONDS = env_int("ESCALATION_TTL_SECONDS", 24 * 3600)
+# The most a person may add to a run's budget in one answer.
+MAX_BUDGET_INCREASE_USD = env_float("MAX_BUDGET_INCREASE_USD", 100.0)
 # Used by the scripted agent only: how many developer iterations deliberately fail.
 SCRIPTED_FAIL_TIMES = env_int("SCRIPTED_FAIL_TIMES", 0)
 # Claude Code backend: the CLI inside the worker; the key reaches it only as an env variable.

@@ -4,7 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from agents.api import WorkerAskView, WorkerProgressView, WorkerResultView
-from projects.api import ProjectViewSet, RunViewSet
+from projects.api import ProjectViewSet, RunEventStreamView, RunViewSet
 
 router = DefaultRouter()
 router.register("projects", ProjectViewSet, basename="project")
@@ -12,6 +12,7 @@ router.register("runs", RunViewSet, basename="run")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/runs/<int:pk>/events/", RunEventStreamView.as_view(), name="run-events"),
     path("api/", include(router.urls)),
     path("api/runs/<int:run_id>/worker/progress/", WorkerProgressView.as_view(), name="worker-progress"),
     path("api/runs/<int:run_id>/worker/ask/", WorkerAskView.as_view(), name="worker-ask"),

@@ -15,7 +15,7 @@ from orchestrator import workers
 from orchestrator.deploy import local
 from orchestrator.runtime import WorkerGone, get_runtime
 from projects import services as project_services
-from projects.models import Deployment
+from projects.models import Deployment, PipelineRun
 
 log = structlog.get_logger(__name__)
 State = WorkerSession.State
@@ -130,3 +130,11 @@ def workers_terminate_node(*, node: str) -> int:
     for session in sessions:
         workers.session_terminate(session=session, reason=f"node {node} shut down")
     return len(sessions)
+
+
+def escalations_expire() -> int:
+    """Fail runs whose question expired unanswered, and end their workers."""
+    run_ids = agent_services.escalations_expire()
+    for project_id in set(PipelineRun.objects.filter(id__in=run_ids).values_list("project_id", flat=True)):
+        workers.sessions_terminate_for_project(project_id=project_id, reason="question expired unanswered")
+    return len(run_ids)

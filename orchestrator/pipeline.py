@@ -18,6 +18,7 @@ from django.db import close_old_connections, connection
 from agents import services as agent_services
 from agents.services import WorkerQuotaExceeded
 from config.errors import AppError, TransientError
+from orchestrator import escalations
 from orchestrator.stages import Next, StageContext, StageFailed
 from projects import services as project_services
 from projects.models import PipelineRun, Stage
@@ -109,6 +110,9 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
             return Next.WAIT
         except StageFailed as exc:
             log.warning("stage_failed", code=exc.code, reason=exc.message)
+            if escalations.should_escalate(stage, exc.code):
+                escalations.escalate(ctx, exc)  # the run waits for a person instead of failing
+                return Next.CONTINUE
             project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code,
                                         message=exc.message, output=exc.output)
             return Next.CONTINUE
@@ -141,5 +145,6 @@ def start(*, run_id: int) -> None:
     """Enqueue a run's chain from the stage it is at (from the start for a new run)."""
     run = PipelineRun.objects.get(id=run_id)
     rows = project_services.current_stage_runs(run)
-    first = next((r.stage for r in rows if r.status in ("pending", "running")), Stage.NOTIFY)
+    first = Stage.NOTIFY if run.is_finished else next(
+        (r.stage for r in rows if r.status in ("pending", "running")), Stage.NOTIFY)
     chain_from(run_id, first).apply_async()

@@ -21,6 +21,12 @@ def beat_schedule() -> dict:
             "schedule": sweep,
             "options": {"expires": sweep},
         },
+        # Fail runs whose question to a person expired unanswered; end their workers.
+        "escalations-expire": {
+            "task": "escalations.expire",
+            "schedule": sweep,
+            "options": {"expires": sweep},
+        },
         # Terminate expired workers, fail sessions whose worker vanished, remove orphan workers.
         "workers-reap": {
             "task": "workers.reap",

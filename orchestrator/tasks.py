@@ -92,6 +92,11 @@ def reap() -> int:
     return maintenance.workers_reap().total()
 
 
+@shared_task(name="escalations.expire", **SWEEP_TASK)
+def expire_escalations() -> int:
+    return maintenance.escalations_expire()
+
+
 @shared_task(name="workers.pause_session", **SWEEP_TASK)
 def pause_session(session_id: int) -> None:
     workers.operator_action(session_id=session_id, action="pause")

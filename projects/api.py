@@ -1,12 +1,19 @@
 """The HTTP API for projects and runs: parse, call one service or selector, render."""
 from __future__ import annotations
 
+import json
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from projects import selectors, services
+from config.errors import NotFound, ValidationFailed
+from projects import events, selectors, services
 from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
 
 
@@ -106,3 +113,70 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
 
     def get_serializer_class(self):
         return RunDetailSerializer if self.action == "retrieve" else RunSummarySerializer
+
+
+class EventStreamRenderer(BaseRenderer):
+    media_type = "text/event-stream"
+    format = "sse"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return data if isinstance(data, bytes) else json.dumps(data).encode()
+
+
+# The run's last event: once it is sent, the stream ends.
+FINAL_EVENT = RunEvent.Type.NOTIFIED
+
+
+def _sse(event_id: int, type: str, data: dict) -> str:
+    return f"id: {event_id}\nevent: {type}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+def event_stream(run_id: int, after: int, keepalive: float):
+    """Server-sent events of a run from ``after`` on: the backlog from the database, then each
+    new event the moment it is published (Redis pub/sub). Without Redis, the backlog only."""
+    subscription = events.Subscription(run_id) if settings.REDIS_URL else None
+    last = after
+    try:
+        while True:
+            for event in selectors.run_events_after(run_id=run_id, after_id=last):
+                yield _sse(event.id, event.type, RunEventSerializer(event).data)
+                last = event.id
+                if event.type == FINAL_EVENT:
+                    return
+            if subscription is None:
+                yield "retry: 2000\n: live streaming needs Redis; reconnect with Last-Event-ID\n\n"
+                return
+            message = subscription.get(timeout=keepalive)
+            if message is None:
+                yield ": keepalive\n\n"  # and catch up from the database, in case a publish was lost
+                continue
+            if message["id"] <= last:
+                continue
+            yield _sse(message["id"], message["type"], message)
+            last = message["id"]
+            if message["type"] == FINAL_EVENT:
+                return
+    finally:
+        if subscription is not None:
+            subscription.close()
+
+
+class RunEventStreamView(APIView):
+    """``GET /api/runs/<id>/events/``: server-sent events; resume with ``Last-Event-ID``."""
+
+    renderer_classes = [EventStreamRenderer, JSONRenderer]
+
+    @extend_schema(responses={(200, "text/event-stream"): str})
+    def get(self, request: Request, pk: int):
+        run = selectors.runs_visible_to(request.user).filter(id=pk).first()
+        if run is None:
+            raise NotFound("No such run.", code="run_not_found")
+        raw = request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0"
+        if not raw.isdigit():
+            raise ValidationFailed("Last-Event-ID must be an event id (a whole number).", code="bad_event_id")
+        response = StreamingHttpResponse(
+            event_stream(run.id, int(raw), settings.SSE_KEEPALIVE_SECONDS), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response

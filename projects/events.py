@@ -7,8 +7,6 @@ to the database (see projects/api.py).
 from __future__ import annotations
 
 import json
-from typing import Iterator
-
 import redis
 import structlog
 from django.conf import settings
@@ -39,17 +37,23 @@ def publish(*, run_id: int, event_id: int, type: str, stage: str, payload: dict,
         client.close()
 
 
-def listen(run_id: int, *, timeout: float) -> Iterator[dict | None]:
-    """Events published for a run as they come; None every ``timeout`` seconds of silence."""
-    client = _client()
-    if client is None:
-        raise RuntimeError("Event streaming needs Redis (REDIS_URL).")
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(channel(run_id))
-    try:
-        while True:
-            message = pubsub.get_message(timeout=timeout)
-            yield json.loads(message["data"]) if message else None
-    finally:
-        pubsub.close()
-        client.close()
+class Subscription:
+    """A live subscription to a run's channel. Subscribe before reading the backlog from the
+    database, so an event committed in between is not missed (duplicates are skipped by id)."""
+
+    def __init__(self, run_id: int):
+        client = _client()
+        if client is None:
+            raise RuntimeError("Event streaming needs Redis (REDIS_URL).")
+        self._client = client
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(channel(run_id))
+
+    def get(self, timeout: float) -> dict | None:
+        """The next published event, or None after ``timeout`` seconds of silence."""
+        message = self._pubsub.get_message(timeout=timeout)
+        return json.loads(message["data"]) if message else None
+
+    def close(self) -> None:
+        self._pubsub.close()
+        self._client.close()

@@ -155,6 +155,9 @@ class RunEvent(models.Model):
         RUN_FAILED = "run.failed", "Run failed"
         RUN_CANCELLED = "run.cancelled", "Run cancelled"
         NOTIFIED = "run.notified", "Person notified"
+        ESCALATION_RAISED = "escalation.raised", "A person was asked"
+        ESCALATION_ANSWERED = "escalation.answered", "A person answered"
+        ESCALATION_EXPIRED = "escalation.expired", "Nobody answered in time"
 
     run = models.ForeignKey(PipelineRun, on_delete=models.CASCADE, related_name="events")
     type = models.CharField(max_length=40, choices=Type.choices)

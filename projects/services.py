@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from config.errors import Conflict, ValidationFailed
+from config.errors import Conflict, NotFound, ValidationFailed
 from projects import events
 from projects.models import Deployment, PipelineRun, Project, RunEvent, Stage, StageRun
 from projects.specs import ProjectSpec
@@ -161,8 +161,8 @@ def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
         return Claim(ClaimState.DONE, row, run)
     if row.status in (StageRun.Status.SUCCEEDED, StageRun.Status.FAILED, StageRun.Status.SKIPPED):
         return Claim(ClaimState.DONE, row, run)
-    if row.status == StageRun.Status.RUNNING:
-        return Claim(ClaimState.BUSY, row, run)
+    if row.status == StageRun.Status.RUNNING or run.status == PipelineRun.Status.WAITING_HUMAN:
+        return Claim(ClaimState.BUSY, row, run)  # owned by another task, or waiting for a person
     earlier = rows[: rows.index(row)] if not run.is_finished else []
     if any(r.status not in (StageRun.Status.SUCCEEDED, StageRun.Status.SKIPPED) for r in earlier):
         return Claim(ClaimState.BUSY, row, run)
@@ -285,6 +285,33 @@ def stage_loop_back(*, stage_run_id: int, attempt: int, output: dict[str, Any], 
     event_record(run_id=row.run_id, type=RunEvent.Type.TESTS_FAILED, stage=row.stage,
                  payload={"iteration": row.iteration, "next_iteration": nxt, "message": message[:2000]})
     return True
+
+
+@transaction.atomic
+def run_cancel(*, run_id: int, user) -> PipelineRun:
+    """A person (the owner, or staff) cancels an active run; Notify tells them it stopped."""
+    run = PipelineRun.objects.select_related("project").select_for_update(of=("self",)).filter(id=run_id).first()
+    if run is None or not (user.is_staff or run.project.owner_id == user.id):
+        raise NotFound("No such run.", code="run_not_found")
+    if run.status not in PipelineRun.ACTIVE:
+        raise Conflict(f"Run #{run.id} has already {run.status}.", code="run_finished")
+    who = getattr(user, "username", "") or f"user {user.id}"
+    PipelineRun.objects.filter(id=run.id).update(
+        status=PipelineRun.Status.CANCELLED, error_code="cancelled", error_message=f"Cancelled by {who}.",
+        finished_at=timezone.now(),
+    )
+    event_record(run_id=run.id, type=RunEvent.Type.RUN_CANCELLED, payload={"by": who})
+    _enqueue_notify(run.id)
+    run.refresh_from_db()
+    return run
+
+
+def _enqueue_notify(run_id: int) -> None:
+    """Deliver the final message of a run that ended outside its chain (cancelled, expired)."""
+    StageRun.objects.filter(run_id=run_id, stage=Stage.NOTIFY, status=StageRun.Status.PENDING).update(
+        queued_at=timezone.now()
+    )
+    transaction.on_commit(lambda: current_app.send_task("pipeline.start", kwargs={"run_id": run_id}))
 
 
 @transaction.atomic

@@ -30,6 +30,8 @@ class DevelopTask:
     resume: bool = False
     # The agent's own conversation to continue (Claude Code's session id), from the last turn.
     agent_session_id: str | None = None
+    # A person's answer to the agent's question (or guidance after failures), for this turn.
+    guidance: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,4 +135,6 @@ def develop_prompt(task: DevelopTask, *, template: str, report: str, continuing:
     for name in missing:
         if values[name]:
             text = text.rstrip() + "\n\n" + values[name]
+    if task.guidance:  # a person's words, quoted as such
+        text = text.rstrip() + "\n\nGuidance from the person you asked:\n> " + task.guidance.replace("\n", "\n> ")
     return "\n".join(line.rstrip() for line in text.strip().splitlines()) + "\n"

@@ -40,6 +40,11 @@ class ScriptedBackend:
             "--remote", "origin",
             "--work-seconds", str(float(self.config.options.get("work_seconds", 0))),
         ]
+        # options["ask"]: the agent is blocked with this question until a person gives guidance.
+        if self.config.options.get("ask"):
+            argv += ["--ask", str(self.config.options["ask"])]
+        if task.guidance:
+            argv += ["--guidance", task.guidance]
         code, out, err = run(argv, {})
         result, problem = parse_agent_result(out)
         if result is None and code != 0:

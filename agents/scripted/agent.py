@@ -451,8 +451,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dev.add_argument("--remote", default="origin")
     dev.add_argument("--work-seconds", type=float, default=0.0,
                      help="spend this long before writing (to simulate a slow agent)")
+    dev.add_argument("--ask", default="",
+                     help="report blocked with this question unless --guidance is given")
+    dev.add_argument("--guidance", default="", help="a person's answer to the question")
     args = parser.parse_args(argv)
 
+    if args.ask and not args.guidance.strip():
+        log(f"blocked: {args.ask}")
+        print(json.dumps({"status": "blocked", "question": args.ask[:4000],
+                          "summary": "Waiting for an answer before writing code."}), flush=True)
+        return 0
+    if args.guidance:
+        log(f"guidance from a person: {args.guidance}")
     try:
         result = develop(args.spec, args.iteration, args.fail_times, args.branch, args.remote,
                          args.work_seconds)
@@ -460,6 +470,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(f"failed: {exc}")
         print(json.dumps({"status": "failed", "summary": str(exc)[:4000]}), flush=True)
         return 1
+    if args.guidance:
+        result["summary"] += f" Followed the guidance: {args.guidance.strip()[:500]}"
     print(json.dumps(result), flush=True)
     return 0
 

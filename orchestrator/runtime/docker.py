@@ -11,8 +11,11 @@ whatever the worker's commands leave behind); commands run in it with ``exec``. 
   ``python3 -m agents.scripted.agent``), with the factory's ``.env`` and its home directory (when
   it lies inside the tree, as the default ``var/`` does) masked, so no secret or database of the
   factory is readable there;
-- carries ``factory.managed=true`` and the session marker as labels (and the marker in its
-  environment), so the orphan sweep finds it whatever the database says.
+- carries ``factory.managed=true``, the session marker and the installation marker as labels
+  (and the markers in its environment), so the orphan sweep finds it whatever the database says,
+  and never touches another installation's workers on the same engine;
+- is removed by the engine as soon as it stops for any reason (``auto_remove``): a stopped
+  worker is never resumed, so nothing of it would be worth keeping.
 
 Exec timeouts are enforced inside the container: the command runs under coreutils'
 ``timeout -s KILL``, which puts it in its own process group and kills that whole group at the
@@ -45,7 +48,16 @@ from django.conf import settings
 from docker.types import Mount
 
 from config.errors import PermanentError, TransientError
-from orchestrator.runtime.base import SESSION_MARKER, ExecResult, WorkerGone, WorkerInfo, WorkerSpec, WorkerStats
+from orchestrator.runtime.base import (
+    INSTANCE_MARKER,
+    SESSION_MARKER,
+    ExecResult,
+    WorkerGone,
+    WorkerInfo,
+    WorkerSpec,
+    WorkerStats,
+    factory_instance,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +71,8 @@ _QUIET_SECONDS = 0.25
 _QUIET_MAX_SECONDS = 2.0
 _DRAIN_SECONDS = 0.1
 _LIVE = ("running", "paused")
+# What list_workers reports: every state but exited/dead (those are removed by the engine).
+_LISTED = ("created", "restarting", "running", "paused")
 
 _client_lock = threading.Lock()
 _client: tuple[tuple[int, str | None], docker.DockerClient] | None = None
@@ -111,15 +125,16 @@ class DockerRuntime:
         workspace = Path(spec.workspace).absolute()
         # Made here, not by the engine, so it belongs to us rather than to the engine's user.
         workspace.mkdir(parents=True, exist_ok=True)
-        marker = str(spec.session_id)
+        marker, instance = str(spec.session_id), factory_instance()
         image = settings.WORKER_IMAGE
         kwargs: dict[str, Any] = dict(
             command=["sleep", "infinity"],
             # Readable in `docker ps`; unique, so an old session id from another database clashes with nothing.
             name=f"factory-worker-{marker}-{secrets.token_hex(3)}",
             init=True,
-            labels={**spec.labels, MANAGED_LABEL: "true", SESSION_MARKER: marker},
-            environment={**spec.env, SESSION_MARKER: marker},
+            auto_remove=True,
+            labels={**spec.labels, MANAGED_LABEL: "true", SESSION_MARKER: marker, INSTANCE_MARKER: instance},
+            environment={**spec.env, SESSION_MARKER: marker, INSTANCE_MARKER: instance},
             user=f"{os.getuid()}:{os.getgid()}",
             working_dir=str(workspace),
             network_mode=settings.WORKER_NETWORK_MODE,
@@ -201,9 +216,11 @@ class DockerRuntime:
         return WorkerStats(cpu_seconds=cpu_ns / 1e9 if cpu_ns is not None else None, memory_bytes=usage)
 
     def list_workers(self) -> list[WorkerInfo]:
-        """Every container labelled ours on this engine, running, paused or stopped."""
+        """This installation's containers on this engine that have not stopped (``running`` is
+        False for paused ones, and for ones created but never started)."""
+        labels = [f"{MANAGED_LABEL}=true", f"{INSTANCE_MARKER}={factory_instance()}"]
         with _engine_errors("Listing workers"):
-            containers = _docker().containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
+            containers = _docker().containers.list(all=True, filters={"label": labels, "status": list(_LISTED)})
         found = []
         for container in containers:
             labels = dict(container.labels or {})

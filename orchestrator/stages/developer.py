@@ -46,6 +46,7 @@ def run(ctx: StageContext) -> Outcome:
         run_id=ctx.run.id, iteration=ctx.run.iteration, branch=prepared["branch"], spec=spec,
         repo_dir=str(repo), spec_path=SPEC_PATH, previous_report=_previous_report(ctx),
         python=runtime.python, agent_session_id=agent_services.session_resumable_agent(session),
+        guidance=agent_selectors.latest_guidance(run_id=ctx.run.id),
     )
     # Channel 2: the worker's own short-lived token, scoped to this run, for orchestrator-cli.
     token = agent_services.session_issue_token(session_id=session.id, run_id=ctx.run.id)
@@ -70,8 +71,11 @@ def run(ctx: StageContext) -> Outcome:
         raise StageFailed(f"The developer agent stopped twice without reporting a result ({turn.problem}).",
                           code="agent_no_result")
     result = turn.result
+    if result.status == "blocked":
+        raise StageFailed(result.question or result.summary or "The agent is blocked and gave no question.",
+                          code="agent_blocked", output={"summary": result.summary})
     if result.status != "complete":
-        detail = result.question or result.summary or "no reason given"
+        detail = result.summary or "no reason given"
         raise StageFailed(f"The developer agent reported {result.status}: {detail}", code=f"agent_{result.status}")
     pushed = branch_sha(Path(prepared["repo"]), prepared["branch"])
     if not result.commit or not pushed or not pushed.startswith(result.commit):

@@ -104,15 +104,25 @@ def test_an_agent_that_leaves_no_result_is_resumed_once_then_the_stage_fails(cla
     assert WorkerSession.objects.get(project=run.project_id).state == "paused"
 
 
-def test_a_stage_over_its_budget_stops_the_agent_and_fails_the_run(claude, make_run, settings):
+def test_over_budget_the_agent_stops_and_a_person_may_raise_the_budget(claude, make_run, settings, user):
+    from agents.models import Escalation
+
     settings.RUN_BUDGET_USD = 0.01
     scenario = claude(mode="no_result", cost=0.02)
     run = make_run()
     drive(run.id, until="developer")
     run.refresh_from_db()
-    assert run.status == "failed" and run.error_code == "budget_exceeded"
-    assert "run budget is spent" in run.error_message and "$0.0200 of $0.0100" in run.error_message
+    assert run.status == "waiting_human"
     assert len(calls(scenario)) == 1  # no automatic resume once the money is gone
+    escalation = Escalation.objects.get(run=run)
+    assert escalation.reason == "budget"
+    assert "run budget is spent ($0.02 of $0.01)" in escalation.question
+    claude(cost=0.02)  # the next turn reports its result
+    agent_services.escalation_answer(escalation_id=escalation.id, user=user, action="raise_budget",
+                                     budget_increase_usd="1")
+    drive(run.id, until="developer")
+    assert StageRun.objects.get(run=run, stage="developer").status == "succeeded"
+    assert PipelineRun.objects.get(id=run.id).cost_usd == Decimal("0.04")
 
 
 def test_the_api_key_reaches_the_worker_by_environment_only(claude, make_run):

@@ -50,17 +50,28 @@ def test_agent_failing_twice_succeeds_on_iteration_three(celery_procs, user):
     assert '"text": "hi"' in http(live.url + "echo?text=hi")[1]
 
 
-def test_agent_failing_four_times_with_cap_three_fails_with_the_report(celery_procs, user, settings):
+def test_agent_failing_four_times_with_cap_three_asks_a_person_then_fails_with_the_report(celery_procs, user):
+    from agents.models import Escalation
+    from orchestrator.maintenance import escalations_expire
+
     agent_services.agent_config_set(role="developer", options={"fail_times": 4})
     celery_procs.worker()
     project, run = services.project_create(owner=user, description="a web service that greets people by name")
+    deadline = time.monotonic() + 120
+    while not Escalation.objects.filter(run=run).exists():
+        assert time.monotonic() < deadline, celery_procs.logs()
+        time.sleep(0.25)
+    run.refresh_from_db()
+    assert (run.status, run.max_iterations) == ("waiting_human", 3)
+    escalation = Escalation.objects.get(run=run)
+    assert escalation.reason == "tests_failing" and "test_greet" in escalation.question
+    # Nobody answers: the run fails with the report as its reason, and the person is told.
+    Escalation.objects.filter(id=escalation.id).update(deadline=escalation.created_at)
+    assert escalations_expire() == 1
     run = wait_for_run(run.id, procs=celery_procs)
-    assert run.status == "failed"
-    assert run.iteration == 3 == run.max_iterations
-    assert run.error_code == "tests_failed"
-    assert "still fail after 3 iterations" in run.error_message
-    assert "test_greet" in run.error_message  # the failing test's name is the reason
-    assert "failed at the tester stage" in run.result_message
+    assert run.status == "failed" and run.error_code == "escalation_expired"
+    assert "test_greet" in run.error_message  # the failing test's name is in the reason
+    assert "failed at the" in run.result_message
     assert not Deployment.objects.filter(project=project).exists()
 
 

@@ -34,10 +34,13 @@ def new_run(transactional_db, user):
 
 
 def drive(run_id: int, until: str = "notify") -> None:
-    """Run the stages in order in this process, as the chain would, looping on test failures."""
+    """Run the stages in order in this process, as the chain would, looping on test failures
+    and stopping where the run waits for a person."""
     i = 0
     while i < len(ORDER):
         outcome = pipeline.execute(stage=ORDER[i], run_id=run_id, task_id="in-process")
+        if outcome is None and PipelineRun.objects.get(id=run_id).status == "waiting_human":
+            return  # the chain stops here until a person answers
         assert outcome is not None, f"{ORDER[i]} was busy"
         if ORDER[i] == until:
             return
