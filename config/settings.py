@@ -217,6 +217,18 @@ DEPLOY_PORT_MIN = env_int("DEPLOY_PORT_MIN", 20000)
 DEPLOY_PORT_MAX = env_int("DEPLOY_PORT_MAX", 20999)
 DEPLOY_HEALTH_TIMEOUT = env_float("DEPLOY_HEALTH_TIMEOUT", 20.0)
 
+# --- Telegram -------------------------------------------------------------------------
+# The bot's token (from @BotFather); empty: the factory does not talk to Telegram.
+TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN", "")
+# The Bot API's URL, {0} the token and {1} the method (tests point it at a loopback stand-in).
+TELEGRAM_API_URL = env_str("TELEGRAM_API_URL", "https://api.telegram.org/bot{0}/{1}")
+# Webhook mode: Telegram sends this in X-Telegram-Bot-Api-Secret-Token; empty refuses every call.
+TELEGRAM_WEBHOOK_SECRET = env_str("TELEGRAM_WEBHOOK_SECRET", "")
+# How long an invite code (`/start <code>`) stays valid.
+TELEGRAM_INVITE_TTL_SECONDS = env_int("TELEGRAM_INVITE_TTL_SECONDS", 7 * 24 * 3600)
+# One request to the Bot API may take this long (connect and read).
+TELEGRAM_REQUEST_TIMEOUT_SECONDS = env_int("TELEGRAM_REQUEST_TIMEOUT_SECONDS", 10)
+
 # --- Logging --------------------------------------------------------------------------
 LOG_JSON = env_bool("LOG_JSON", False)
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

@@ -38,6 +38,13 @@ def worker_env(runtime: WorkerRuntime, workspace: Path, session_id: int) -> dict
     }
 
 
+def _git_remotes() -> Path:
+    """The local bare repositories (embedded default) the worker clones from and pushes to."""
+    path = Path(settings.FACTORY_HOME) / "git"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def runtime_of(session: WorkerSession) -> WorkerRuntime:
     return get_runtime(session.runtime)
 
@@ -66,6 +73,7 @@ def session_acquire(*, project_id: int, run_id: int, role: str, config: AgentCon
                     "factory.node": session.owner_node},
             cpu_limit=config.cpu_limit if config else None,
             memory_limit_mb=config.memory_limit_mb if config else None,
+            shared_dirs=(_git_remotes(),),
         ))
     except (OSError, WorkerGone) as exc:
         agent_services.session_set_state(session_id=session.id, state=State.FAILED, reason=f"start failed: {exc}")

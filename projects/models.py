@@ -248,3 +248,41 @@ class Invite(models.Model):
 
     def __str__(self) -> str:
         return f"invite {self.code[:6]}… ({'used' if self.redeemed_at else 'open'})"
+
+
+class OutboundMessage(models.Model):
+    """A message the system owes a person in Telegram. The row is the truth; a task delivers it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        BLOCKED = "blocked", "Blocked (the chat no longer takes our messages)"
+
+    account = models.ForeignKey(TelegramAccount, on_delete=models.CASCADE, related_name="outbound_messages")
+    run = models.ForeignKey(PipelineRun, on_delete=models.SET_NULL, null=True, blank=True,
+                            related_name="outbound_messages")
+    # The question this message carries: a reply to it is the answer.
+    escalation = models.ForeignKey("agents.Escalation", on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="outbound_messages")
+    # The run event it tells of (one message per event and person: telling twice is a no-op).
+    event = models.ForeignKey(RunEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    text = models.TextField()
+    html = models.BooleanField(default=False)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    telegram_message_id = models.BigIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["event", "account"], name="outbound_one_per_event_and_account"),
+            models.CheckConstraint(condition=~Q(text=""), name="outbound_text_not_empty"),
+        ]
+        indexes = [models.Index(fields=["account", "status", "id"], name="outbound_account_status")]
+
+    def __str__(self) -> str:
+        return f"message #{self.pk} to {self.account_id} ({self.status})"

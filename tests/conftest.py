@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import docker
 import pytest
+import requests
 from django.conf import settings
 from django.db import connection
 from rest_framework.authtoken.models import Token
@@ -159,3 +161,29 @@ def wait_for_run(run_id: int, timeout: float = 180, procs: CeleryProcesses | Non
         time.sleep(0.25)
     logs = procs.logs() if procs else ""
     raise AssertionError(f"run {run_id} did not finish in {timeout}s: {run.status} at {run.current_stage}\n{logs}")
+
+
+# --- Docker: the real engine and the locally built test image ------------------------
+TEST_IMAGE = "factory-worker:test"
+
+
+@pytest.fixture(scope="session")
+def engine():
+    try:
+        client = docker.from_env()
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true, yet no Docker engine answers: {exc}")
+        pytest.skip(f"no Docker engine answers ({exc}); start one with scripts/dockerd")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def worker_image(engine) -> str:
+    proc = subprocess.run([str(ROOT / "scripts" / "worker-image")], env={**os.environ, "WORKER_IMAGE": TEST_IMAGE},
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/worker-image failed:\n{proc.stdout}\n{proc.stderr}")
+    return TEST_IMAGE

@@ -53,6 +53,9 @@ class WorkerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     cpu_limit: float | None = None  # CPUs
     memory_limit_mb: int | None = None
+    # Host directories the worker shares at the same path (read-write), e.g. the local git
+    # remotes of the embedded default. A runtime on this host sees them anyway.
+    shared_dirs: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,8 @@ class DockerRuntime:
             working_dir=str(workspace),
             network_mode=settings.WORKER_NETWORK_MODE,
             mounts=[Mount(target=str(workspace), source=str(workspace.resolve()), type="bind", read_only=False),
+                    *(Mount(target=str(d), source=str(Path(d).resolve()), type="bind", read_only=False)
+                      for d in spec.shared_dirs),
                     *_factory_mounts()],
             security_opt=["no-new-privileges"],
         )

@@ -23,30 +23,8 @@ from orchestrator.runtime.docker import DockerRuntime
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_IMAGE = "factory-worker:test"
+from tests.conftest import TEST_IMAGE  # noqa: F401 (the engine and worker_image fixtures live there)
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="session")
-def engine():
-    try:
-        client = docker.from_env()
-        client.ping()
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true, yet no Docker engine answers: {exc}")
-        pytest.skip(f"no Docker engine answers ({exc}); start one with scripts/dockerd")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def worker_image(engine) -> str:
-    proc = subprocess.run([str(ROOT / "scripts" / "worker-image")], env={**os.environ, "WORKER_IMAGE": TEST_IMAGE},
-                          capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.fail(f"scripts/worker-image failed:\n{proc.stdout}\n{proc.stderr}")
-    return TEST_IMAGE
 
 
 class Harness:

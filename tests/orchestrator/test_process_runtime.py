@@ -59,7 +59,10 @@ def test_pause_really_stops_output_and_unpause_resumes_it(runtime, tmp_path):
             cwd=tmp_path, env=_env(tmp_path), timeout=10)
     time.sleep(0.3)
     rt.pause(handle)
-    assert process_state(int(handle)) == "T"
+    deadline = time.monotonic() + 5
+    while process_state(int(handle)) != "T":  # the stop is delivered asynchronously
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     time.sleep(0.1)
     frozen = ticker.read_text().count("x")
     time.sleep(0.5)
