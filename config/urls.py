@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 
 from agents.api import WorkerAskView, WorkerProgressView, WorkerResultView
 from projects.api import ProjectViewSet, RunEventStreamView, RunViewSet
+from projects.telegram_webhook import telegram_webhook
 
 router = DefaultRouter()
 router.register("projects", ProjectViewSet, basename="project")
@@ -17,6 +18,7 @@ urlpatterns = [
     path("api/runs/<int:run_id>/worker/progress/", WorkerProgressView.as_view(), name="worker-progress"),
     path("api/runs/<int:run_id>/worker/ask/", WorkerAskView.as_view(), name="worker-ask"),
     path("api/runs/<int:run_id>/worker/result/", WorkerResultView.as_view(), name="worker-result"),
+    path("telegram/webhook/", telegram_webhook, name="telegram-webhook"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -110,3 +110,17 @@ def resume_session(session_id: int) -> None:
 @shared_task(name="workers.terminate_session", **SWEEP_TASK)
 def terminate_session(session_id: int) -> None:
     workers.operator_action(session_id=session_id, action="terminate")
+
+
+@shared_task(name="notify.send_message", bind=True, acks_late=True, ignore_result=True, soft_time_limit=45,
+             time_limit=60, max_retries=None)
+def send_message(self, message_id: int) -> None:
+    """Deliver one OutboundMessage; Telegram's rate limit and hiccups are waited out by retrying.
+
+    The retry budget is counted on the message row (``attempts``), not by Celery.
+    """
+    from orchestrator.notify import message_send
+
+    outcome = message_send(message_id=message_id)
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in)

@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from config.errors import Conflict, NotFound, ValidationFailed
-from projects import events
+from projects import events, notifications
 from projects.models import Deployment, PipelineRun, Project, RunEvent, Stage, StageRun
 from projects.specs import ProjectSpec
 
@@ -46,6 +46,7 @@ def event_record(*, run_id: int, type: str, stage: str = "", payload: dict[str, 
         run_id=run_id, event_id=event.id, type=str(type), stage=str(stage), payload=event.payload,
         created_at=event.created_at.isoformat(),
     ))
+    transaction.on_commit(lambda: notifications.run_event_notify(event.id), robust=True)
     return event
 
 

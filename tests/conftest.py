@@ -187,3 +187,19 @@ def worker_image(engine) -> str:
     if proc.returncode != 0:
         pytest.fail(f"scripts/worker-image failed:\n{proc.stdout}\n{proc.stderr}")
     return TEST_IMAGE
+
+
+@pytest.fixture
+def telegram(settings):
+    """A loopback Telegram Bot API (tests/fakes/telegram_server.py) that the settings point at.
+
+    A Celery worker that must talk to it gets ``celery_procs.worker(**telegram.worker_env())``.
+    """
+    from tests.fakes.telegram_server import FakeTelegram
+
+    server = FakeTelegram().start()
+    settings.TELEGRAM_API_URL = server.api_url
+    settings.TELEGRAM_BOT_TOKEN = server.token
+    settings.TELEGRAM_WEBHOOK_SECRET = "webhook-secret-for-tests"
+    yield server
+    server.stop()

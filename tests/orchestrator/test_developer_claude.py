@@ -88,19 +88,23 @@ def test_the_next_run_of_the_project_resumes_the_agents_session(claude, make_run
     assert WorkerSession.objects.filter(project=project).count() == 1
 
 
-def test_an_agent_that_leaves_no_result_is_resumed_once_then_the_stage_fails(claude, make_run):
+def test_an_agent_that_leaves_no_result_is_resumed_once_then_a_person_is_asked(claude, make_run):
+    from agents.models import Escalation
+
     scenario = claude(mode="no_result", session_id="sess-B")
     run = make_run()
     drive(run.id, until="developer")
     run.refresh_from_db()
-    assert run.status == "failed" and run.error_code == "agent_no_result"
-    assert "stopped twice without reporting a result" in run.error_message
+    assert run.status == "waiting_human"
+    escalation = Escalation.objects.get(run=run)
+    assert (escalation.reason, escalation.context["code"]) == ("stage_error", "agent_no_result")
+    assert "stopped twice without reporting a result" in escalation.question
     made = calls(scenario)
     assert len(made) == 2
     assert "--resume" not in made[0]["argv"]
     assert made[1]["argv"][made[1]["argv"].index("--resume") + 1] == "sess-B"
     assert Usage.objects.filter(stage_run__run=run, role="developer").count() == 2
-    # The worker is paused, not left running.
+    # The worker is paused, not left running, while the person is asked.
     assert WorkerSession.objects.get(project=run.project_id).state == "paused"
 
 

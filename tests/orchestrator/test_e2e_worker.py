@@ -31,8 +31,14 @@ def test_a_description_becomes_a_running_service(celery_procs, user):
     assert (status, '"Hello, Grace!"' in body) == (200, True)
     stages = list(StageRun.objects.filter(run=run).values_list("stage", "status"))
     assert stages == [(s, "succeeded") for s in ["architect", "preparer", "developer", "tester", "deployer", "notify"]]
-    # The worker is paused while nobody works in it.
-    assert WorkerSession.objects.get(project=project).state == "paused"
+    # The worker is paused while nobody works in it...
+    session = WorkerSession.objects.get(project=project)
+    assert session.state == "paused"
+    # ...and a Celery node that shuts down ends the workers it owns.
+    celery_procs.stop_all()
+    session.refresh_from_db()
+    assert (session.state, session.state_reason) == ("terminated", f"node {session.owner_node} shut down")
+    assert pids_with_marker(SESSION_MARKER, str(session.id)) == []
 
 
 def test_agent_failing_twice_succeeds_on_iteration_three(celery_procs, user):
