@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
-from django.db import close_old_connections
 from django.utils import timezone
 
 from config.errors import PermanentError, TransientError
@@ -52,7 +51,6 @@ def as_plain_text(text: str) -> str:
 
 
 def message_send(*, message_id: int) -> SendOutcome:
-    close_old_connections()
     message = OutboundMessage.objects.select_related("account").filter(id=message_id).first()
     if message is None:
         log.warning("outbound_message_missing", message_id=message_id)

@@ -18,6 +18,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from agents.models import Escalation
+from agents.services import escalation_answer
 from config.errors import AppError
 from orchestrator.deploy import local
 from orchestrator.maintenance import project_teardown
@@ -43,11 +45,11 @@ class Command(BaseCommand):
         logs = Path(settings.FACTORY_HOME) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         # The web app serves the API that agents call from inside workers (orchestrator-cli).
-        api_url = f"http://127.0.0.1:{_free_port()}"
+        api_url = self.api_url = f"http://127.0.0.1:{_free_port()}"
         env = {**os.environ, "FACTORY_API_URL": api_url}
         procs = [
             self._spawn("web", [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", api_url[7:],
-                                "--workers", "2"], logs, env),
+                                "--workers", "2", "--worker-class", "gthread", "--threads", "8"], logs, env),
             self._spawn("worker", [*CELERY, "worker", "-Q", "pipeline,agents,maintenance,notify", "--concurrency=2",
                                    "-n", f"demo-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--loglevel=INFO"], logs, env),
             self._spawn("beat", [*CELERY, "beat", f"--schedule={logs / 'beat-schedule'}", "--loglevel=INFO"], logs, env),
@@ -101,6 +103,8 @@ class Command(BaseCommand):
                     self.stdout.write("\r\033[K", ending="")
                     status_line = False
                 self.stdout.write(f"[{elapsed:6.1f}s] {_describe(event)}")
+                if event.type == RunEvent.Type.ESCALATION_RAISED:
+                    self._ask(event.payload["escalation_id"])
             run = PipelineRun.objects.get(id=run_id)
             if run.is_finished and run.result_message:
                 return run
@@ -115,6 +119,20 @@ class Command(BaseCommand):
                 self.stdout.flush()
                 status_line = True
             time.sleep(0.2)
+
+    def _ask(self, escalation_id: int) -> None:
+        """The run waits for a person: on a terminal, ask here; otherwise say where to answer."""
+        self.stdout.write(f"  The run waits for an answer: in admin at {self.api_url}/admin/agents/escalation/"
+                          f"{escalation_id}/change/")
+        if not sys.stdin.isatty():
+            return
+        reply = input("  Your answer (or /cancel): ").strip()
+        action = "cancel" if reply == "/cancel" else "guidance"
+        owner = Escalation.objects.select_related("run__project__owner").get(id=escalation_id).run.project.owner
+        try:
+            escalation_answer(escalation_id=escalation_id, user=owner, action=action, answer=reply)
+        except AppError as exc:
+            self.stdout.write(f"  Not accepted: {exc.message}")
 
     def _verify(self, project_id: int) -> None:
         """Show that the live service answers its health check and what the description asked for."""
@@ -146,6 +164,14 @@ def _describe(event: RunEvent) -> str:
             return f"tests failed: {p.get('message')}"
         case RunEvent.Type.DEPLOYED:
             return "release is live and healthy"
+        case RunEvent.Type.ESCALATION_RAISED:
+            return f"QUESTION for you: {p.get('question')}"
+        case RunEvent.Type.ESCALATION_ANSWERED:
+            return f"answered ({p.get('action')}); going on"
+        case RunEvent.Type.AGENT_PROGRESS:
+            return f"agent: {p.get('message')}"
+        case RunEvent.Type.STAGE_WAITING:
+            return f"{event.stage} waits: {p.get('reason')}"
         case RunEvent.Type.NOTIFIED:
             return "person notified"
         case _:
