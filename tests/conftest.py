@@ -50,6 +50,24 @@ def api(user) -> APIClient:
     return client_for(user)
 
 
+@pytest.fixture
+def new_run(transactional_db, user):
+    """Make runs from descriptions (for stages driven in this process); tear their projects down."""
+    from orchestrator.maintenance import project_teardown
+    from projects import services
+
+    created = []
+
+    def make(description="a web service that greets people by name"):
+        project, run = services.project_create(owner=user, description=description)
+        created.append(project.id)
+        return run
+
+    yield make
+    for project_id in created:
+        project_teardown(project_id=project_id)
+
+
 def database_url() -> str:
     """The URL of the database this test runs against (the test database), for child processes."""
     db = connection.settings_dict

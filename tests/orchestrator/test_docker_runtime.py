@@ -13,7 +13,6 @@ from pathlib import Path
 
 import docker
 import pytest
-import requests
 
 from config.errors import PermanentError, TransientError
 from orchestrator.runtime import get_runtime

@@ -14,23 +14,8 @@ from config.errors import Conflict, NotFound, ValidationFailed
 from orchestrator import maintenance
 from orchestrator.procs import pids_with_marker, process_state
 from orchestrator.runtime.base import SESSION_MARKER
-from projects import services
 from projects.models import PipelineRun, StageRun
 from tests.orchestrator.test_stages_idempotent import drive
-
-
-@pytest.fixture
-def new_run(transactional_db, user):
-    created = []
-
-    def make(description="a web service that greets people by name"):
-        project, run = services.project_create(owner=user, description=description)
-        created.append(project.id)
-        return run
-
-    yield make
-    for project_id in created:
-        maintenance.project_teardown(project_id=project_id)
 
 
 def test_a_blocked_agent_asks_and_the_answer_resumes_the_run_with_it(new_run, user):

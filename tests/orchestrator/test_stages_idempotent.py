@@ -5,32 +5,15 @@ the scripted agent in a real worker process group and a real released service on
 """
 from __future__ import annotations
 
-import pytest
 
 from orchestrator import pipeline
 from orchestrator.deploy.local import RELEASE_MARKER, http
 from orchestrator.git import bare_repo_path, git
-from orchestrator.maintenance import project_teardown
 from orchestrator.procs import pids_with_marker
 from orchestrator.stages import Next, StageContext
-from projects import services
 from projects.models import Deployment, PipelineRun, StageRun
 
 ORDER = ["architect", "preparer", "developer", "tester", "deployer", "notify"]
-
-
-@pytest.fixture
-def new_run(transactional_db, user):
-    created = []
-
-    def make(description="a web service that greets people by name"):
-        project, run = services.project_create(owner=user, description=description)
-        created.append(project.id)
-        return run
-
-    yield make
-    for project_id in created:
-        project_teardown(project_id=project_id)
 
 
 def drive(run_id: int, until: str = "notify") -> None:

@@ -73,7 +73,7 @@ def test_refusals(live_server, run_and_token, other_user):
     other = Token.objects.create(user=other_user).key
     for url, key, status in [
         (f"/api/runs/{run.id}/events/", other, 404),
-        (f"/api/runs/999999/events/", token, 404),
+        ("/api/runs/999999/events/", token, 404),
         (f"/api/runs/{run.id}/events/?after=abc", token, 400),
     ]:
         with pytest.raises(urllib.error.HTTPError) as err:
