@@ -33,10 +33,11 @@ def latest_guidance(*, run_id: int) -> str | None:
     )
 
 
-def escalation_for_reply(*, telegram_message_id: int):
-    """The open question a Telegram message replied to."""
+def escalation_for_reply(*, telegram_message_id: int, user_id: int):
+    """The person's open question a Telegram message replied to (message ids are per chat)."""
     return Escalation.objects.select_related("run__project").filter(
-        telegram_message_id=telegram_message_id, status=Escalation.Status.OPEN).first()
+        telegram_message_id=telegram_message_id, run__project__owner_id=user_id,
+        status=Escalation.Status.OPEN).first()
 
 
 def open_escalation_for_user(*, user_id: int):

@@ -21,6 +21,12 @@ def beat_schedule() -> dict:
             "schedule": sweep,
             "options": {"expires": sweep},
         },
+        # Deliver again messages to people whose delivery task was lost.
+        "notify-requeue-stale": {
+            "task": "notify.requeue_stale",
+            "schedule": sweep,
+            "options": {"expires": sweep},
+        },
         # Fail runs whose question to a person expired unanswered; end their workers.
         "escalations-expire": {
             "task": "escalations.expire",

@@ -124,3 +124,10 @@ def send_message(self, message_id: int) -> None:
     outcome = message_send(message_id=message_id)
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)
+
+
+@shared_task(name="notify.requeue_stale", acks_late=True, ignore_result=True, soft_time_limit=60, time_limit=90)
+def requeue_stale_messages() -> int:
+    from projects import notifications
+
+    return len(notifications.messages_requeue_stale(older_than_seconds=settings.OUTBOUND_REQUEUE_SECONDS))

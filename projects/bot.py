@@ -15,9 +15,10 @@ updates, questions, the result) goes through ``projects.notifications``: recorde
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import requests
 import structlog
@@ -126,7 +127,10 @@ def build_bot():
     from telebot import apihelper, util
 
     apihelper.API_URL = settings.TELEGRAM_API_URL
-    bot = telebot.TeleBot(_token(), threaded=False)
+    try:
+        bot = telebot.TeleBot(_token(), threaded=False)
+    except ValueError as exc:  # telebot's token format check; its message does not echo the token
+        raise NotConfigured(f"TELEGRAM_BOT_TOKEN is malformed: {exc}.") from exc
     h = _Handlers(bot)
     private = ["private"]
     on = bot.register_message_handler
@@ -290,7 +294,7 @@ class _Handlers:
     @staticmethod
     def _health(project_id: int) -> str:
         # The bot is an interface: like an admin action, it may ask the engine for a read-only probe.
-        from orchestrator.health import release_health
+        from projects.health import release_health
 
         health = release_health(project_id=project_id)
         if health is None:
@@ -336,10 +340,7 @@ class _Handlers:
         from agents import selectors as agent_selectors
 
         replied = inc.message.reply_to_message
-        escalation = agent_selectors.escalation_for_reply(telegram_message_id=replied.message_id)
-        if escalation is None or escalation.run.project.owner_id != inc.user.id:
-            return None
-        return escalation
+        return agent_selectors.escalation_for_reply(telegram_message_id=replied.message_id, user_id=inc.user.id)
 
     def _escalation(self, inc: Incoming):
         """The question replied to, else the person's newest open question."""

@@ -120,9 +120,10 @@ def render_event(event: RunEvent) -> tuple[str, bool, int | None] | None:
         question = str(payload.get("question") or "").strip()
         if not question:
             return None
+        # The question is rendered by code (orchestrator/escalations.py) and says how to answer;
+        # a reply to this very message is the answer.
         text = (f"<b>{html_lib.escape(_name(run))} · run #{run.id} needs you.</b>\n"
-                f"{html_lib.escape(question[:3000])}\n\n"
-                "Reply to this message to answer, /budget &lt;dollars&gt; to raise the budget, or /cancel.")
+                f"{html_lib.escape(question[:3000])}")
         return text, True, payload.get("escalation_id")
     if kind == RunEvent.Type.NOTIFIED:
         # The final message, rendered by the Notify stage from the database (URL or reason).
@@ -218,3 +219,18 @@ def message_resend(*, message_id: int) -> bool:
     OutboundMessage.objects.filter(id=message_id).update(status=OutboundMessage.Status.PENDING, attempts=0, error="")
     transaction.on_commit(lambda: current_app.send_task(SEND_TASK, kwargs={"message_id": message_id}))
     return True
+
+
+def messages_requeue_stale(*, older_than_seconds: float) -> list[int]:
+    """Pending messages nobody delivered for a long while (their task message was lost):
+    enqueue their delivery again. The DB is the truth; the broker is transport."""
+    from datetime import timedelta
+
+    from celery import current_app
+
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    ids = list(OutboundMessage.objects.filter(status=OutboundMessage.Status.PENDING, created_at__lt=cutoff)
+               .order_by("id").values_list("id", flat=True)[:500])
+    for message_id in ids:
+        current_app.send_task("notify.send_message", kwargs={"message_id": message_id})
+    return ids

@@ -127,7 +127,10 @@ def project_for(*, user, ref: str) -> Project:
     """A project of the person's by id (``12``, ``#12``) or slug; anyone else's is not found."""
     ref = (ref or "").strip().lstrip("#")
     visible = selectors.projects_visible_to(user)
-    project = visible.filter(id=int(ref)).first() if ref.isdigit() else visible.filter(slug=ref).first()
+    if ref.isdigit():
+        project = visible.filter(id=int(ref)).first() if len(ref) <= 18 else None  # beyond a bigint: no such id
+    else:
+        project = visible.filter(slug=ref[:60]).first()
     if project is None:
         raise NotFound(f"I can't find a project “{ref[:60]}” of yours. /projects lists them.",
                        code="project_not_found")

@@ -7,6 +7,7 @@ lost its claim (the reconciler gave the stage to another worker) cannot overwrit
 from __future__ import annotations
 
 import enum
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -389,6 +390,16 @@ def runs_requeue_stuck() -> list[Requeue]:
 
 
 # --- deployments ----------------------------------------------------------------------
+def _port_bindable(port: int) -> bool:
+    """Is the candidate port free on this host? (Something outside the factory may hold it.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((settings.DEPLOY_HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def deployment_allocate(*, project_id: int, run_id: int, commit_sha: str) -> Deployment:
     """Create the run's deployment with a free internal port, or return the one it has.
 
@@ -400,7 +411,8 @@ def deployment_allocate(*, project_id: int, run_id: int, commit_sha: str) -> Dep
         return existing
     for _ in range(50):
         taken = set(Deployment.objects.filter(status__in=Deployment.HOLDS_PORT).values_list("port", flat=True))
-        port = next((p for p in range(settings.DEPLOY_PORT_MIN, settings.DEPLOY_PORT_MAX + 1) if p not in taken), None)
+        port = next((p for p in range(settings.DEPLOY_PORT_MIN, settings.DEPLOY_PORT_MAX + 1)
+                     if p not in taken and _port_bindable(p)), None)
         if port is None:
             raise Conflict("Every deploy port is in use.", code="no_free_port")
         try:

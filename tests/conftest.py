@@ -169,12 +169,13 @@ def celery_procs(transactional_db, factory_home):
 
 def wait_for_run(run_id: int, timeout: float = 180, procs: CeleryProcesses | None = None):
     """Wait until the run has finished and its person was told (the final message exists)."""
-    from projects.models import PipelineRun
+    from projects.models import PipelineRun, StageRun
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = PipelineRun.objects.get(id=run_id)
-        if run.is_finished and run.result_message:
+        notify_done = StageRun.objects.filter(run_id=run_id, stage="notify", status="succeeded").exists()
+        if run.is_finished and run.result_message and notify_done:
             return run
         time.sleep(0.25)
     logs = procs.logs() if procs else ""

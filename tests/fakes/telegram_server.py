@@ -486,4 +486,4 @@ def _truthy(value: Any) -> bool:
     return value in (True, "true", "True", "1", 1)
 
 
-__all__ = ["FakeTelegram", "Sent", "Call", "TOKEN", "user"]
+__all__ = ["TOKEN", "Call", "FakeTelegram", "Sent", "user"]

@@ -291,6 +291,13 @@ def test_status_of_someone_elses_project_is_not_found_and_nothing_leaks(client, 
     assert PipelineRun.objects.get(project=theirs).status == "queued"
 
 
+def test_status_of_a_project_that_does_not_exist_is_not_found(client, telegram, ada, ada_tg):
+    for ref in ["424242", "9" * 30, "no-such-slug", "#12"]:
+        post_update(client, telegram.make_update(from_user=ada_tg, text=f"/status {ref}"))
+
+    assert [r.startswith("I can't find a project") for r in telegram.texts_to(ADA_TG)] == [True] * 4
+
+
 def test_projects_lists_only_the_persons_own(client, telegram, ada, ada_tg, other_user):
     mine, _ = services.project_create(owner=ada, description=GREETER)
     services.project_create(owner=other_user, description="a secret weather bot for bob")
