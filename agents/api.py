@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents import services
-from agents.contracts import AgentResult, AskIn, ProgressIn
+from agents.contracts import AgentResult, AskIn, ProgressIn, describe_errors
 from agents.models import WorkerSession
 from config.errors import ValidationFailed
 
@@ -52,8 +52,7 @@ def _parse(model: type[BaseModel], data) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise ValidationFailed(f"Invalid {model.__name__}: {problems}") from exc
+        raise ValidationFailed(f"Invalid {model.__name__}: {describe_errors(exc, root='body')}") from exc
 
 
 class _WorkerView(APIView):

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from agents.contracts import AgentResult, AskIn, ProgressIn
+from agents.contracts import AgentResult, AskIn, ProgressIn, describe_errors
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
@@ -84,8 +84,7 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
     try:
         endpoint, body = build(args)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
-        print(f"orchestrator-cli: invalid {args.command}: {problems}", file=sys.stderr)
+        print(f"orchestrator-cli: invalid {args.command}: {describe_errors(exc)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         send(endpoint, body, dict(os.environ) if env is None else env)

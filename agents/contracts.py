@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class AgentResult(BaseModel):
@@ -56,3 +56,8 @@ class AskIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1, max_length=4000)
+
+
+def describe_errors(exc: ValidationError, *, root: str = "value") -> str:
+    """A validation error as one line a person can act on: ``field: problem; ...``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or root}: {e['msg']}" for e in exc.errors())

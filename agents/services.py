@@ -16,7 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from agents.contracts import AgentResult
-from agents.models import AgentConfig, Escalation, Role, Usage, WorkerSession, WorkerTransition
+from agents.models import AgentConfig, Escalation, Usage, WorkerSession, WorkerTransition
 from config.errors import AppError, Conflict, NotFound, ValidationFailed
 from projects.models import PipelineRun, StageRun
 
@@ -225,8 +225,6 @@ def usage_record(*, project_id: int, stage_run_id: int | None, session_id: int |
         PipelineRun.objects.filter(id=run_id).update(cost_usd=F("cost_usd") + cost)
     return usage
 
-
-__all__ = ["Role", "agent_config_for", "session_create", "session_set_state", "usage_record"]
 
 
 # --- escalations: asking a person ---------------------------------------------------
