@@ -133,6 +133,11 @@ class Usage(models.Model):
     cache_read_tokens = models.PositiveBigIntegerField(default=0)
     cache_write_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    # The stage claim the turn ran under; a turn of a later claim of the same stage run is a
+    # rerun (the worker died after the turn but before the stage's success was committed):
+    # both turns really cost money, so both rows stay, and the rerun says why.
+    stage_attempt = models.PositiveIntegerField(null=True, blank=True)
+    rerun = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -9,16 +9,16 @@ from datetime import timedelta
 from decimal import Decimal
 
 import structlog
-from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+
 from django.utils import timezone
 
 from agents.contracts import AgentResult
 from agents.models import AgentConfig, Escalation, Usage, WorkerSession, WorkerTransition
 from config.errors import AppError, Conflict, NotFound, ValidationFailed
-from projects.models import PipelineRun, StageRun
+from projects import runs
+from projects.events import event_record
 
 log = structlog.get_logger(__name__)
 State = WorkerSession.State
@@ -191,8 +191,6 @@ def session_take_result(*, session_id: int) -> AgentResult | None:
 @transaction.atomic
 def worker_progress(*, session: WorkerSession, message: str) -> None:
     """Channel 2: the agent says what it is doing; the worker keeps running."""
-    from projects.services import event_record
-
     WorkerSession.objects.filter(id=session.id).update(last_activity_at=timezone.now())
     event_record(run_id=session.run_id, type="agent.progress", stage=session.role,
                  payload={"session_id": session.id, "message": message})
@@ -201,8 +199,6 @@ def worker_progress(*, session: WorkerSession, message: str) -> None:
 @transaction.atomic
 def worker_ask(*, session: WorkerSession, question: str) -> None:
     """Channel 2: the agent asks a person. (Answers arrive with the escalation flow.)"""
-    from projects.services import event_record
-
     WorkerSession.objects.filter(id=session.id).update(last_activity_at=timezone.now())
     event_record(run_id=session.run_id, type="agent.question", stage=session.role,
                  payload={"session_id": session.id, "question": question})
@@ -212,19 +208,27 @@ def worker_ask(*, session: WorkerSession, question: str) -> None:
 @transaction.atomic
 def usage_record(*, project_id: int, stage_run_id: int | None, session_id: int | None, role: str, backend: str,
                  model: str = "", input_tokens: int = 0, output_tokens: int = 0, cache_read_tokens: int = 0,
-                 cache_write_tokens: int = 0, cost_usd: Decimal | float | str = 0) -> Usage:
-    """One agent turn's tokens and dollars; the run's running cost moves with it."""
+                 cache_write_tokens: int = 0, cost_usd: Decimal | float | str = 0,
+                 stage_attempt: int | None = None) -> Usage:
+    """One agent turn's tokens and dollars; the run's running cost moves with it.
+
+    A turn under a later claim of a stage run that already has turns of an earlier claim is a
+    rerun (the worker died after the turn, before the stage's success was committed): it is
+    kept, since it cost money, and marked so a person sees why the stage cost twice.
+    """
     cost = Decimal(str(cost_usd))
+    rerun = bool(
+        stage_run_id is not None and stage_attempt is not None
+        and Usage.objects.filter(stage_run_id=stage_run_id, stage_attempt__lt=stage_attempt).exists()
+    )
     usage = Usage.objects.create(
         project_id=project_id, stage_run_id=stage_run_id, session_id=session_id, role=role, backend=backend,
         model=model, input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read_tokens,
-        cache_write_tokens=cache_write_tokens, cost_usd=cost,
+        cache_write_tokens=cache_write_tokens, cost_usd=cost, stage_attempt=stage_attempt, rerun=rerun,
     )
-    if stage_run_id is not None and cost:
-        run_id = StageRun.objects.filter(id=stage_run_id).values_list("run_id", flat=True).first()
-        PipelineRun.objects.filter(id=run_id).update(cost_usd=F("cost_usd") + cost)
+    if stage_run_id is not None:
+        runs.run_add_cost(stage_run_id=stage_run_id, cost_usd=cost)
     return usage
-
 
 
 # --- escalations: asking a person ---------------------------------------------------
@@ -236,20 +240,11 @@ def escalation_raise(*, run_id: int, stage: str, reason: str, question: str, con
                      stage_run_id: int | None = None, attempt: int | None = None) -> Escalation | None:
     """Stop the run and ask a person; the run waits (``waiting_human``) until answered.
 
-    With ``stage_run_id``, that claimed stage is given back (pending, fenced by ``attempt`` like
-    every stage write) so the answer resumes it; None if the claim was lost.
+    With ``stage_run_id``, that claimed stage is given back (fenced by ``attempt``, through the
+    run state machine) so the answer resumes it; None if the claim was lost.
     """
-    from projects.services import event_record
-
-    if stage_run_id is not None:
-        done = StageRun.objects.filter(id=stage_run_id, attempt=attempt, status=StageRun.Status.RUNNING).update(
-            status=StageRun.Status.PENDING, started_at=None, queued_at=None
-        )
-        if not done:
-            return None
-    PipelineRun.objects.filter(id=run_id, status=PipelineRun.Status.RUNNING).update(
-        status=PipelineRun.Status.WAITING_HUMAN
-    )
+    if not runs.run_wait_for_human(run_id=run_id, stage_run_id=stage_run_id, attempt=attempt):
+        return None
     escalation = Escalation.objects.create(
         run_id=run_id, stage=stage, reason=reason, question=question, context=context or {},
         deadline=timezone.now() + timedelta(seconds=settings.ESCALATION_TTL_SECONDS),
@@ -266,8 +261,6 @@ def escalation_answer(*, escalation_id: int, user, action: str, answer: str = ""
 
     Anything but cancel resumes the run from the stage that was waiting.
     """
-    from projects.services import event_record, run_cancel
-
     escalation = Escalation.objects.select_for_update().select_related("run__project").filter(
         id=escalation_id).first()
     if escalation is None or not (user.is_staff or escalation.run.project.owner_id == user.id):
@@ -299,24 +292,16 @@ def escalation_answer(*, escalation_id: int, user, action: str, answer: str = ""
                           "by": getattr(user, "username", "") or "operator"})
     run = escalation.run
     if action == "cancel":
-        run_cancel(run_id=run.id, user=user)
+        runs.run_cancel(run_id=run.id, user=user)
     else:
-        fields: dict = {"status": PipelineRun.Status.RUNNING}
-        if increase is not None:
-            fields["budget_usd"] = F("budget_usd") + increase
-        if escalation.reason == Escalation.Reason.TESTS_FAILING:
-            fields["max_iterations"] = F("max_iterations") + 1  # one more try with the guidance
-        PipelineRun.objects.filter(id=run.id, status=PipelineRun.Status.WAITING_HUMAN).update(**fields)
-        StageRun.objects.filter(run_id=run.id, status=StageRun.Status.PENDING).update(queued_at=timezone.now())
-        transaction.on_commit(lambda: current_app.send_task("pipeline.start", kwargs={"run_id": run.id}))
+        runs.run_resume(run_id=run.id, budget_increase_usd=increase,
+                        extra_iteration=escalation.reason == Escalation.Reason.TESTS_FAILING)
     escalation.refresh_from_db()
     return escalation
 
 
 def escalations_expire() -> list[int]:
     """Fail the runs whose question nobody answered before its deadline; return their run ids."""
-    from projects.services import _enqueue_notify, event_record, run_fail
-
     expired = []
     for escalation in Escalation.objects.filter(status=Escalation.Status.OPEN, deadline__lt=timezone.now()):
         with transaction.atomic():
@@ -325,8 +310,8 @@ def escalations_expire() -> list[int]:
                 continue
             event_record(run_id=escalation.run_id, type="escalation.expired", stage=escalation.stage,
                          payload={"escalation_id": escalation.id})
-            run_fail(run_id=escalation.run_id, code="escalation_expired",
-                     message=f"Nobody answered in time. The question was: {escalation.question}")
-            _enqueue_notify(escalation.run_id)
+            runs.run_fail(run_id=escalation.run_id, code="escalation_expired",
+                          message=f"Nobody answered in time. The question was: {escalation.question}")
+            runs.run_enqueue_notify(run_id=escalation.run_id)
         expired.append(escalation.run_id)
     return expired

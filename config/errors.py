@@ -42,6 +42,13 @@ class Conflict(AppError):
     code = "conflict"
 
 
+class RateLimited(AppError):
+    """Too many requests of one kind from one person; the message says when to try again."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
 class TransientError(AppError):
     """An outside service failed in a way that may pass: timeouts, 5xx, rate limits. Retry."""
 

@@ -119,6 +119,9 @@ SPECTACULAR_SETTINGS = {
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15.0)
 # The longest project description we accept (characters).
 PROJECT_DESCRIPTION_MAX_CHARS = env_int("PROJECT_DESCRIPTION_MAX_CHARS", 4000)
+# One person (not staff) may start at most this many projects per window; 0 turns the limit off.
+PROJECT_CREATE_LIMIT = env_int("PROJECT_CREATE_LIMIT", 10)
+PROJECT_CREATE_WINDOW_SECONDS = env_int("PROJECT_CREATE_WINDOW_SECONDS", 600)
 
 # --- Celery ---------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
@@ -135,8 +138,15 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "polling_interval": env_float("CELERY_BROKER_POLLING_INTERVAL", 0.1),
     }
 else:
-    # Above the longest task time limit, so a slow task is not delivered twice.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 3600}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Above the longest task time limit, so a slow task is not delivered twice.
+        "visibility_timeout": 2 * 3600,
+        # Ten priority levels, 0 served first: later stages of started runs go before new runs.
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
+    }
+CELERY_TASK_DEFAULT_PRIORITY = 5
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

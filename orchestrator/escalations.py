@@ -10,7 +10,7 @@ from django.db import transaction
 from agents import services as agent_services
 from agents.models import Escalation
 from orchestrator.stages import StageContext, StageFailed
-from projects import services as project_services
+from projects import runs
 from projects.models import Stage
 
 # Failures a person can do something about. Anything else (e.g. the Architect not understanding
@@ -55,8 +55,8 @@ def escalate(ctx: StageContext, exc: StageFailed) -> Escalation | None:
                "output": exc.output or {}}
     if exc.code == "tests_failed":
         # Close this iteration's tests; the next iteration's Developer waits for the answer.
-        if not project_services.stage_loop_back(stage_run_id=row.id, attempt=row.attempt,
-                                                output=exc.output or {}, message=exc.message):
+        if not runs.stage_loop_back(stage_run_id=row.id, attempt=row.attempt, output=exc.output or {},
+                                    message=exc.message, announce=False):
             return None
         return agent_services.escalation_raise(run_id=ctx.run.id, stage=Stage.DEVELOPER,
                                                reason=ESCALATING[exc.code], question=question, context=context)

@@ -14,7 +14,7 @@ from agents.models import AgentConfig, WorkerSession
 from orchestrator import workers
 from orchestrator.deploy import local
 from orchestrator.runtime import WorkerGone, get_runtime
-from projects import services as project_services
+from projects import deployments
 from projects.models import Deployment, PipelineRun
 
 log = structlog.get_logger(__name__)
@@ -28,7 +28,7 @@ def project_teardown(*, project_id: int) -> int:
     stopped = 0
     for deployment in Deployment.objects.filter(project_id=project_id, status__in=Deployment.HOLDS_PORT):
         local.stop(deployment_id=deployment.id, pid=deployment.pid)
-        project_services.deployment_stopped(deployment_id=deployment.id)
+        deployments.deployment_stopped(deployment_id=deployment.id)
         stopped += 1
     workers.sessions_terminate_for_project(project_id=project_id, reason="project torn down")
     log.info("project_torn_down", project_id=project_id, releases=stopped)

@@ -1,51 +1,68 @@
 """The pipeline: a Celery chain of immutable signatures carrying the run id only.
 
 ``architect → preparer → developer → tester ⟲ developer → deployer → notify``. The loop is made
-by the Tester task replacing itself with ``developer → tester`` (Celery's ``Task.replace``), so
-the rest of the chain follows. ``execute`` is what every stage task does: claim the StageRun by
-compare-and-set, work with a heartbeat and outside any transaction, record the outcome.
+by the Tester (or a Deployer whose release failed its checks) replacing itself with
+``developer → tester`` (Celery's ``Task.replace``), so the rest of the chain follows.
+``execute`` is what every stage task does: claim the StageRun by compare-and-set, work with a
+heartbeat and outside any transaction, record the outcome.
+
+``STAGES`` is the one registry: stage → its module → its task's name → its priority. Chains are
+built from task names, so this module never imports the tasks (they import it).
 """
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from types import ModuleType
 
 import structlog
-from celery import chain
+from celery import chain, signature
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import close_old_connections, connection
 
 from agents import services as agent_services
 from agents.services import WorkerQuotaExceeded
+from config import task_names
 from config.errors import AppError, TransientError
 from orchestrator import escalations
-from orchestrator.stages import Next, StageContext, StageFailed
-from projects import services as project_services
+from orchestrator.stages import Next, StageContext, StageFailed, architect, deployer, developer, notify, preparer, tester
+from projects import runs
 from projects.models import PipelineRun, Stage
-from projects.services import STAGE_ORDER, ClaimState
+from projects.runs import STAGE_ORDER, ClaimState
 
 log = structlog.get_logger(__name__)
 
 
-def stage_module(stage: str):
-    from orchestrator.stages import architect, deployer, developer, notify, preparer, tester
+@dataclass(frozen=True)
+class StageEntry:
+    module: ModuleType
+    task: str
+    # Later stages go first (Redis: 0 is served first), so runs already under way finish
+    # before new ones start: under load runs complete one after another, not all at the end.
+    priority: int
 
-    return {
-        Stage.ARCHITECT: architect, Stage.PREPARER: preparer, Stage.DEVELOPER: developer,
-        Stage.TESTER: tester, Stage.DEPLOYER: deployer, Stage.NOTIFY: notify,
-    }[stage]
+
+STAGES: dict[str, StageEntry] = {
+    Stage.ARCHITECT: StageEntry(architect, task_names.PIPELINE_ARCHITECT, 5),
+    Stage.PREPARER: StageEntry(preparer, task_names.PIPELINE_PREPARER, 4),
+    Stage.DEVELOPER: StageEntry(developer, task_names.PIPELINE_DEVELOPER, 3),
+    Stage.TESTER: StageEntry(tester, task_names.PIPELINE_TESTER, 2),
+    Stage.DEPLOYER: StageEntry(deployer, task_names.PIPELINE_DEPLOYER, 1),
+    Stage.NOTIFY: StageEntry(notify, task_names.PIPELINE_NOTIFY, 0),
+}
+assert tuple(STAGES) == STAGE_ORDER
 
 
-def chain_from(run_id: int, stage: str = Stage.ARCHITECT) -> chain:
-    """The chain of stage tasks from ``stage`` to the end."""
-    from orchestrator import tasks
+def stage_signature(run_id: int, stage: str):
+    entry = STAGES[stage]
+    return signature(entry.task, kwargs={"run_id": run_id}, immutable=True, priority=entry.priority)
 
-    by_stage = {
-        Stage.ARCHITECT: tasks.architect, Stage.PREPARER: tasks.preparer, Stage.DEVELOPER: tasks.developer,
-        Stage.TESTER: tasks.tester, Stage.DEPLOYER: tasks.deployer, Stage.NOTIFY: tasks.notify,
-    }
-    stages = STAGE_ORDER[STAGE_ORDER.index(stage):]
-    return chain(*(by_stage[s].si(run_id=run_id) for s in stages))
+
+def chain_from(run_id: int, stage: str = Stage.ARCHITECT, until: str | None = None) -> chain:
+    """The chain of stage tasks from ``stage`` to the end (or to ``until``, included)."""
+    stages = STAGE_ORDER[STAGE_ORDER.index(stage): (STAGE_ORDER.index(until) + 1) if until else None]
+    return chain(*(stage_signature(run_id, s) for s in stages))
 
 
 class _Heartbeat:
@@ -59,7 +76,7 @@ class _Heartbeat:
     def _beat(self) -> None:
         try:
             while not self._stop.wait(settings.STAGE_HEARTBEAT_SECONDS):
-                if not project_services.stage_heartbeat(stage_run_id=self.stage_run_id, attempt=self.attempt):
+                if not runs.stage_heartbeat(stage_run_id=self.stage_run_id, attempt=self.attempt):
                     log.warning("heartbeat_claim_lost", stage_run_id=self.stage_run_id)
                     return
                 agent_services.sessions_touch(run_id=self.run_id)
@@ -81,7 +98,7 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     if not PipelineRun.objects.filter(id=run_id).exists():
         log.warning("run_missing", run_id=run_id, stage=stage)  # deleted, or a message from another database
         return None
-    claim = project_services.stage_claim(run_id=run_id, stage=stage, task_id=task_id)
+    claim = runs.stage_claim(run_id=run_id, stage=stage, task_id=task_id)
     if claim.state is ClaimState.DONE:
         return Next.CONTINUE
     if claim.state is ClaimState.BUSY:
@@ -92,59 +109,60 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     with structlog.contextvars.bound_contextvars(run_id=run_id, stage=stage, task_id=task_id), \
             _Heartbeat(run_id, row.id, row.attempt):
         try:
-            outcome = stage_module(stage).run(ctx)
+            outcome = STAGES[stage].module.run(ctx)
         except WorkerQuotaExceeded as exc:
             # Not a failure: too many live workers. Give the claim back; the task retries later.
             log.info("worker_quota_wait", reason=exc.message)
-            project_services.stage_release(stage_run_id=row.id, attempt=row.attempt, reason=exc.message)
+            runs.stage_release(stage_run_id=row.id, attempt=row.attempt, reason=exc.message)
             return Next.WAIT
         except TransientError as exc:
-            # An outside service hiccuped (timeout, 5xx, rate limit): try the stage again later,
-            # up to STAGE_MAX_ATTEMPTS claims; then the run fails with the last error.
-            if row.attempt >= settings.STAGE_MAX_ATTEMPTS:
-                project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code,
-                                            message=f"{exc.message} (gave up after {row.attempt} attempts)")
+            # An outside service hiccuped (timeout, 5xx, rate limit): try the stage again later.
+            # Only these failures count toward STAGE_MAX_ATTEMPTS (claims also rise on quota
+            # waits and reconciler requeues, which are not failures).
+            failures = row.transient_failures + 1
+            if failures >= settings.STAGE_MAX_ATTEMPTS:
+                runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code,
+                                message=f"{exc.message} (gave up after {failures} attempts)")
                 return Next.CONTINUE
-            log.warning("stage_transient_error", reason=exc.message, attempt=row.attempt)
-            project_services.stage_release(stage_run_id=row.id, attempt=row.attempt, reason=exc.message)
+            log.warning("stage_transient_error", reason=exc.message, failures=failures)
+            runs.stage_release(stage_run_id=row.id, attempt=row.attempt, reason=exc.message, transient=True)
             return Next.WAIT
         except StageFailed as exc:
             log.warning("stage_failed", code=exc.code, reason=exc.message)
             if escalations.should_escalate(stage, exc.code):
                 escalations.escalate(ctx, exc)  # the run waits for a person instead of failing
                 return Next.CONTINUE
-            project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code,
+            runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code,
                                         message=exc.message, output=exc.output)
             return Next.CONTINUE
         except SoftTimeLimitExceeded:
-            project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="stage_timeout",
+            runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="stage_timeout",
                                         message=f"The {stage} stage ran past its time limit.")
             return Next.CONTINUE
         except AppError as exc:
             log.warning("stage_error", code=exc.code, reason=exc.message)
-            project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code, message=exc.message)
+            runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code, message=exc.message)
             return Next.CONTINUE
         except Exception as exc:
             # A bug: the run must not vanish silently. Fail it with what happened, keep the trace.
             log.exception("stage_crashed")
-            project_services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="internal_error",
+            runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="internal_error",
                                         message=f"The {stage} stage crashed: {type(exc).__name__}: {exc}")
             return Next.CONTINUE
     if outcome.next is Next.LOOP:
         report = outcome.output.get("report", {})
-        project_services.stage_loop_back(
-            stage_run_id=row.id, attempt=row.attempt, output=outcome.output,
-            message=f"{report.get('failed', 0)} failed, {report.get('errors', 0)} errors; back to the developer",
-        )
+        what = "the release failed its checks" if stage == Stage.DEPLOYER else \
+            f"{report.get('failed', 0)} failed, {report.get('errors', 0)} errors"
+        if not runs.stage_loop_back(stage_run_id=row.id, attempt=row.attempt, output=outcome.output,
+                                    message=f"{what}; back to the developer"):
+            return None  # the claim was lost: whoever holds it now drives the run
         return Next.LOOP
-    project_services.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output=outcome.output)
+    if not runs.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output=outcome.output):
+        return None
     return Next.CONTINUE
 
 
 def start(*, run_id: int) -> None:
     """Enqueue a run's chain from the stage it is at (from the start for a new run)."""
     run = PipelineRun.objects.get(id=run_id)
-    rows = project_services.current_stage_runs(run)
-    first = Stage.NOTIFY if run.is_finished else next(
-        (r.stage for r in rows if r.status in ("pending", "running")), Stage.NOTIFY)
-    chain_from(run_id, first).apply_async()
+    chain_from(run_id, runs.first_open_stage(run)).apply_async()

@@ -1,8 +1,17 @@
 """Every beat entry, in one place. django-celery-beat copies them into its tables at start-up,
-where operators can change them in admin."""
+where operators can change them in admin. Each entry expires at 1.5× its interval: a message
+that waited that long is superseded by the next one, but a slightly late one still runs."""
 from __future__ import annotations
 
 from django.conf import settings
+
+from config import task_names as names
+
+EXPIRY_FACTOR = 1.5
+
+
+def _every(task: str, seconds: float) -> dict:
+    return {"task": task, "schedule": seconds, "options": {"expires": seconds * EXPIRY_FACTOR}}
 
 
 def beat_schedule() -> dict:
@@ -10,33 +19,14 @@ def beat_schedule() -> dict:
     sweep = settings.WORKER_SWEEP_INTERVAL_SECONDS
     return {
         # Re-enqueue runs whose stage lost its message or its worker (the DB is the truth).
-        "reconcile-runs": {
-            "task": "maintenance.reconcile_runs",
-            "schedule": interval,
-            "options": {"expires": interval},
-        },
+        "reconcile-runs": _every(names.RECONCILE_RUNS, interval),
         # Pause running workers idle past their role's idle TTL (a paused worker costs no CPU).
-        "workers-pause-idle": {
-            "task": "workers.pause_idle",
-            "schedule": sweep,
-            "options": {"expires": sweep},
-        },
+        "workers-pause-idle": _every(names.WORKERS_PAUSE_IDLE, sweep),
         # Deliver again messages to people whose delivery task was lost.
-        "notify-requeue-stale": {
-            "task": "notify.requeue_stale",
-            "schedule": sweep,
-            "options": {"expires": sweep},
-        },
+        "notify-requeue-stale": _every(names.NOTIFY_REQUEUE_STALE, sweep),
         # Fail runs whose question to a person expired unanswered; end their workers.
-        "escalations-expire": {
-            "task": "escalations.expire",
-            "schedule": sweep,
-            "options": {"expires": sweep},
-        },
-        # Terminate expired workers, fail sessions whose worker vanished, remove orphan workers.
-        "workers-reap": {
-            "task": "workers.reap",
-            "schedule": sweep,
-            "options": {"expires": sweep},
-        },
+        "escalations-expire": _every(names.ESCALATIONS_EXPIRE, sweep),
+        # Terminate expired workers and workers of finished runs, fail sessions whose worker
+        # vanished, remove orphan workers.
+        "workers-reap": _every(names.WORKERS_REAP, sweep),
     }

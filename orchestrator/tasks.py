@@ -1,13 +1,16 @@
-"""Celery tasks: thin adapters with stable names. Each calls one service and maps its outcome."""
+"""Celery tasks: thin adapters with stable names (``config.task_names``). Each calls one service
+and maps its outcome."""
 from __future__ import annotations
 
 import structlog
-from celery import chain, shared_task
+from celery import shared_task
+from celery.exceptions import Ignore
 from django.conf import settings
 
-from orchestrator import maintenance, pipeline, workers
+from config import task_names as names
+from orchestrator import maintenance, notify as delivery, pipeline, workers
 from orchestrator.stages import Next
-from projects import services as project_services
+from projects import notifications, runs
 from projects.models import Stage
 
 log = structlog.get_logger(__name__)
@@ -21,58 +24,61 @@ STAGE_TASK = dict(
 )
 
 
-def _run_stage(task, stage: str, run_id: int) -> Next | None:
+def _run_stage(task, stage: str, run_id: int) -> None:
     outcome = pipeline.execute(stage=stage, run_id=run_id, task_id=task.request.id or "")
     if outcome is None:
         # Another task owns this stage (or an earlier one): that task's chain goes on, not ours.
-        task.request.chain = None
-    elif outcome is Next.WAIT:
+        # Ignore ends this task without success, so Celery does not apply the rest of the chain.
+        raise Ignore()
+    if outcome is Next.WAIT:
         # Over the worker quota, or an outside service hiccuped: retry later, never sleep.
         raise task.retry(countdown=settings.WORKER_QUOTA_RETRY_SECONDS, max_retries=None)
-    return outcome
+    if outcome is Next.LOOP:
+        # Back to the Developer; the rest of this chain follows the new iteration. A Tester is
+        # replaced by developer → tester; a Deployer whose release failed by developer → tester
+        # → deployer.
+        raise task.replace(pipeline.chain_from(run_id, Stage.DEVELOPER, until=stage))
 
 
-@shared_task(name="pipeline.start", acks_late=True, ignore_result=True, soft_time_limit=30, time_limit=60)
+@shared_task(name=names.PIPELINE_START, acks_late=True, ignore_result=True, soft_time_limit=30, time_limit=60)
 def start(run_id: int) -> None:
     pipeline.start(run_id=run_id)
 
 
-@shared_task(name="pipeline.architect", **STAGE_TASK)
+@shared_task(name=names.PIPELINE_ARCHITECT, **STAGE_TASK)
 def architect(self, run_id: int) -> None:
     _run_stage(self, Stage.ARCHITECT, run_id)
 
 
-@shared_task(name="pipeline.preparer", **STAGE_TASK)
+@shared_task(name=names.PIPELINE_PREPARER, **STAGE_TASK)
 def preparer(self, run_id: int) -> None:
     _run_stage(self, Stage.PREPARER, run_id)
 
 
-@shared_task(name="pipeline.developer", **STAGE_TASK)
+@shared_task(name=names.PIPELINE_DEVELOPER, **STAGE_TASK)
 def developer(self, run_id: int) -> None:
     _run_stage(self, Stage.DEVELOPER, run_id)
 
 
-@shared_task(name="pipeline.tester", **STAGE_TASK)
+@shared_task(name=names.PIPELINE_TESTER, **STAGE_TASK)
 def tester(self, run_id: int) -> None:
-    if _run_stage(self, Stage.TESTER, run_id) is Next.LOOP:
-        # Back to the Developer; the rest of this chain (deployer, notify) follows the new pair.
-        raise self.replace(chain(developer.si(run_id=run_id), tester.si(run_id=run_id)))
+    _run_stage(self, Stage.TESTER, run_id)
 
 
-@shared_task(name="pipeline.deployer", **STAGE_TASK)
+@shared_task(name=names.PIPELINE_DEPLOYER, **STAGE_TASK)
 def deployer(self, run_id: int) -> None:
     _run_stage(self, Stage.DEPLOYER, run_id)
 
 
-@shared_task(name="pipeline.notify", **STAGE_TASK)
+@shared_task(name=names.PIPELINE_NOTIFY, **STAGE_TASK)
 def notify(self, run_id: int) -> None:
     _run_stage(self, Stage.NOTIFY, run_id)
 
 
-@shared_task(name="maintenance.reconcile_runs", acks_late=True, ignore_result=True, soft_time_limit=60, time_limit=90)
+@shared_task(name=names.RECONCILE_RUNS, acks_late=True, ignore_result=True, soft_time_limit=60, time_limit=90)
 def reconcile_runs() -> int:
     """Re-enqueue every run whose current stage lost its message or its worker."""
-    requeued = project_services.runs_requeue_stuck()
+    requeued = runs.runs_requeue_stuck()
     for item in requeued:
         log.info("run_requeued", run_id=item.run_id, stage=item.stage, reason=item.reason)
         pipeline.chain_from(item.run_id, item.stage).apply_async()
@@ -82,52 +88,48 @@ def reconcile_runs() -> int:
 SWEEP_TASK = dict(acks_late=True, ignore_result=True, soft_time_limit=120, time_limit=180)
 
 
-@shared_task(name="workers.pause_idle", **SWEEP_TASK)
+@shared_task(name=names.WORKERS_PAUSE_IDLE, **SWEEP_TASK)
 def pause_idle() -> int:
     return maintenance.workers_pause_idle()
 
 
-@shared_task(name="workers.reap", **SWEEP_TASK)
+@shared_task(name=names.WORKERS_REAP, **SWEEP_TASK)
 def reap() -> int:
     return maintenance.workers_reap().total()
 
 
-@shared_task(name="escalations.expire", **SWEEP_TASK)
+@shared_task(name=names.ESCALATIONS_EXPIRE, **SWEEP_TASK)
 def expire_escalations() -> int:
     return maintenance.escalations_expire()
 
 
-@shared_task(name="workers.pause_session", **SWEEP_TASK)
+@shared_task(name=names.WORKERS_PAUSE_SESSION, **SWEEP_TASK)
 def pause_session(session_id: int) -> None:
     workers.operator_action(session_id=session_id, action="pause")
 
 
-@shared_task(name="workers.resume_session", **SWEEP_TASK)
+@shared_task(name=names.WORKERS_RESUME_SESSION, **SWEEP_TASK)
 def resume_session(session_id: int) -> None:
     workers.operator_action(session_id=session_id, action="resume")
 
 
-@shared_task(name="workers.terminate_session", **SWEEP_TASK)
+@shared_task(name=names.WORKERS_TERMINATE_SESSION, **SWEEP_TASK)
 def terminate_session(session_id: int) -> None:
     workers.operator_action(session_id=session_id, action="terminate")
 
 
-@shared_task(name="notify.send_message", bind=True, acks_late=True, ignore_result=True, soft_time_limit=45,
+@shared_task(name=names.NOTIFY_SEND_MESSAGE, bind=True, acks_late=True, ignore_result=True, soft_time_limit=45,
              time_limit=60, max_retries=None)
 def send_message(self, message_id: int) -> None:
     """Deliver one OutboundMessage; Telegram's rate limit and hiccups are waited out by retrying.
 
     The retry budget is counted on the message row (``attempts``), not by Celery.
     """
-    from orchestrator.notify import message_send
-
-    outcome = message_send(message_id=message_id)
+    outcome = delivery.message_send(message_id=message_id)
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)
 
 
-@shared_task(name="notify.requeue_stale", acks_late=True, ignore_result=True, soft_time_limit=60, time_limit=90)
+@shared_task(name=names.NOTIFY_REQUEUE_STALE, acks_late=True, ignore_result=True, soft_time_limit=60, time_limit=90)
 def requeue_stale_messages() -> int:
-    from projects import notifications
-
     return len(notifications.messages_requeue_stale(older_than_seconds=settings.OUTBOUND_REQUEUE_SECONDS))

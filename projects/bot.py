@@ -26,8 +26,7 @@ from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from config.errors import AppError, ValidationFailed
-from projects import people
-from projects import services as project_services
+from projects import people, runs, services
 from projects.models import TelegramAccount
 
 log = structlog.get_logger(__name__)
@@ -237,7 +236,7 @@ class _Handlers:
         return HELP
 
     def new(self, inc: Incoming) -> str:
-        project, run = project_services.project_create(owner=inc.user, description=inc.args)
+        project, run = services.project_create(owner=inc.user, description=inc.args)
         return (f"Got it: project #{project.id}, run #{run.id} is queued. I'll write to you as it moves through "
                 f"planning, code, tests and deploy. /status {project.id} shows where it is.")
 
@@ -307,7 +306,7 @@ class _Handlers:
             if escalation is not None:
                 return self._answer(inc, escalation, action="cancel")
         run = people.run_active(user=inc.user, ref=inc.args or None)
-        project_services.run_cancel(run_id=run.id, user=inc.user)
+        runs.run_cancel(run_id=run.id, user=inc.user)
         return f"Run #{run.id} of {run.project} is cancelled. I'll confirm when it has stopped."
 
     def answer(self, inc: Incoming) -> str:

@@ -7,9 +7,15 @@ to the database (see projects/api.py).
 from __future__ import annotations
 
 import json
+from typing import Any
+
 import redis
 import structlog
 from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from projects import notifications
+from projects.models import RunEvent
 
 log = structlog.get_logger(__name__)
 
@@ -57,3 +63,23 @@ class Subscription:
     def close(self) -> None:
         self._pubsub.close()
         self._client.close()
+
+
+def event_record(*, run_id: int, type: str, stage: str = "", payload: dict[str, Any] | None = None) -> RunEvent:
+    """Store a typed event; once committed, publish it on ``run:<id>`` and tell the person."""
+    if type in RunEvent.ONCE:
+        try:
+            with transaction.atomic():
+                event = RunEvent.objects.create(run_id=run_id, type=type, stage=stage, payload=payload or {})
+        except IntegrityError:  # recorded by an earlier attempt: the person was told already
+            log.info("run_event_exists", run_id=run_id, type=type)
+            return RunEvent.objects.get(run_id=run_id, type=type)
+    else:
+        event = RunEvent.objects.create(run_id=run_id, type=type, stage=stage, payload=payload or {})
+    log.info("run_event", run_id=run_id, type=type, stage=stage or None, payload=payload or {})
+    transaction.on_commit(lambda: publish(
+        run_id=run_id, event_id=event.id, type=str(type), stage=str(stage), payload=event.payload,
+        created_at=event.created_at.isoformat(),
+    ))
+    transaction.on_commit(lambda: notifications.run_event_notify(event.id), robust=True)
+    return event

@@ -113,6 +113,9 @@ class StageRun(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     # How many times a task has claimed this row; the claim's number fences late writers.
     attempt = models.PositiveIntegerField(default=0)
+    # How many claims ended in a transient outside failure (what STAGE_MAX_ATTEMPTS limits);
+    # quota waits and reconciler requeues raise ``attempt`` but not this.
+    transient_failures = models.PositiveIntegerField(default=0)
     task_id = models.CharField(max_length=64, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -165,9 +168,22 @@ class RunEvent(models.Model):
     payload = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Events that happen at most once in a run's life: a rerun of the stage that records one
+    # (after a crash) finds it there instead of telling the person twice.
+    ONCE = (Type.RUN_QUEUED, Type.RUN_STARTED, Type.RUN_SUCCEEDED, Type.RUN_FAILED, Type.RUN_CANCELLED,
+            Type.NOTIFIED)
+
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["run", "id"], name="runevent_run_id")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "type"],
+                condition=Q(type__in=["run.queued", "run.started", "run.succeeded", "run.failed", "run.cancelled",
+                                      "run.notified"]),
+                name="runevent_once_per_run",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} (run {self.run_id})"
@@ -206,7 +222,10 @@ class Deployment(models.Model):
                 condition=Q(status__in=["starting", "live", "stopping"]),
                 name="deployment_port_in_use_unique",
             ),
-            models.UniqueConstraint(fields=["run"], name="deployment_one_per_run"),
+            # A run may deploy more than once (a release that failed its checks goes back to the
+            # Developer), but only one of its releases is being started at a time.
+            models.UniqueConstraint(fields=["run"], condition=Q(status="starting"),
+                                    name="deployment_one_starting_per_run"),
             models.UniqueConstraint(
                 fields=["project"], condition=Q(status="live"), name="deployment_one_live_per_project"
             ),

@@ -180,3 +180,12 @@ def project_status(*, user, ref: str | None = None) -> ProjectStatus:
         live=selectors.live_deployment(project_id=project.id),
         last_deployment=Deployment.objects.filter(project=project).order_by("-created_at", "-id").first(),
     )
+
+
+def person_ensure(*, username: str):
+    """A local user by name (the demo's person); created without a usable password."""
+    user, created = get_user_model().objects.get_or_create(username=username)
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user

@@ -1,7 +1,7 @@
 """Agent backends: one protocol, chosen per role by AgentConfig.backend."""
 from __future__ import annotations
 
-from agents.backends.base import AgentBackend, AgentTurn, DevelopTask, TurnUsage, parse_agent_result
+from agents.backends.base import AgentBackend, AgentTurn, ArchitectResult, DevelopTask, TurnUsage, parse_agent_result
 from agents.models import AgentConfig, Backend
 from config.errors import PermanentError
 
@@ -26,4 +26,4 @@ def get_backend(config: AgentConfig) -> AgentBackend:
     )
 
 
-__all__ = ["AgentBackend", "AgentTurn", "DevelopTask", "TurnUsage", "get_backend", "parse_agent_result"]
+__all__ = ["AgentBackend", "AgentTurn", "ArchitectResult", "DevelopTask", "TurnUsage", "get_backend", "parse_agent_result"]

@@ -44,6 +44,14 @@ class TurnUsage:
     cost_usd: Decimal = Decimal("0")
 
 
+@dataclass(frozen=True)
+class ArchitectResult:
+    """The Architect's answer: the spec, and what producing it cost (recorded in the ledger)."""
+
+    spec: ProjectSpec
+    usage: TurnUsage = field(default_factory=TurnUsage)
+
+
 @dataclass
 class AgentTurn:
     """One agent invocation: its structured result (None if it left none) and what it cost."""
@@ -58,8 +66,8 @@ class AgentTurn:
 class AgentBackend(Protocol):
     name: str
 
-    def architect(self, description: str) -> ProjectSpec:
-        """Turn a description into a spec, or raise PermanentError saying why not."""
+    def architect(self, description: str) -> ArchitectResult:
+        """Turn a description into a spec (with its usage), or raise PermanentError saying why not."""
 
     def develop(self, task: DevelopTask, run: WorkerExec) -> AgentTurn:
         """Implement the task inside the worker through ``run``."""

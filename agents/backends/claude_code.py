@@ -16,7 +16,7 @@ from decimal import Decimal
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.backends.base import AgentTurn, DevelopTask, TurnUsage, WorkerExec, develop_prompt
+from agents.backends.base import AgentTurn, ArchitectResult, DevelopTask, TurnUsage, WorkerExec, develop_prompt
 from agents.contracts import AgentResult
 from agents.models import AgentConfig
 from config.errors import PermanentError
@@ -116,7 +116,7 @@ class ClaudeCodeBackend:
         # caller does not hand the id back itself.
         self._last_session_id: str | None = None
 
-    def architect(self, description: str) -> ProjectSpec:
+    def architect(self, description: str) -> ArchitectResult:
         raise PermanentError(
             "The Claude Code backend runs inside a project's worker, and the architect has none yet. "
             "Set the architect role's backend to 'openai_compatible' or 'scripted' in admin (Agent configs).",

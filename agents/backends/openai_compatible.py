@@ -26,7 +26,7 @@ from typing import Any
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.backends.base import AgentTurn, DevelopTask, TurnUsage, WorkerExec, develop_prompt
+from agents.backends.base import AgentTurn, ArchitectResult, DevelopTask, TurnUsage, WorkerExec, develop_prompt
 from agents.contracts import AgentResult
 from agents.models import AgentConfig
 from config.errors import PermanentError, TransientError
@@ -198,7 +198,6 @@ class OpenAICompatibleBackend:
     def __init__(self, config: AgentConfig):
         self.config = config
         self.options: dict = dict(config.options or {})
-        self.last_usage = TurnUsage()  # of the last architect() call, for the caller to record
 
     # --- HTTP ---------------------------------------------------------------------------------
     @property
@@ -261,7 +260,7 @@ class OpenAICompatibleBackend:
         return body
 
     # --- Architect ----------------------------------------------------------------------------
-    def architect(self, description: str) -> ProjectSpec:
+    def architect(self, description: str) -> ArchitectResult:
         total = _UsageTotal(self.model, self.options)
         schema = json.dumps(ProjectSpec.model_json_schema())
         messages = [
@@ -270,12 +269,12 @@ class OpenAICompatibleBackend:
         ]
         completion = self._complete(self._body(messages, response_format={"type": "json_object"}))
         total.add(completion)
-        self.last_usage = total.usage()
+        usage = total.usage()
         content = (completion.choices[0].message.content or "").strip()
         if content.startswith("```"):  # some models fence JSON even in JSON mode
             content = content.strip("`").removeprefix("json").strip()
         try:
-            return ProjectSpec.model_validate_json(content)
+            return ArchitectResult(ProjectSpec.model_validate_json(content), usage)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "the answer"

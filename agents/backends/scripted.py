@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from agents.backends.base import AgentTurn, DevelopTask, TurnUsage, WorkerExec, parse_agent_result
+from agents.backends.base import AgentTurn, ArchitectResult, DevelopTask, TurnUsage, WorkerExec, parse_agent_result
 from agents.models import AgentConfig
 from agents.scripted.catalogue import ScriptedPlanError, plan
 from config.errors import PermanentError
@@ -24,9 +24,9 @@ class ScriptedBackend:
     def fail_times(self) -> int:
         return int(self.config.options.get("fail_times", settings.SCRIPTED_FAIL_TIMES))
 
-    def architect(self, description: str) -> ProjectSpec:
+    def architect(self, description: str) -> ArchitectResult:
         try:
-            return plan(description)
+            return ArchitectResult(plan(description))  # no LLM: no tokens, no cost
         except ScriptedPlanError as exc:
             raise PermanentError(str(exc), code="description_not_understood") from exc
 

@@ -1,8 +1,10 @@
 """Deployer: start the tested commit as a new release, health-check it, then swap it in.
 
 The previous release keeps serving until the new one is healthy and has passed the spec's
-acceptance checks; a release that fails is stopped and the old one stays live (rollback).
-Idempotent: a rerun finds the run's Deployment and either keeps it (live) or restarts it.
+acceptance checks; a release that fails is stopped and the old one stays live (rollback), and
+the failure goes back to the Developer as a failing check (or, at the iteration cap, to a
+person; their answer deploys again as a new Deployment).
+Idempotent: a rerun finds the run's Deployment under way and either keeps it (live) or restarts it.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from django.conf import settings
 from orchestrator.deploy import local
 from orchestrator.git import git
 from orchestrator.procs import process_alive
-from orchestrator.stages import Outcome, StageContext, StageFailed
-from projects import services as project_services
+from agents.contracts import FailingTest, TestReport
+from orchestrator.stages import Next, Outcome, StageContext, StageFailed
+from projects import deployments
 from projects.models import Deployment, Stage
 from projects.specs import ProjectSpec
 
@@ -28,12 +31,10 @@ def run(ctx: StageContext) -> Outcome:
     prepared = ctx.output_of(Stage.PREPARER)
     tested = ctx.output_of(Stage.TESTER, iteration=ctx.run.iteration)
     commit = tested["commit"]
-    deployment = project_services.deployment_allocate(project_id=ctx.project.id, run_id=ctx.run.id, commit_sha=commit)
+    deployment = deployments.deployment_allocate(project_id=ctx.project.id, run_id=ctx.run.id, commit_sha=commit)
     url = f"http://{settings.DEPLOY_HOST}:{deployment.port}/"
     if deployment.status == Deployment.Status.LIVE and process_alive(deployment.pid):
         return Outcome({"deployment_id": deployment.id, "url": deployment.url, "reused": True})
-    if deployment.status != Deployment.Status.STARTING:
-        raise StageFailed(f"Deployment #{deployment.id} is {deployment.status}; start a new run.", code="deploy_failed")
     # A rerun after a crash: stop whatever the interrupted attempt started, then start afresh.
     local.stop(deployment_id=deployment.id, pid=deployment.pid)
     release_dir = Path(settings.FACTORY_HOME) / "releases" / ctx.project.slug / str(deployment.id)
@@ -46,9 +47,9 @@ def run(ctx: StageContext) -> Outcome:
         pid = local.start(deployment_id=deployment.id, release_dir=release_dir, port=deployment.port,
                           host=settings.DEPLOY_HOST, env={})
     except local.ReleaseError as exc:
-        project_services.deployment_fail(deployment_id=deployment.id, error=str(exc))
+        deployments.deployment_fail(deployment_id=deployment.id, error=str(exc))
         raise StageFailed(str(exc), code="deploy_failed") from exc
-    project_services.deployment_started(deployment_id=deployment.id, pid=pid, release_dir=str(release_dir))
+    deployments.deployment_started(deployment_id=deployment.id, pid=pid, release_dir=str(release_dir))
     start_spec = local.read_start_spec(release_dir)
     health = local.wait_healthy(pid=pid, url=url, path=start_spec.health, release=str(deployment.id),
                                 timeout=settings.DEPLOY_HEALTH_TIMEOUT)
@@ -59,15 +60,20 @@ def run(ctx: StageContext) -> Outcome:
     if problems:
         local.stop(deployment_id=deployment.id, pid=pid)
         tail = _log_tail(release_dir)
-        project_services.deployment_fail(deployment_id=deployment.id, error="; ".join(problems) + "\n" + tail)
-        raise StageFailed(
-            "The new release failed its checks and was stopped; the previous release (if any) still serves: "
-            + "; ".join(problems), code="deploy_unhealthy",
-        )
-    replaced = project_services.deployment_go_live(deployment_id=deployment.id, url=url)
+        deployments.deployment_fail(deployment_id=deployment.id, error="; ".join(problems) + "\n" + tail)
+        message = ("The new release failed its checks and was stopped; the previous release (if any) still "
+                   "serves: " + "; ".join(problems))
+        # The health failure goes back to the Developer like a failing test, within the cap.
+        report = TestReport(errors=1, failing=[FailingTest(name="deploy: health and acceptance checks",
+                                                           message=("; ".join(problems) + "\n" + tail)[-2000:])])
+        output = {"commit": commit, "deployment_id": deployment.id, "report": report.model_dump()}
+        if ctx.run.iteration < ctx.run.max_iterations:
+            return Outcome(output, Next.LOOP)
+        raise StageFailed(message, code="deploy_unhealthy", output=output)
+    replaced = deployments.deployment_go_live(deployment_id=deployment.id, url=url)
     for old in replaced:
         local.stop(deployment_id=old.id, pid=old.pid)
-        project_services.deployment_stopped(deployment_id=old.id)
+        deployments.deployment_stopped(deployment_id=old.id)
     # The deployed commit becomes the project's main line, the base of its next run.
     git("push", "--quiet", "--force", prepared["repo"], f"{commit}:refs/heads/main", cwd=release_dir)
     return Outcome({"deployment_id": deployment.id, "url": url, "commit": commit,

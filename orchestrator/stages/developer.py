@@ -91,7 +91,8 @@ def _turn(ctx: StageContext, backend, config: AgentConfig, session: WorkerSessio
     turn = backend.develop(task, in_worker)
     u = turn.usage
     agent_services.usage_record(
-        project_id=ctx.project.id, stage_run_id=ctx.stage_run.id, session_id=session.id, role=Role.DEVELOPER,
+        project_id=ctx.project.id, stage_run_id=ctx.stage_run.id, stage_attempt=ctx.stage_run.attempt,
+        session_id=session.id, role=Role.DEVELOPER,
         backend=backend.name, model=u.model or config.model, input_tokens=u.input_tokens,
         output_tokens=u.output_tokens, cache_read_tokens=u.cache_read_tokens,
         cache_write_tokens=u.cache_write_tokens, cost_usd=u.cost_usd,

@@ -5,8 +5,7 @@ An agent cannot claim a deploy that did not happen: the URL comes from the live 
 from __future__ import annotations
 
 from orchestrator.stages import Outcome, StageContext
-from projects import selectors
-from projects import services as project_services
+from projects import events, runs, selectors
 from projects.models import PipelineRun, RunEvent
 
 
@@ -14,10 +13,10 @@ def run(ctx: StageContext) -> Outcome:
     run = PipelineRun.objects.select_related("project").get(id=ctx.run.id)
     message = render(run)
     if run.status == PipelineRun.Status.RUNNING:
-        project_services.run_succeed(run_id=run.id, result_message=message)
+        runs.run_succeed(run_id=run.id, result_message=message)
     else:
-        project_services.run_set_result_message(run_id=run.id, message=message)
-    project_services.event_record(run_id=run.id, type=RunEvent.Type.NOTIFIED, stage="notify", payload={"text": message})
+        runs.run_set_result_message(run_id=run.id, message=message)
+    events.event_record(run_id=run.id, type=RunEvent.Type.NOTIFIED, stage="notify", payload={"text": message})
     return Outcome({"message": message})
 
 

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from orchestrator.git import branch_sha, ensure_bare_repo, git
 from orchestrator.stages import Outcome, StageContext, StageFailed
-from projects import services as project_services
+from projects import services
 from projects.specs import ProjectSpec
 
 SPEC_PATH = ".factory/spec.json"
@@ -23,7 +23,7 @@ SPEC_PATH = ".factory/spec.json"
 def run(ctx: StageContext) -> Outcome:
     spec = ProjectSpec.model_validate(ctx.project.spec)
     bare = ensure_bare_repo(ctx.project.slug)
-    project_services.project_set_repo(project_id=ctx.project.id, repo_url=str(bare))
+    services.project_set_repo(project_id=ctx.project.id, repo_url=str(bare))
     branch = ctx.run.branch
     existing = branch_sha(bare, branch)
     if existing:

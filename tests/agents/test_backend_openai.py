@@ -256,11 +256,11 @@ def test_architect_returns_a_validated_spec(llm):
     b = backend(options={"input_per_mtok": 1, "output_per_mtok": 2})
     result = b.architect("A service that greets people by name.")
 
-    assert result == ProjectSpec.model_validate(spec)
+    assert result.spec == ProjectSpec.model_validate(spec)
     body = llm.requests[0]
     assert body["response_format"] == {"type": "json_object"}
     assert body["messages"][-1]["content"] == "A service that greets people by name."
-    assert b.last_usage.input_tokens == 900 and b.last_usage.cost_usd == Decimal("0.001140")
+    assert result.usage.input_tokens == 900 and result.usage.cost_usd == Decimal("0.001140")
 
 
 def test_architect_refuses_an_invalid_spec_naming_the_problem(llm):

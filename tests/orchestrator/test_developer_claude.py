@@ -12,7 +12,7 @@ import pytest
 from agents import services as agent_services
 from agents.models import Usage, WorkerSession
 from orchestrator.maintenance import project_teardown
-from projects import services
+from projects import runs, services
 from projects.models import PipelineRun, RunEvent, StageRun
 from tests.orchestrator.test_stages_idempotent import drive
 
@@ -81,7 +81,7 @@ def test_the_next_run_of_the_project_resumes_the_agents_session(claude, make_run
     project = run.project
     StageRun.objects.filter(run=run).update(status="succeeded")
     PipelineRun.objects.filter(id=run.id).update(status="succeeded")
-    second = services.run_create(project=project, kind="change")
+    second = runs.run_create(project=project, kind="change")
     drive(second.id, until="developer")
     argv = calls(scenario)[-1]["argv"]
     assert argv[argv.index("--resume") + 1] == "sess-A"

@@ -38,7 +38,7 @@ def rerun_side_effect(run_id: int, stage: str):
     """Run a finished stage's work again, as a worker that crashed before recording it would."""
     run = PipelineRun.objects.select_related("project").get(id=run_id)
     row = StageRun.objects.filter(run=run, stage=stage).order_by("-iteration").first()
-    return pipeline.stage_module(stage).run(StageContext(run=run, stage_run=row, project=run.project))
+    return pipeline.STAGES[stage].module.run(StageContext(run=run, stage_run=row, project=run.project))
 
 
 def test_full_pipeline_in_process_deploys_a_service_that_answers(new_run):

@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from agents import services as agent_services
 from agents.models import AgentConfig, Role, Usage, WorkerSession
-from projects import services
+from projects import deployments, runs, services
 from projects.models import Deployment, PipelineRun, Project, RunEvent, Stage, StageRun
 
 pytestmark = pytest.mark.django_db
@@ -22,9 +22,9 @@ def rows(user):
     """One project with a run that reached the Deployer, its usage, worker, config and deployment."""
     project, run = services.project_create(owner=user, description="a web service that greets people by name")
     for stage in (Stage.ARCHITECT, Stage.PREPARER, Stage.DEVELOPER, Stage.TESTER):
-        claim = services.stage_claim(run_id=run.id, stage=stage, task_id=f"task-{stage}")
-        assert claim.state == services.ClaimState.CLAIMED
-        services.stage_succeed(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
+        claim = runs.stage_claim(run_id=run.id, stage=stage, task_id=f"task-{stage}")
+        assert claim.state == runs.ClaimState.CLAIMED
+        runs.stage_succeed(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
                                output={"stage": stage})
     developer = run.stages.get(stage=Stage.DEVELOPER)
     session = agent_services.session_create(project_id=project.id, run_id=run.id, role=Role.DEVELOPER,
@@ -33,8 +33,8 @@ def rows(user):
                                         role=Role.DEVELOPER, backend="scripted", model="scripted-1",
                                         input_tokens=1200, output_tokens=300, cost_usd="0.42")
     config = agent_services.agent_config_for(role=Role.ARCHITECT)
-    deployment = services.deployment_allocate(project_id=project.id, run_id=run.id, commit_sha="c" * 40)
-    services.deployment_go_live(deployment_id=deployment.id, url="http://greeter.localhost")
+    deployment = deployments.deployment_allocate(project_id=project.id, run_id=run.id, commit_sha="c" * 40)
+    deployments.deployment_go_live(deployment_id=deployment.id, url="http://greeter.localhost")
     return {
         "project": project, "run": run, "session": session, "usage": usage, "config": config,
         "deployment": deployment,

@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 
 from agents import services as agent_services
 from agents.models import Role
-from projects import services
+from projects import deployments, events, runs, services
 from projects.models import PipelineRun, Project, RunEvent, Stage, StageRun
 from tests.conftest import client_for
 
@@ -42,13 +42,13 @@ def advance(run: PipelineRun, stages: list[str], *, cost: str | None = None) -> 
     """Claim and succeed each stage in turn, as the pipeline's tasks would; record a cost on each."""
     done = []
     for n, stage in enumerate(stages):
-        claim = services.stage_claim(run_id=run.id, stage=stage, task_id=f"task-{run.id}-{stage}-{n}")
-        assert claim.state == services.ClaimState.CLAIMED, (stage, claim.state)
+        claim = runs.stage_claim(run_id=run.id, stage=stage, task_id=f"task-{run.id}-{stage}-{n}")
+        assert claim.state == runs.ClaimState.CLAIMED, (stage, claim.state)
         if cost is not None:
             agent_services.usage_record(project_id=run.project_id, stage_run_id=claim.stage_run.id, session_id=None,
                                         role=Role.ARCHITECT, backend="scripted", input_tokens=10, output_tokens=5,
                                         cost_usd=cost)
-        assert services.stage_succeed(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
+        assert runs.stage_succeed(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
                                       output={"stage": stage})
         done.append(claim.stage_run)
     return done
@@ -58,7 +58,7 @@ def finished_run(owner, *, cost: str | None = None, description: str = "a web se
     """A run that went through all six stages and succeeded."""
     project, run = services.project_create(owner=owner, description=description)
     advance(run, STAGES, cost=cost)
-    assert services.run_succeed(run_id=run.id, result_message="It is live.")
+    assert runs.run_succeed(run_id=run.id, result_message="It is live.")
     run.refresh_from_db()
     return project, run
 
@@ -256,12 +256,12 @@ def test_list_without_token_is_not_authenticated(db):
 
 def test_list_shows_latest_run_live_url_and_total_cost(api, user):
     project, first = finished_run(user, cost="0.25")
-    second = services.run_create(project=project, kind=PipelineRun.Kind.CHANGE)
-    claim = services.stage_claim(run_id=second.id, stage=Stage.ARCHITECT, task_id="t-2")
+    second = runs.run_create(project=project, kind=PipelineRun.Kind.CHANGE)
+    claim = runs.stage_claim(run_id=second.id, stage=Stage.ARCHITECT, task_id="t-2")
     agent_services.usage_record(project_id=project.id, stage_run_id=claim.stage_run.id, session_id=None,
                                 role=Role.ARCHITECT, backend="scripted", cost_usd="0.5")
-    deployment = services.deployment_allocate(project_id=project.id, run_id=first.id, commit_sha="a" * 40)
-    services.deployment_go_live(deployment_id=deployment.id, url="http://greeter.localhost")
+    deployment = deployments.deployment_allocate(project_id=project.id, run_id=first.id, commit_sha="a" * 40)
+    deployments.deployment_go_live(deployment_id=deployment.id, url="http://greeter.localhost")
 
     response = api.get(PROJECTS)
 
@@ -277,9 +277,9 @@ def test_list_query_count_does_not_grow_with_projects(api, user):
     def make(n: int) -> None:
         for i in range(n):
             project, run = finished_run(user, cost="0.1", description=f"service number {i}")
-            deployment = services.deployment_allocate(project_id=project.id, run_id=run.id, commit_sha=f"{i:040d}")
-            services.deployment_go_live(deployment_id=deployment.id, url=f"http://s{i}.localhost")
-            services.run_create(project=project, kind=PipelineRun.Kind.REDEPLOY)
+            deployment = deployments.deployment_allocate(project_id=project.id, run_id=run.id, commit_sha=f"{i:040d}")
+            deployments.deployment_go_live(deployment_id=deployment.id, url=f"http://s{i}.localhost")
+            runs.run_create(project=project, kind=PipelineRun.Kind.REDEPLOY)
 
     make(2)
     with CaptureQueriesContext(connection) as two:
@@ -376,7 +376,7 @@ def test_run_detail_shows_stages_events_duration_and_cost(api, user):
 
 def test_run_cost_reflects_recorded_usage(api, user):
     _, run = services.project_create(owner=user, description="a greeting service")
-    claim = services.stage_claim(run_id=run.id, stage=Stage.ARCHITECT, task_id="t-1")
+    claim = runs.stage_claim(run_id=run.id, stage=Stage.ARCHITECT, task_id="t-1")
     for cost in ("0.10", "0.05"):
         agent_services.usage_record(project_id=run.project_id, stage_run_id=claim.stage_run.id, session_id=None,
                                     role=Role.ARCHITECT, backend="scripted", model="m", cost_usd=cost)
@@ -397,8 +397,8 @@ def test_run_cost_reflects_recorded_usage(api, user):
 def test_run_detail_shows_every_iteration_after_a_loop_back(api, user):
     _, run = services.project_create(owner=user, description="a greeting service")
     advance(run, [Stage.ARCHITECT, Stage.PREPARER, Stage.DEVELOPER])
-    claim = services.stage_claim(run_id=run.id, stage=Stage.TESTER, task_id="t-tester")
-    assert services.stage_loop_back(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
+    claim = runs.stage_claim(run_id=run.id, stage=Stage.TESTER, task_id="t-tester")
+    assert runs.stage_loop_back(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
                                     output={"failed": 1}, message="1 test failed")
 
     body = api.get(f"{RUNS}{run.id}/").json()
@@ -475,15 +475,15 @@ def test_run_detail_query_count_does_not_grow_with_stages_and_events(api, user, 
     project, big = services.project_create(owner=user, description="a big run")
     advance(big, [Stage.ARCHITECT, Stage.PREPARER, Stage.DEVELOPER], cost="0.01")
     for i in range(2):  # two loop-backs: more stage rows and more events
-        claim = services.stage_claim(run_id=big.id, stage=Stage.TESTER, task_id=f"t-tester-{i}")
+        claim = runs.stage_claim(run_id=big.id, stage=Stage.TESTER, task_id=f"t-tester-{i}")
         agent_services.usage_record(project_id=project.id, stage_run_id=claim.stage_run.id, session_id=None,
                                     role=Role.TESTER, backend="scripted", cost_usd="0.01")
-        services.stage_loop_back(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
+        runs.stage_loop_back(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
                                  output={}, message="failed")
         big.refresh_from_db()
         advance(big, [Stage.DEVELOPER], cost="0.01")
     for i in range(20):
-        services.event_record(run_id=big.id, type=RunEvent.Type.AGENT_PROGRESS, stage=Stage.DEVELOPER,
+        events.event_record(run_id=big.id, type=RunEvent.Type.AGENT_PROGRESS, stage=Stage.DEVELOPER,
                               payload={"step": i})
 
     with CaptureQueriesContext(connection) as few:

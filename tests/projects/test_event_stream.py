@@ -9,7 +9,7 @@ import pytest
 from django.conf import settings
 from rest_framework.authtoken.models import Token
 
-from projects import services
+from projects import events, services
 
 
 def _open(url: str, token: str, last_event_id: int | None = None):
@@ -48,18 +48,18 @@ def test_events_arrive_as_they_happen_and_the_stream_ends_with_the_final_message
     assert response.headers["Content-Type"].startswith("text/event-stream")
     threading.Thread(target=_events, args=(response, got), daemon=True).start()
     assert got.get(timeout=10)[1] == "run.queued"  # the backlog first
-    services.event_record(run_id=run.id, type="stage.started", stage="architect")
+    events.event_record(run_id=run.id, type="stage.started", stage="architect")
     assert got.get(timeout=10)[1] == "stage.started"  # then live, as it is committed
-    services.event_record(run_id=run.id, type="run.notified", stage="notify", payload={"text": "done"})
+    events.event_record(run_id=run.id, type="run.notified", stage="notify", payload={"text": "done"})
     assert got.get(timeout=10)[1] == "run.notified"
     assert got.get(timeout=10) is None
 
 
 def test_a_reconnect_with_last_event_id_misses_nothing_and_repeats_nothing(live_server, run_and_token):
     run, token = run_and_token
-    first = services.event_record(run_id=run.id, type="stage.started", stage="architect")
-    services.event_record(run_id=run.id, type="stage.succeeded", stage="architect")
-    services.event_record(run_id=run.id, type="run.notified", stage="notify", payload={"text": "done"})
+    first = events.event_record(run_id=run.id, type="stage.started", stage="architect")
+    events.event_record(run_id=run.id, type="stage.succeeded", stage="architect")
+    events.event_record(run_id=run.id, type="run.notified", stage="notify", payload={"text": "done"})
     got: queue.Queue = queue.Queue()
     _events(_open(f"{live_server.url}/api/runs/{run.id}/events/", token, last_event_id=first.id), got)
     seen = []

@@ -8,9 +8,9 @@ from django.db import IntegrityError
 from django.utils import timezone
 
 from config.errors import Conflict, ValidationFailed
-from projects import services
+from projects import deployments, runs, services
 from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
-from projects.services import ClaimState
+from projects.runs import ClaimState
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def run(db, user):
 
 
 def _claim(run, stage, task="t1"):
-    claim = services.stage_claim(run_id=run.id, stage=stage, task_id=task)
+    claim = runs.stage_claim(run_id=run.id, stage=stage, task_id=task)
     assert claim.state is ClaimState.CLAIMED
     return claim.stage_run
 
@@ -47,14 +47,14 @@ def test_bad_descriptions_are_refused_and_nothing_is_written(db, user, descripti
 
 def test_a_second_active_run_of_a_project_is_refused(run):
     with pytest.raises(Conflict) as err:
-        services.run_create(project=run.project, kind="redeploy")
+        runs.run_create(project=run.project, kind="redeploy")
     assert err.value.code == "run_in_progress"
     assert PipelineRun.objects.filter(project=run.project).count() == 1
 
 
 def test_a_claim_is_taken_once(run):
     _claim(run, "architect")
-    second = services.stage_claim(run_id=run.id, stage="architect", task_id="t2")
+    second = runs.stage_claim(run_id=run.id, stage="architect", task_id="t2")
     assert second.state is ClaimState.BUSY
     assert StageRun.objects.get(run=run, stage="architect").attempt == 1
     run.refresh_from_db()
@@ -64,21 +64,21 @@ def test_a_claim_is_taken_once(run):
 def test_a_late_writer_that_lost_its_claim_cannot_overwrite(run):
     row = _claim(run, "architect")
     _age(row, heartbeat_at=timezone.now() - timedelta(hours=1))
-    assert [r.stage for r in services.runs_requeue_stuck()] == ["architect"]
+    assert [r.stage for r in runs.runs_requeue_stuck()] == ["architect"]
     newer = _claim(run, "architect", task="t2")
     assert newer.attempt == 2
     # The first task wakes up and reports: it is fenced off by its old attempt number.
-    assert services.stage_succeed(stage_run_id=row.id, attempt=1, output={"from": "old"}) is False
-    assert services.stage_heartbeat(stage_run_id=row.id, attempt=1) is False
-    assert services.stage_succeed(stage_run_id=row.id, attempt=2, output={"from": "new"}) is True
+    assert runs.stage_succeed(stage_run_id=row.id, attempt=1, output={"from": "old"}) is False
+    assert runs.stage_heartbeat(stage_run_id=row.id, attempt=1) is False
+    assert runs.stage_succeed(stage_run_id=row.id, attempt=2, output={"from": "new"}) is True
     assert StageRun.objects.get(id=row.id).output == {"from": "new"}
 
 
 def test_reconciler_requeues_a_silent_running_stage_once(run):
     row = _claim(run, "architect")
     _age(row, heartbeat_at=timezone.now() - timedelta(hours=1))
-    first = services.runs_requeue_stuck()
-    again = services.runs_requeue_stuck()
+    first = runs.runs_requeue_stuck()
+    again = runs.runs_requeue_stuck()
     assert [(r.run_id, r.stage, r.reason) for r in first] == [(run.id, "architect", "worker_lost")]
     assert again == []
     assert StageRun.objects.get(id=row.id).status == "pending"
@@ -87,40 +87,40 @@ def test_reconciler_requeues_a_silent_running_stage_once(run):
 
 def test_reconciler_leaves_a_stage_with_a_live_heartbeat_alone(run):
     _claim(run, "architect")
-    assert services.runs_requeue_stuck() == []
+    assert runs.runs_requeue_stuck() == []
 
 
 def test_reconciler_requeues_a_lost_message_of_the_current_stage_only(run):
     StageRun.objects.filter(run=run).update(queued_at=timezone.now() - timedelta(hours=1))
-    found = services.runs_requeue_stuck()
+    found = runs.runs_requeue_stuck()
     assert [(r.stage, r.reason) for r in found] == [("architect", "message_lost")]
 
 
 def test_a_failed_run_skips_its_remaining_stages_but_still_notifies(run):
     row = _claim(run, "architect")
-    services.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="x", message="no")
+    runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="x", message="no")
     run.refresh_from_db()
     assert (run.status, run.error_code) == ("failed", "x")
-    assert services.stage_claim(run_id=run.id, stage="preparer", task_id="t").state is ClaimState.DONE
+    assert runs.stage_claim(run_id=run.id, stage="preparer", task_id="t").state is ClaimState.DONE
     assert StageRun.objects.get(run=run, stage="preparer").status == "skipped"
-    assert services.stage_claim(run_id=run.id, stage="notify", task_id="t").state is ClaimState.CLAIMED
+    assert runs.stage_claim(run_id=run.id, stage="notify", task_id="t").state is ClaimState.CLAIMED
     # Had Notify's message been lost, the reconciler would find it.
     StageRun.objects.filter(run=run, stage="notify").update(status="pending",
                                                             queued_at=timezone.now() - timedelta(hours=1))
-    assert [r.stage for r in services.runs_requeue_stuck()] == ["notify"]
+    assert [r.stage for r in runs.runs_requeue_stuck()] == ["notify"]
 
 
 def test_loop_back_opens_the_next_iteration_atomically(run):
     for stage in ("architect", "preparer", "developer"):
         row = _claim(run, stage)
-        services.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output={})
+        runs.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output={})
     tester = _claim(run, "tester")
-    assert services.stage_loop_back(stage_run_id=tester.id, attempt=tester.attempt, output={}, message="1 failed")
+    assert runs.stage_loop_back(stage_run_id=tester.id, attempt=tester.attempt, output={}, message="1 failed")
     run.refresh_from_db()
     assert run.iteration == 2
     assert StageRun.objects.get(run=run, stage="developer", iteration=2).status == "pending"
     # The deployer cannot start: this iteration's developer and tester have not run.
-    assert services.stage_claim(run_id=run.id, stage="deployer", task_id="t").state is ClaimState.BUSY
+    assert runs.stage_claim(run_id=run.id, stage="deployer", task_id="t").state is ClaimState.BUSY
 
 
 def test_ports_are_unique_among_releases_that_hold_one(db, user, settings):
@@ -129,15 +129,15 @@ def test_ports_are_unique_among_releases_that_hold_one(db, user, settings):
     for i in range(3):
         project, r = services.project_create(owner=user, description=f"a web service that greets people {i}")
         runs.append((project, r))
-    a = services.deployment_allocate(project_id=runs[0][0].id, run_id=runs[0][1].id, commit_sha="a" * 40)
-    b = services.deployment_allocate(project_id=runs[1][0].id, run_id=runs[1][1].id, commit_sha="b" * 40)
+    a = deployments.deployment_allocate(project_id=runs[0][0].id, run_id=runs[0][1].id, commit_sha="a" * 40)
+    b = deployments.deployment_allocate(project_id=runs[1][0].id, run_id=runs[1][1].id, commit_sha="b" * 40)
     assert {a.port, b.port} == {21000, 21001}
-    assert services.deployment_allocate(project_id=runs[0][0].id, run_id=runs[0][1].id, commit_sha="a" * 40).id == a.id
+    assert deployments.deployment_allocate(project_id=runs[0][0].id, run_id=runs[0][1].id, commit_sha="a" * 40).id == a.id
     with pytest.raises(Conflict) as err:
-        services.deployment_allocate(project_id=runs[2][0].id, run_id=runs[2][1].id, commit_sha="c" * 40)
+        deployments.deployment_allocate(project_id=runs[2][0].id, run_id=runs[2][1].id, commit_sha="c" * 40)
     assert err.value.code == "no_free_port"
-    services.deployment_stopped(deployment_id=a.id)  # a stopped release gives its port back
-    c = services.deployment_allocate(project_id=runs[2][0].id, run_id=runs[2][1].id, commit_sha="c" * 40)
+    deployments.deployment_stopped(deployment_id=a.id)  # a stopped release gives its port back
+    c = deployments.deployment_allocate(project_id=runs[2][0].id, run_id=runs[2][1].id, commit_sha="c" * 40)
     assert c.port == a.port
 
 

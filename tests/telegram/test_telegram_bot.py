@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from structlog.testing import capture_logs
 
-from projects import people, services
+from projects import deployments, people, runs, services
 from projects.models import Invite, PipelineRun, Project, TelegramAccount
 from tests.fakes.telegram_server import user as tg_user
 from tests.telegram.conftest import ADA_TG, BOB_TG, STRANGER_TG, post_update
@@ -262,11 +262,11 @@ def live_release():
 
 def test_status_shows_the_run_its_stage_cost_live_url_and_health(client, telegram, ada, ada_tg, live_release):
     project, run = services.project_create(owner=ada, description=GREETER)
-    claim = services.stage_claim(run_id=run.id, stage="architect", task_id="t-1")
+    claim = runs.stage_claim(run_id=run.id, stage="architect", task_id="t-1")
     PipelineRun.objects.filter(id=run.id).update(cost_usd="0.42")
-    deployment = services.deployment_allocate(project_id=project.id, run_id=run.id, commit_sha="c" * 40)
-    services.deployment_go_live(deployment_id=deployment.id, url=live_release)
-    assert claim.state == services.ClaimState.CLAIMED
+    deployment = deployments.deployment_allocate(project_id=project.id, run_id=run.id, commit_sha="c" * 40)
+    deployments.deployment_go_live(deployment_id=deployment.id, url=live_release)
+    assert claim.state == runs.ClaimState.CLAIMED
 
     post_update(client, telegram.make_update(from_user=ada_tg, text=f"/status {project.id}"))
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 from agents import services as agent_services
 from agents.models import Escalation
 from orchestrator import notify
-from projects import notifications, people, services
+from projects import events, notifications, people, runs, services
 from projects.models import OutboundMessage, RunEvent, StageRun, TelegramAccount
 from tests.telegram.conftest import ADA_TG, post_update
 
@@ -48,19 +48,19 @@ def test_a_message_is_queued_on_commit_only_for_a_reachable_chat(ada, other_user
 def test_stage_transitions_are_told_and_heartbeats_are_not(ada):
     project, run = services.project_create(owner=ada, description=GREETER)
     told = {
-        "run.started": services.event_record(run_id=run.id, type="run.started"),
-        "stage.started": services.event_record(run_id=run.id, type="stage.started", stage="developer",
+        "run.started": events.event_record(run_id=run.id, type="run.started"),
+        "stage.started": events.event_record(run_id=run.id, type="stage.started", stage="developer",
                                                payload={"iteration": 2, "attempt": 1}),
-        "stage.failed": services.event_record(run_id=run.id, type="stage.failed", stage="deployer",
+        "stage.failed": events.event_record(run_id=run.id, type="stage.failed", stage="deployer",
                                               payload={"message": "/health answered 500"}),
-        "run.notified": services.event_record(run_id=run.id, type="run.notified", stage="notify",
+        "run.notified": events.event_record(run_id=run.id, type="run.notified", stage="notify",
                                               payload={"text": "Greeter is live.\nService running at http://x/"}),
     }
     quiet = [
-        services.event_record(run_id=run.id, type=kind, stage="developer", payload={"message": "working"})
+        events.event_record(run_id=run.id, type=kind, stage="developer", payload={"message": "working"})
         for kind in ["run.queued", "stage.succeeded", "stage.waiting", "stage.requeued", "agent.progress",
                      "deploy.live", "run.succeeded"]
-    ] + [services.event_record(run_id=run.id, type="stage.started", stage="notify")]
+    ] + [events.event_record(run_id=run.id, type="stage.started", stage="notify")]
 
     texts = {kind: notifications.run_event_notify(event.id).text for kind, event in told.items()}
 
@@ -75,7 +75,7 @@ def test_stage_transitions_are_told_and_heartbeats_are_not(ada):
 @pytest.mark.django_db
 def test_telling_an_event_twice_sends_one_message(ada):
     _, run = services.project_create(owner=ada, description=GREETER)
-    event = services.event_record(run_id=run.id, type="run.started")
+    event = events.event_record(run_id=run.id, type="run.started")
 
     first = notifications.run_event_notify(event.id)
     second = notifications.run_event_notify(event.id)
@@ -90,7 +90,7 @@ def test_failed_tests_are_told_with_the_failing_test_names(ada):
         "passed": 3, "failed": 2, "errors": 0,
         "failing": [{"name": "tests.test_app::test_greet", "message": "assert 'Hi' == 'Hello'"},
                     {"name": "tests.test_app::test_health", "message": "500"}]}})
-    event = services.event_record(run_id=run.id, type="tests.failed", stage="tester",
+    event = events.event_record(run_id=run.id, type="tests.failed", stage="tester",
                                   payload={"iteration": 1, "next_iteration": 2, "message": "2 failed"})
 
     text = notifications.run_event_notify(event.id).text
@@ -102,7 +102,7 @@ def test_failed_tests_are_told_with_the_failing_test_names(ada):
 @pytest.mark.django_db
 def test_an_agents_question_is_quoted_and_escaped(ada):
     _, run = services.project_create(owner=ada, description=GREETER)
-    event = services.event_record(run_id=run.id, type="agent.question", stage="developer",
+    event = events.event_record(run_id=run.id, type="agent.question", stage="developer",
                                   payload={"question": "Use <flask> or & django?"})
 
     message = notifications.run_event_notify(event.id)
@@ -238,7 +238,7 @@ def test_a_newer_message_waits_for_an_older_one_to_the_same_chat(telegram, ada):
 @pytest.mark.django_db
 def test_a_reply_to_the_question_message_answers_the_escalation(client, telegram, ada, ada_tg):
     _, run = services.project_create(owner=ada, description=GREETER)
-    services.stage_claim(run_id=run.id, stage="architect", task_id="t-1")
+    runs.stage_claim(run_id=run.id, stage="architect", task_id="t-1")
     escalation = agent_services.escalation_raise(run_id=run.id, stage="developer", reason="agent_blocked",
                                                  question="Which greeting: <Hello> or Hi?")
     event = RunEvent.objects.get(run=run, type="escalation.raised")
@@ -262,7 +262,7 @@ def test_a_reply_to_the_question_message_answers_the_escalation(client, telegram
 @pytest.mark.django_db
 def test_budget_command_raises_the_budget_of_the_waiting_run(client, telegram, ada, ada_tg):
     _, run = services.project_create(owner=ada, description=GREETER)
-    services.stage_claim(run_id=run.id, stage="architect", task_id="t-1")
+    runs.stage_claim(run_id=run.id, stage="architect", task_id="t-1")
     escalation = agent_services.escalation_raise(run_id=run.id, stage="developer", reason="budget",
                                                  question="The run budget is spent.")
 

@@ -23,7 +23,7 @@ from agents.services import escalation_answer
 from config.errors import AppError
 from orchestrator.deploy import local
 from orchestrator.maintenance import project_teardown
-from projects import selectors, services
+from projects import people, selectors, services
 from projects.models import PipelineRun, RunEvent
 from projects.specs import ProjectSpec
 
@@ -56,7 +56,7 @@ class Command(BaseCommand):
         ]
         project = None
         try:
-            person = services.person_ensure(username=user)
+            person = people.person_ensure(username=user)
             try:
                 project, run = services.project_create(owner=person, description=description)
             except AppError as exc:

@@ -1,0 +1,84 @@
+"""Releases of a project: ports, going live, stopping. The Deployer's record of what runs."""
+from __future__ import annotations
+
+import socket
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from config.errors import Conflict
+from projects.events import event_record
+from projects.models import Deployment, RunEvent, Stage
+
+
+def _port_bindable(port: int) -> bool:
+    """Is the candidate port free on this host? (Something outside the factory may hold it.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((settings.DEPLOY_HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _current(run_id: int) -> Deployment | None:
+    """The run's release being started or live; a failed one is history (the next try is new)."""
+    return Deployment.objects.filter(
+        run_id=run_id, status__in=[Deployment.Status.STARTING, Deployment.Status.LIVE]
+    ).order_by("-id").first()
+
+
+def deployment_allocate(*, project_id: int, run_id: int, commit_sha: str) -> Deployment:
+    """Create the run's next deployment with a free internal port, or return the one under way.
+
+    The port is taken by inserting the row: a unique constraint over the ports of deployments
+    that hold one makes two concurrent deploys unable to take the same port.
+    """
+    existing = _current(run_id)
+    if existing is not None:
+        return existing
+    for _ in range(50):
+        taken = set(Deployment.objects.filter(status__in=Deployment.HOLDS_PORT).values_list("port", flat=True))
+        port = next((p for p in range(settings.DEPLOY_PORT_MIN, settings.DEPLOY_PORT_MAX + 1)
+                     if p not in taken and _port_bindable(p)), None)
+        if port is None:
+            raise Conflict("Every deploy port is in use.", code="no_free_port")
+        try:
+            with transaction.atomic():
+                return Deployment.objects.create(project_id=project_id, run_id=run_id, port=port, commit_sha=commit_sha)
+        except IntegrityError:
+            existing = _current(run_id)
+            if existing is not None:
+                return existing
+    raise Conflict("Could not allocate a deploy port; too many deploys at once.", code="no_free_port")
+
+
+def deployment_started(*, deployment_id: int, pid: int, release_dir: str) -> None:
+    Deployment.objects.filter(id=deployment_id).update(pid=pid, release_dir=release_dir)
+
+
+@transaction.atomic
+def deployment_go_live(*, deployment_id: int, url: str) -> list[Deployment]:
+    """Make this release the project's live one; return the releases it replaces (to be stopped)."""
+    new = Deployment.objects.select_for_update().get(id=deployment_id)
+    previous = list(
+        Deployment.objects.select_for_update()
+        .filter(project_id=new.project_id, status=Deployment.Status.LIVE)
+        .exclude(id=new.id)
+    )
+    Deployment.objects.filter(id__in=[d.id for d in previous]).update(status=Deployment.Status.STOPPING)
+    Deployment.objects.filter(id=new.id).update(status=Deployment.Status.LIVE, url=url, live_at=timezone.now())
+    event_record(run_id=new.run_id, type=RunEvent.Type.DEPLOYED, stage=Stage.DEPLOYER,
+                 payload={"deployment_id": new.id, "url": url, "replaces": [d.id for d in previous]})
+    return previous
+
+
+def deployment_fail(*, deployment_id: int, error: str) -> None:
+    Deployment.objects.filter(id=deployment_id).update(
+        status=Deployment.Status.FAILED, error=error[:4000], stopped_at=timezone.now()
+    )
+
+
+def deployment_stopped(*, deployment_id: int) -> None:
+    Deployment.objects.filter(id=deployment_id).update(status=Deployment.Status.STOPPED, stopped_at=timezone.now())
