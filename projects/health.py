@@ -5,13 +5,12 @@ look at the live release's health URL with a short timeout, never a wait.
 """
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 from projects import selectors
+from projects.specs import StartSpecError, read_start_spec
 
 PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -41,7 +40,6 @@ def release_health(*, project_id: int) -> Health | None:
 def _health_path(release_dir: str) -> str:
     """The path the release's factory.json names for its health check; /health without one."""
     try:
-        health = json.loads((Path(release_dir) / "factory.json").read_text()).get("health", "/health")
-    except (OSError, ValueError, AttributeError):
+        return read_start_spec(release_dir).health
+    except StartSpecError:
         return "/health"
-    return health if isinstance(health, str) and health.startswith("/") else "/health"

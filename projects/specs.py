@@ -1,12 +1,15 @@
 """The Architect's output: what is to be built, validated before anything acts on it."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 SLUG = r"^[a-z][a-z0-9-]{1,40}[a-z0-9]$"
+# The file in every generated project that says how to start it (see StartSpec).
+START_SPEC_FILE = "factory.json"
 
 
 class EnvVar(BaseModel):
@@ -48,3 +51,27 @@ class ProjectSpec(BaseModel):
     features: list[Feature] = Field(min_length=1)
     env: list[EnvVar] = Field(default_factory=list)
     acceptance: list[AcceptanceCheck] = Field(default_factory=list)
+
+
+class StartSpec(BaseModel):
+    """``factory.json`` in a project: how to start it and where its health check is.
+
+    Parsed here only (``read_start_spec``): the Deployer starts releases from it, ``/status``
+    probes the path it names."""
+
+    model_config = ConfigDict(extra="ignore")
+    start: list[str] = Field(min_length=1)
+    health: str = Field(default="/health", pattern=r"^/")
+
+
+class StartSpecError(Exception):
+    """The project's factory.json is missing or not valid (the message says which)."""
+
+
+def read_start_spec(project_dir: str | Path) -> StartSpec:
+    try:
+        return StartSpec.model_validate_json((Path(project_dir) / START_SPEC_FILE).read_text())
+    except FileNotFoundError as exc:
+        raise StartSpecError(f"The project has no {START_SPEC_FILE} saying how to start it.") from exc
+    except ValidationError as exc:
+        raise StartSpecError(f"{START_SPEC_FILE} is not valid: {exc.errors()[0]['msg']}") from exc

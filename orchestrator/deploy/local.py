@@ -11,20 +11,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from orchestrator.procs import has_marker, process_alive, stop_group
-from projects.specs import AcceptanceCheck
+from projects import specs
+from projects.specs import AcceptanceCheck, StartSpec
 
 RELEASE_MARKER = "FACTORY_DEPLOYMENT"
-
-
-class StartSpec(BaseModel):
-    """``factory.json`` in the project: how to start it and where its health check is."""
-
-    model_config = ConfigDict(extra="ignore")
-    start: list[str] = Field(min_length=1)
-    health: str = Field(default="/health", pattern=r"^/")
 
 
 class ReleaseError(Exception):
@@ -39,11 +30,9 @@ class CheckResult:
 
 def read_start_spec(release_dir: Path) -> StartSpec:
     try:
-        return StartSpec.model_validate_json((release_dir / "factory.json").read_text())
-    except FileNotFoundError as exc:
-        raise ReleaseError("The project has no factory.json saying how to start it.") from exc
-    except ValidationError as exc:
-        raise ReleaseError(f"factory.json is not valid: {exc.errors()[0]['msg']}") from exc
+        return specs.read_start_spec(release_dir)
+    except specs.StartSpecError as exc:
+        raise ReleaseError(str(exc)) from exc
 
 
 def start(*, deployment_id: int, release_dir: Path, port: int, host: str, env: dict[str, str]) -> int:
