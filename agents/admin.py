@@ -6,6 +6,7 @@ from django.db.models import Sum
 
 from agents.models import AgentConfig, Escalation, Usage, WorkerSession, WorkerTransition
 from agents.services import escalation_answer
+from config import task_names
 from config.errors import AppError
 
 
@@ -45,8 +46,9 @@ class WorkerSessionAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in WorkerSession._meta.fields if f.name != "api_token_hash"]
     exclude = ["api_token_hash"]
     inlines = [TransitionInline]
-    actions = [_enqueue("workers.pause_session", "Pause"), _enqueue("workers.resume_session", "Resume"),
-               _enqueue("workers.terminate_session", "Terminate")]
+    actions = [_enqueue(task_names.WORKERS_PAUSE_SESSION, "Pause"),
+               _enqueue(task_names.WORKERS_RESUME_SESSION, "Resume"),
+               _enqueue(task_names.WORKERS_TERMINATE_SESSION, "Terminate")]
 
 
 @admin.register(Usage)

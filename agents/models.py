@@ -1,6 +1,8 @@
 """Agents: how each role is configured, the worker sessions they run in, and what they cost."""
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -46,6 +48,31 @@ class AgentConfig(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} ({self.backend})"
+
+    # A Developer stage may run two agent turns (one automatic resume); every stage also
+    # checks out code and talks to git around them.
+    TURNS_PER_STAGE = {"developer": 2}
+    STAGE_OVERHEAD_SECONDS = 60
+
+    def stage_seconds_needed(self) -> int:
+        return self.TURNS_PER_STAGE.get(self.role, 1) * self.time_limit_seconds + self.STAGE_OVERHEAD_SECONDS
+
+    def time_limit_problem(self) -> str | None:
+        """Why this config cannot work under the stage task's time limit, or None."""
+        needed, limit = self.stage_seconds_needed(), settings.STAGE_SOFT_TIME_LIMIT
+        if needed <= limit:
+            return None
+        turns = self.TURNS_PER_STAGE.get(self.role, 1)
+        most = max(1, (limit - self.STAGE_OVERHEAD_SECONDS) // turns)
+        return (f"The {self.role} time limit of {self.time_limit_seconds}s does not fit in a stage: "
+                f"{turns} turn(s) plus {self.STAGE_OVERHEAD_SECONDS}s of checkout need {needed}s, but "
+                f"STAGE_SOFT_TIME_LIMIT is {limit}s. Use at most {most}s, or raise STAGE_SOFT_TIME_LIMIT.")
+
+    def clean(self) -> None:
+        super().clean()
+        problem = self.time_limit_problem()
+        if problem:
+            raise ValidationError({"time_limit_seconds": problem})
 
 
 class WorkerSession(models.Model):

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 from django.db.models import Q, Sum
 
-from agents.models import Escalation, Usage
+from agents.models import Escalation, Usage, WorkerSession
+from projects.models import PipelineRun
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,14 @@ def open_escalation_for_user(*, user_id: int):
     """The newest open question on any of this person's runs."""
     return Escalation.objects.select_related("run__project").filter(
         run__project__owner_id=user_id, status=Escalation.Status.OPEN).order_by("-created_at").first()
+
+
+def reclaimable_sessions(*, exclude_project_id: int | None = None):
+    """Paused workers whose run has ended (or that serve no run), least recently used first: the
+    ones to end when the worker quota is full, so finished work never blocks new work."""
+    qs = WorkerSession.objects.filter(state=WorkerSession.State.PAUSED).filter(
+        Q(run__isnull=True) | Q(run__status__in=PipelineRun.FINISHED)
+    )
+    if exclude_project_id is not None:
+        qs = qs.exclude(project_id=exclude_project_id)
+    return qs.order_by("last_activity_at", "id")

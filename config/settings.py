@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
 from config.env import env_bool, env_float, env_int, env_list, env_path, env_str
@@ -140,7 +141,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # Above the longest task time limit, so a slow task is not delivered twice.
-        "visibility_timeout": 2 * 3600,
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 2 * 3600),
         # Ten priority levels, 0 served first: later stages of started runs go before new runs.
         "priority_steps": list(range(10)),
         "sep": ":",
@@ -180,9 +181,21 @@ RECONCILE_INTERVAL_SECONDS = env_float("RECONCILE_INTERVAL_SECONDS", 10.0)
 # A stage hit by transient errors (outside services) is retried until it has been claimed this
 # many times; then the run fails with the last error.
 STAGE_MAX_ATTEMPTS = env_int("STAGE_MAX_ATTEMPTS", 5)
-# Soft and hard time limits of stage tasks, in seconds.
-STAGE_SOFT_TIME_LIMIT = env_int("STAGE_SOFT_TIME_LIMIT", 900)
-STAGE_TIME_LIMIT = env_int("STAGE_TIME_LIMIT", 960)
+# Soft and hard time limits of stage tasks, in seconds. A Developer stage holds up to two agent
+# turns of its role's time_limit_seconds (900 by default) plus checkout: the soft limit must
+# leave room for them (AgentConfig refuses a time limit that does not fit).
+STAGE_SOFT_TIME_LIMIT = env_int("STAGE_SOFT_TIME_LIMIT", 1900)
+STAGE_TIME_LIMIT = env_int("STAGE_TIME_LIMIT", 1960)
+if not STAGE_SOFT_TIME_LIMIT < STAGE_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        f"STAGE_SOFT_TIME_LIMIT ({STAGE_SOFT_TIME_LIMIT}) must be below STAGE_TIME_LIMIT ({STAGE_TIME_LIMIT}).")
+if CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", STAGE_TIME_LIMIT + 1) <= STAGE_TIME_LIMIT:
+    raise ImproperlyConfigured("CELERY_VISIBILITY_TIMEOUT must be above STAGE_TIME_LIMIT, or a slow stage is "
+                               "delivered twice.")
+
+# Fairness: at most this many runs of one person run at once (0: no cap); the rest wait queued
+# and start as the person's earlier runs end.
+RUNS_PER_PERSON = env_int("RUNS_PER_PERSON", 4)
 
 # --- Agents and workers ---------------------------------------------------------------
 AGENT_BACKEND = env_str("AGENT_BACKEND", "scripted")

@@ -24,6 +24,8 @@ ESCALATING = {
     "agent_commit_missing": Escalation.Reason.STAGE_ERROR,
     "deploy_unhealthy": Escalation.Reason.STAGE_ERROR,
     "internal_error": Escalation.Reason.STAGE_ERROR,
+    "stage_timeout": Escalation.Reason.STAGE_ERROR,
+    "config_inconsistent": Escalation.Reason.STAGE_ERROR,
 }
 STAGES = (Stage.DEVELOPER, Stage.TESTER, Stage.DEPLOYER)
 

@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import structlog
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
 from agents import services as agent_services
 from agents.models import AgentConfig, WorkerSession
+from config.errors import PermanentError
 from orchestrator import workers
 from orchestrator.deploy import local
 from orchestrator.runtime import WorkerGone, get_runtime
@@ -91,29 +93,48 @@ def workers_reap() -> ReapReport:
         workers.session_terminate(session=session, reason=reason)
         report.expired.append(session.id)
 
-    live = list(WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list(
-        "id", "runtime", "container_id", "owner_node", "created_at"))
-    for runtime_name in {row[1] for row in live} | {"process"}:
-        _reconcile_runtime(runtime_name, live, now, report)
+    for runtime_name in _configured_runtimes():
+        _reconcile_runtime(runtime_name, report)
     if report.total():
         log.info("workers_reaped", expired=report.expired, vanished=report.vanished, orphans=report.orphans)
     return report
 
 
-def _reconcile_runtime(runtime_name: str, live: list[tuple], now, report: ReapReport) -> None:
-    runtime = get_runtime(runtime_name)
+def _configured_runtimes() -> set[str]:
+    """Every runtime this installation may have workers on: the default, each role's choice, and
+    whatever a live session uses. Each is reconciled on every sweep, live sessions or not."""
+    names = {settings.WORKER_RUNTIME, "process"}
+    names |= set(AgentConfig.objects.exclude(runtime="").values_list("runtime", flat=True))
+    names |= set(WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list("runtime", flat=True))
+    return names
+
+
+def _reconcile_runtime(runtime_name: str, report: ReapReport) -> None:
+    """Compare what runs on a runtime with the live sessions recorded for it.
+
+    The runtime is listed *before* the sessions are read: a worker created after the listing is
+    not in it (so it cannot look like an orphan), and a session recorded or changed after the
+    listing is not judged by it (so it cannot look vanished).
+    """
     try:
+        runtime = get_runtime(runtime_name)
+        listed_at = timezone.now()
         found = runtime.list_workers()
-    except WorkerGone:
+    except (WorkerGone, PermanentError) as exc:
+        log.warning("runtime_unreachable", runtime=runtime_name, error=str(exc))
         return
+    live = list(WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list(
+        "id", "runtime", "container_id", "owner_node", "created_at", "state_changed_at"))
     handles = {w.handle for w in found}
     live_ids = {row[0] for row in live}
     local_only = runtime_name == "process"  # process groups are visible on their own machine only
     host = socket.gethostname()
-    for session_id, name, handle, node, created in live:
+    for session_id, name, handle, node, created, changed in live:
         if name != runtime_name or (local_only and node.rsplit("@", 1)[-1] != host):
             continue
-        if handle in handles or (not handle and created > now - STARTING_GRACE):
+        if (changed or created) >= listed_at:
+            continue  # started (or changed) after the listing: judged by the next sweep
+        if handle in handles or (not handle and created > listed_at - STARTING_GRACE):
             continue
         if agent_services.session_set_state(session_id=session_id, state=State.FAILED,
                                             reason="worker vanished", expect=WorkerSession.LIVE):

@@ -54,15 +54,23 @@ STAGES: dict[str, StageEntry] = {
 assert tuple(STAGES) == STAGE_ORDER
 
 
-def stage_signature(run_id: int, stage: str):
+MAX_PRIORITY = 9
+
+
+def stage_signature(run_id: int, stage: str, delay: int = 0):
     entry = STAGES[stage]
-    return signature(entry.task, kwargs={"run_id": run_id}, immutable=True, priority=entry.priority)
+    priority = min(MAX_PRIORITY, entry.priority + delay)
+    return signature(entry.task, kwargs={"run_id": run_id}, immutable=True, priority=priority)
 
 
-def chain_from(run_id: int, stage: str = Stage.ARCHITECT, until: str | None = None) -> chain:
-    """The chain of stage tasks from ``stage`` to the end (or to ``until``, included)."""
+def chain_from(run_id: int, stage: str = Stage.ARCHITECT, until: str | None = None, delay: int = 0) -> chain:
+    """The chain of stage tasks from ``stage`` to the end (or to ``until``, included).
+
+    ``delay`` lowers the first stage's priority: a new run of a person who already has runs
+    under way goes behind other people's new runs, so queued work from different people
+    interleaves."""
     stages = STAGE_ORDER[STAGE_ORDER.index(stage): (STAGE_ORDER.index(until) + 1) if until else None]
-    return chain(*(stage_signature(run_id, s) for s in stages))
+    return chain(*(stage_signature(run_id, s, delay if i == 0 else 0) for i, s in enumerate(stages)))
 
 
 class _Heartbeat:
@@ -104,6 +112,9 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     if claim.state is ClaimState.BUSY:
         log.info("stage_busy", run_id=run_id, stage=stage, task_id=task_id)
         return None
+    if claim.state is ClaimState.WAIT:
+        log.info("run_waits_for_its_turn", run_id=run_id, stage=stage)
+        return Next.WAIT
     row, run = claim.stage_run, claim.run
     ctx = StageContext(run=run, stage_run=row, project=run.project, task_id=task_id)
     with structlog.contextvars.bound_contextvars(run_id=run_id, stage=stage, task_id=task_id), \
@@ -136,8 +147,12 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
                                         message=exc.message, output=exc.output)
             return Next.CONTINUE
         except SoftTimeLimitExceeded:
-            runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="stage_timeout",
-                                        message=f"The {stage} stage ran past its time limit.")
+            exc = StageFailed(f"The {stage} stage ran past its time limit ({settings.STAGE_SOFT_TIME_LIMIT}s).",
+                              code="stage_timeout")
+            if escalations.should_escalate(stage, exc.code):
+                escalations.escalate(ctx, exc)  # like other agent failures, a person decides
+                return Next.CONTINUE
+            runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code, message=exc.message)
             return Next.CONTINUE
         except AppError as exc:
             log.warning("stage_error", code=exc.code, reason=exc.message)
@@ -147,7 +162,7 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
             # A bug: the run must not vanish silently. Fail it with what happened, keep the trace.
             log.exception("stage_crashed")
             runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="internal_error",
-                                        message=f"The {stage} stage crashed: {type(exc).__name__}: {exc}")
+                            message=f"The {stage} stage crashed: {type(exc).__name__}: {exc}")
             return Next.CONTINUE
     if outcome.next is Next.LOOP:
         report = outcome.output.get("report", {})
@@ -164,5 +179,7 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
 
 def start(*, run_id: int) -> None:
     """Enqueue a run's chain from the stage it is at (from the start for a new run)."""
-    run = PipelineRun.objects.get(id=run_id)
-    chain_from(run_id, runs.first_open_stage(run)).apply_async()
+    run = PipelineRun.objects.select_related("project").get(id=run_id)
+    first = runs.first_open_stage(run)
+    delay = runs.queued_ahead(run=run) if first == Stage.ARCHITECT else 0
+    chain_from(run_id, first, delay=delay).apply_async()

@@ -7,8 +7,10 @@ from pathlib import Path
 import structlog
 from django.conf import settings
 
+from agents import selectors as agent_selectors
 from agents import services as agent_services
 from agents.models import AgentConfig, WorkerSession
+from agents.services import WorkerQuotaExceeded
 from orchestrator.runtime import ExecResult, WorkerGone, WorkerRuntime, get_runtime
 from orchestrator.runtime.base import SESSION_MARKER, WorkerSpec, factory_instance
 from orchestrator.stages import StageFailed
@@ -60,10 +62,7 @@ def session_acquire(*, project_id: int, run_id: int, role: str, config: AgentCon
             existing.refresh_from_db()
             return existing
         session_terminate(session=existing, reason="worker unreachable; replaced", failed=True)
-    session = agent_services.session_create(
-        project_id=project_id, run_id=run_id, role=role, runtime=runtime.name,
-        workspace_root=str(Path(settings.FACTORY_HOME) / "workspaces"),
-    )
+    session = _create_within_quota(project_id=project_id, run_id=run_id, role=role, runtime=runtime)
     workspace = Path(session.workspace)
     try:
         handle = runtime.create(WorkerSpec(
@@ -82,6 +81,23 @@ def session_acquire(*, project_id: int, run_id: int, role: str, config: AgentCon
     session.refresh_from_db()
     log.info("worker_started", session_id=session.id, handle=handle, runtime=runtime.name)
     return session
+
+
+def _create_within_quota(*, project_id: int, run_id: int, role: str, runtime: WorkerRuntime) -> WorkerSession:
+    """Record a new session; when the quota is full, end the least recently used paused worker
+    of a finished run to make room (such workers are kept only for cheap reuse). Still full:
+    WorkerQuotaExceeded, and the stage waits."""
+    create = dict(project_id=project_id, run_id=run_id, role=role, runtime=runtime.name,
+                  workspace_root=str(Path(settings.FACTORY_HOME) / "workspaces"))
+    try:
+        return agent_services.session_create(**create)
+    except WorkerQuotaExceeded:
+        victim = agent_selectors.reclaimable_sessions(exclude_project_id=project_id).first()
+        if victim is None:
+            raise
+    log.info("worker_reclaimed", session_id=victim.id, for_project=project_id)
+    session_terminate(session=victim, reason="reclaimed: its run has ended and the worker quota is full")
+    return agent_services.session_create(**create)
 
 
 def _resume(runtime: WorkerRuntime, session: WorkerSession) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from celery import current_app
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -71,6 +72,7 @@ class ClaimState(enum.Enum):
     CLAIMED = "claimed"  # this task now owns the stage
     DONE = "done"  # already finished: the chain may go on
     BUSY = "busy"  # another task owns it, or an earlier stage is unfinished: stop this chain
+    WAIT = "wait"  # the run may not start yet (its person's other runs are at their cap): retry later
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,10 @@ def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
         return Claim(ClaimState.BUSY, row, run)
     now = timezone.now()
     with transaction.atomic():
+        if run.status == PipelineRun.Status.QUEUED and not _person_may_start(run):
+            # Touch the row so the reconciler does not take the wait for a lost message.
+            StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING).update(queued_at=now)
+            return Claim(ClaimState.WAIT, row, run)
         won = StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING).update(
             status=StageRun.Status.RUNNING,
             attempt=F("attempt") + 1,
@@ -145,6 +151,42 @@ def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
                      payload={"iteration": row.iteration, "attempt": row.attempt})
     run.refresh_from_db()
     return Claim(ClaimState.CLAIMED, row, run)
+
+
+def _person_may_start(run: PipelineRun) -> bool:
+    """Fairness: one person has at most RUNS_PER_PERSON runs running at once (0: no cap).
+
+    The person's row is locked while counting, so two of their runs cannot both take the last
+    place. Their other runs wait queued; when one ends, the next is started (``_start_next_queued``).
+    """
+    cap = settings.RUNS_PER_PERSON
+    if not cap:
+        return True
+    owner_id = run.project.owner_id
+    get_user_model().objects.select_for_update().filter(id=owner_id).first()
+    running = PipelineRun.objects.filter(project__owner_id=owner_id, status=PipelineRun.Status.RUNNING).count()
+    return running < cap
+
+
+def _start_next_queued(run_id: int) -> None:
+    """A run ended: its person's oldest queued run may take its place at once (rather than at
+    its next retry)."""
+    if not settings.RUNS_PER_PERSON:
+        return
+    owner_id = PipelineRun.objects.filter(id=run_id).values_list("project__owner_id", flat=True).first()
+    waiting = (PipelineRun.objects.filter(project__owner_id=owner_id, status=PipelineRun.Status.QUEUED)
+               .order_by("created_at", "id").values_list("id", flat=True).first())
+    if waiting is not None:
+        _send_start(waiting)
+
+
+def queued_ahead(*, run: PipelineRun) -> int:
+    """How many of this person's runs are queued or running ahead of this one (for priority:
+    a person with many runs waiting does not hold back another person's first one)."""
+    return PipelineRun.objects.filter(
+        project__owner_id=run.project.owner_id, status__in=(PipelineRun.Status.QUEUED, PipelineRun.Status.RUNNING),
+        id__lt=run.id,
+    ).count()
 
 
 def stage_heartbeat(*, stage_run_id: int, attempt: int) -> bool:
@@ -296,6 +338,7 @@ def run_cancel(*, run_id: int, user) -> PipelineRun:
     )
     event_record(run_id=run.id, type=RunEvent.Type.RUN_CANCELLED, payload={"by": who})
     run_enqueue_notify(run_id=run.id)
+    _start_next_queued(run.id)
     run.refresh_from_db()
     return run
 
@@ -315,6 +358,7 @@ def run_fail(*, run_id: int, code: str, message: str) -> bool:
     )
     if updated:
         event_record(run_id=run_id, type=RunEvent.Type.RUN_FAILED, payload={"code": code, "message": message[:2000]})
+        _start_next_queued(run_id)
     return bool(updated)
 
 
@@ -325,6 +369,7 @@ def run_succeed(*, run_id: int, result_message: str) -> bool:
     )
     if updated:
         event_record(run_id=run_id, type=RunEvent.Type.RUN_SUCCEEDED, payload={"message": result_message})
+        _start_next_queued(run_id)
     return bool(updated)
 
 

@@ -471,7 +471,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps({"status": "failed", "summary": str(exc)[:4000]}), flush=True)
         return 1
     if args.guidance:
-        result["summary"] += f" Followed the guidance: {args.guidance.strip()[:500]}"
+        # The scripted agent builds from its catalogue only: it cannot act on a person's words,
+        # and says so rather than claiming it followed them.
+        result["summary"] += " (A person's guidance was received; the scripted agent builds from its catalogue " \
+                             "and cannot act on it.)"
     print(json.dumps(result), flush=True)
     return 0
 

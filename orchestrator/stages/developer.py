@@ -33,6 +33,9 @@ def run(ctx: StageContext) -> Outcome:
     spec = ProjectSpec.model_validate(ctx.project.spec)
     prepared = ctx.output_of(Stage.PREPARER)
     config = agent_services.agent_config_for(role=Role.DEVELOPER)
+    problem = config.time_limit_problem()
+    if problem:  # the settings changed since the config was saved
+        raise StageFailed(problem, code="config_inconsistent")
     try:
         backend = get_backend(config)
     except PermanentError as exc:

@@ -1,7 +1,8 @@
 """Tester: the project's own pytest, in its worker, parsed from JUnit XML into a TestReport.
 
 Failures go back to the Developer with the report, at most ``run.max_iterations`` times; then
-the run fails with the report as its reason.
+a person is asked (an escalation: guidance for one more try, or cancel). The Tester works in a
+worker of its own role, under the tester's AgentConfig (runtime, limits, time limit).
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ def run(ctx: StageContext) -> Outcome:
     prepared = ctx.output_of(Stage.PREPARER)
     developed = ctx.output_of(Stage.DEVELOPER, iteration=ctx.run.iteration)
     commit = developed["commit"]
-    config = agent_services.agent_config_for(role=Role.DEVELOPER)
-    session = workers.session_acquire(project_id=ctx.project.id, run_id=ctx.run.id, role=Role.DEVELOPER,
+    config = agent_services.agent_config_for(role=Role.TESTER)
+    problem = config.time_limit_problem()
+    if problem:
+        raise StageFailed(problem, code="config_inconsistent")
+    session = workers.session_acquire(project_id=ctx.project.id, run_id=ctx.run.id, role=Role.TESTER,
                                       config=config)
     repo = workers.workspace_checkout(session, remote=prepared["repo"], branch=prepared["branch"], commit=commit)
     reports = Path(session.workspace) / "reports"
@@ -32,7 +36,7 @@ def run(ctx: StageContext) -> Outcome:
     junit.unlink(missing_ok=True)
     result = workers.session_exec(
         session, [workers.runtime_of(session).python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:django",
-                  f"--junitxml={junit}"], cwd=repo,
+                  f"--junitxml={junit}"], cwd=repo, timeout=config.time_limit_seconds,
     )
     workers.session_idle(session=session, reason="tests finished")
     if junit.exists():
