@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import structlog
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 
 from django.utils import timezone
@@ -47,7 +48,12 @@ def agent_config_set(*, role: str, **fields) -> AgentConfig:
         raise ValidationFailed(f"AgentConfig has no field(s) {', '.join(sorted(unknown))}.", code="unknown_field")
     for name, value in fields.items():
         setattr(config, name, value)
-    config.full_clean()
+    try:
+        config.full_clean()
+    except DjangoValidationError as exc:
+        problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
+        raise ValidationFailed(f"The {role} config is not valid: {problems}", code="agent_config_invalid",
+                               extra={"fields": exc.message_dict}) from exc
     config.save()
     return config
 

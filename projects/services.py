@@ -21,7 +21,7 @@ from projects.specs import ProjectSpec
 
 log = structlog.get_logger(__name__)
 
-SLUG_ATTEMPTS = 5
+SLUG_ATTEMPTS = 20
 
 
 def _clean_description(description: Any) -> str:

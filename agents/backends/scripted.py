@@ -1,7 +1,9 @@
 """The scripted backend: deterministic, no LLM. Plans from a catalogue, writes code by rule.
 
 It powers the embedded demo and the tests. ``AgentConfig.options["fail_times"]`` (or the
-SCRIPTED_FAIL_TIMES setting) makes the first N developer iterations write wrong code on purpose.
+SCRIPTED_FAIL_TIMES setting) makes the first N developer iterations write wrong code on purpose;
+``options["broken_release_times"]`` makes the first N iterations pass their tests but fail the
+Deployer's health check.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class ScriptedBackend:
             "--branch", task.branch,
             "--remote", "origin",
             "--work-seconds", str(float(self.config.options.get("work_seconds", 0))),
+            "--broken-release-times", str(int(self.config.options.get("broken_release_times", 0))),
         ]
         # options["ask"]: the agent is blocked with this question until a person gives guidance.
         if self.config.options.get("ask"):

@@ -392,12 +392,18 @@ def log(message: str) -> None:
     print(f"[scripted developer] {message}", file=sys.stderr, flush=True)
 
 
+BROKEN_HEALTH = "/deliberately-missing-health"
+
+
 def develop(spec_path: Path, iteration: int, fail_times: int, branch: str, remote: str,
-            work_seconds: float = 0.0) -> dict:
+            work_seconds: float = 0.0, broken_release_times: int = 0) -> dict:
     """Write, commit and push the implementation; return the AgentResult as a dict.
 
     ``work_seconds`` makes the agent take that long before it writes anything, as a real agent
     would: it lets tests kill a worker while the agent is in the middle of its work.
+    ``broken_release_times``: for that many iterations the code passes its tests but the
+    release's factory.json names a health path the service does not serve, so the Deployer's
+    health check fails (to exercise the deploy repair loop).
     """
     try:
         spec = json.loads(spec_path.read_text(encoding="utf-8"))
@@ -417,6 +423,14 @@ def develop(spec_path: Path, iteration: int, fail_times: int, branch: str, remot
     (root / "handlers.py").write_text(render_handlers(names, faulty), encoding="utf-8")
     (root / "tests").mkdir(exist_ok=True)
     (root / "tests" / "test_features.py").write_text(render_tests(names), encoding="utf-8")
+    start_spec = root / "factory.json"
+    if start_spec.is_file():
+        start = json.loads(start_spec.read_text(encoding="utf-8"))
+        broken = iteration <= broken_release_times
+        start["health"] = BROKEN_HEALTH if broken else "/health"
+        start_spec.write_text(json.dumps(start, indent=2) + "\n", encoding="utf-8")
+        if broken:
+            log(f"iteration {iteration}: the release's health path is deliberately wrong")
 
     git("add", "-A")
     changed = subprocess.run(["git", "diff", "--cached", "--quiet"]).returncode != 0
@@ -454,6 +468,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dev.add_argument("--ask", default="",
                      help="report blocked with this question unless --guidance is given")
     dev.add_argument("--guidance", default="", help="a person's answer to the question")
+    dev.add_argument("--broken-release-times", type=int, default=0,
+                     help="the first N iterations pass their tests but fail the deploy's health check")
     args = parser.parse_args(argv)
 
     if args.ask and not args.guidance.strip():
@@ -465,7 +481,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(f"guidance from a person: {args.guidance}")
     try:
         result = develop(args.spec, args.iteration, args.fail_times, args.branch, args.remote,
-                         args.work_seconds)
+                         args.work_seconds, args.broken_release_times)
     except AgentError as exc:
         log(f"failed: {exc}")
         print(json.dumps({"status": "failed", "summary": str(exc)[:4000]}), flush=True)
