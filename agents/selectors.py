@@ -47,12 +47,11 @@ def open_escalation_for_user(*, user_id: int):
         run__project__owner_id=user_id, status=Escalation.Status.OPEN).order_by("-created_at").first()
 
 
-def reclaimable_sessions(*, exclude_project_id: int | None = None):
-    """Paused workers whose run has ended (or that serve no run), least recently used first: the
-    ones to end when the worker quota is full, so finished work never blocks new work."""
-    qs = WorkerSession.objects.filter(state=WorkerSession.State.PAUSED).filter(
-        Q(run__isnull=True) | Q(run__status__in=PipelineRun.FINISHED)
-    )
-    if exclude_project_id is not None:
-        qs = qs.exclude(project_id=exclude_project_id)
-    return qs.order_by("last_activity_at", "id")
+def reclaimable_session(*, for_project_id: int) -> WorkerSession | None:
+    """The paused worker to end when the worker quota is full, so finished work never blocks
+    new work: the least recently used one whose run has ended (or that serves no run); failing
+    that, a paused worker of the asking project's other role (its Developer's worker while its
+    Tester needs one: the run goes on rather than waiting for itself)."""
+    paused = WorkerSession.objects.filter(state=WorkerSession.State.PAUSED).order_by("last_activity_at", "id")
+    finished = paused.filter(Q(run__isnull=True) | Q(run__status__in=PipelineRun.FINISHED)).first()
+    return finished or paused.filter(project_id=for_project_id).first()

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from agents import services as agent_services
 from agents.models import AgentConfig, WorkerSession
-from config.errors import PermanentError
+from config.errors import PermanentError, TransientError
 from orchestrator import workers
 from orchestrator.deploy import local
 from orchestrator.runtime import WorkerGone, get_runtime
@@ -120,7 +120,7 @@ def _reconcile_runtime(runtime_name: str, report: ReapReport) -> None:
         runtime = get_runtime(runtime_name)
         listed_at = timezone.now()
         found = runtime.list_workers()
-    except (WorkerGone, PermanentError) as exc:
+    except (WorkerGone, TransientError, PermanentError) as exc:
         log.warning("runtime_unreachable", runtime=runtime_name, error=str(exc))
         return
     live = list(WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list(

@@ -18,6 +18,9 @@ log = structlog.get_logger(__name__)
 STAGE_TASK = dict(
     bind=True,
     acks_late=True,
+    # Waiting for a worker (or a person's turn) is not failing: Celery does not count retries;
+    # transient failures are counted on the StageRun (``transient_failures``).
+    max_retries=None,
     ignore_result=True,
     soft_time_limit=settings.STAGE_SOFT_TIME_LIMIT,
     time_limit=settings.STAGE_TIME_LIMIT,
@@ -32,7 +35,7 @@ def _run_stage(task, stage: str, run_id: int) -> None:
         raise Ignore()
     if outcome is Next.WAIT:
         # Over the worker quota, or an outside service hiccuped: retry later, never sleep.
-        raise task.retry(countdown=settings.WORKER_QUOTA_RETRY_SECONDS, max_retries=None)
+        raise task.retry(countdown=settings.WORKER_QUOTA_RETRY_SECONDS)
     if outcome is Next.LOOP:
         # Back to the Developer; the rest of this chain follows the new iteration. A Tester is
         # replaced by developer → tester; a Deployer whose release failed by developer → tester

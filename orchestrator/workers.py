@@ -84,19 +84,19 @@ def session_acquire(*, project_id: int, run_id: int, role: str, config: AgentCon
 
 
 def _create_within_quota(*, project_id: int, run_id: int, role: str, runtime: WorkerRuntime) -> WorkerSession:
-    """Record a new session; when the quota is full, end the least recently used paused worker
-    of a finished run to make room (such workers are kept only for cheap reuse). Still full:
-    WorkerQuotaExceeded, and the stage waits."""
+    """Record a new session; when the quota is full, end a paused worker that no active work
+    needs (``reclaimable_session``) to make room: paused workers are kept only for cheap reuse.
+    Still full: WorkerQuotaExceeded, and the stage waits."""
     create = dict(project_id=project_id, run_id=run_id, role=role, runtime=runtime.name,
                   workspace_root=str(Path(settings.FACTORY_HOME) / "workspaces"))
     try:
         return agent_services.session_create(**create)
     except WorkerQuotaExceeded:
-        victim = agent_selectors.reclaimable_sessions(exclude_project_id=project_id).first()
+        victim = agent_selectors.reclaimable_session(for_project_id=project_id)
         if victim is None:
             raise
     log.info("worker_reclaimed", session_id=victim.id, for_project=project_id)
-    session_terminate(session=victim, reason="reclaimed: its run has ended and the worker quota is full")
+    session_terminate(session=victim, reason="reclaimed: the worker quota is full and it was paused")
     return agent_services.session_create(**create)
 
 

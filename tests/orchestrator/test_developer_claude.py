@@ -69,7 +69,7 @@ def test_a_turn_is_written_to_the_ledger_and_the_run_cost(claude, make_run):
         1200, 340, 5000, 800)
     assert usage.cost_usd == Decimal("0.012300")
     assert PipelineRun.objects.get(id=run.id).cost_usd == Decimal("0.012300")
-    session = WorkerSession.objects.get(project=run.project_id)
+    session = WorkerSession.objects.get(project=run.project_id, role="developer")
     assert (session.agent_session_id, session.context_tokens) == ("sess-A", 7000)
 
 
@@ -85,7 +85,7 @@ def test_the_next_run_of_the_project_resumes_the_agents_session(claude, make_run
     drive(second.id, until="developer")
     argv = calls(scenario)[-1]["argv"]
     assert argv[argv.index("--resume") + 1] == "sess-A"
-    assert WorkerSession.objects.filter(project=project).count() == 1
+    assert WorkerSession.objects.filter(project=project, role="developer").count() == 1
 
 
 def test_an_agent_that_leaves_no_result_is_resumed_once_then_a_person_is_asked(claude, make_run):
@@ -105,7 +105,7 @@ def test_an_agent_that_leaves_no_result_is_resumed_once_then_a_person_is_asked(c
     assert made[1]["argv"][made[1]["argv"].index("--resume") + 1] == "sess-B"
     assert Usage.objects.filter(stage_run__run=run, role="developer").count() == 2
     # The worker is paused, not left running, while the person is asked.
-    assert WorkerSession.objects.get(project=run.project_id).state == "paused"
+    assert WorkerSession.objects.get(project=run.project_id, role="developer").state == "paused"
 
 
 def test_over_budget_the_agent_stops_and_a_person_may_raise_the_budget(claude, make_run, settings, user):

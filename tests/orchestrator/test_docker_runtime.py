@@ -283,3 +283,25 @@ def test_an_unreachable_engine_is_a_transient_error(h, monkeypatch, tmp_path):
         h.rt.list_workers()
     with pytest.raises(TransientError):
         h.rt.create(h.spec(9117))
+
+
+def test_the_reaper_removes_an_orphan_even_when_no_docker_session_is_live(h, engine, worker_image, db):
+    """Each configured runtime is reconciled on every sweep, not only where a session is live."""
+    from agents import services as agent_services
+    from agents.models import WorkerSession
+    from orchestrator import maintenance
+
+    agent_services.agent_config_set(role="tester", runtime="docker")
+    assert not WorkerSession.objects.filter(state__in=WorkerSession.LIVE).exists()
+    mine = {"factory.managed": "true", INSTANCE_MARKER: factory_instance(), SESSION_MARKER: "9120"}
+    orphan = engine.containers.run(worker_image, ["sleep", "infinity"], detach=True, network_mode="none",
+                                   labels={**h.labels, **mine})
+    try:
+        report = maintenance.workers_reap()
+        assert orphan.id in report.orphans
+        assert not h.rt.is_alive(orphan.id)
+    finally:
+        try:
+            orphan.remove(force=True)
+        except docker.errors.NotFound:
+            pass

@@ -20,7 +20,7 @@ def test_developer_and_tester_work_in_a_container(celery_procs, user, engine, wo
     project, run = services.project_create(owner=user, description="a web service that rolls dice")
     run = wait_for_run(run.id, procs=celery_procs)
     assert run.status == "succeeded", run.error_message
-    session = WorkerSession.objects.get(project=project)
+    session = WorkerSession.objects.get(project=project, role="developer")
     assert session.runtime == "docker"
     container = engine.containers.get(session.container_id)
     assert container.status == "paused"  # the agent stopped: the worker costs no CPU

@@ -32,7 +32,7 @@ def test_a_description_becomes_a_running_service(celery_procs, user):
     stages = list(StageRun.objects.filter(run=run).values_list("stage", "status"))
     assert stages == [(s, "succeeded") for s in ["architect", "preparer", "developer", "tester", "deployer", "notify"]]
     # The worker is paused while nobody works in it...
-    session = WorkerSession.objects.get(project=project)
+    session = WorkerSession.objects.get(project=project, role="developer")
     assert session.state == "paused"
     # ...and a Celery node that shuts down ends the workers it owns.
     celery_procs.stop_all()
@@ -103,7 +103,7 @@ def test_worker_killed_mid_developer_the_run_still_finishes_once(celery_procs, u
     while not _agent_pids():  # the agent is at work inside the worker
         assert time.monotonic() < deadline, celery_procs.logs()
         time.sleep(0.1)
-    old_session = WorkerSession.objects.get(project=project)
+    old_session = WorkerSession.objects.get(project=project, role="developer")
     celery_procs.kill(first)  # SIGKILL: the Celery worker and its pool die mid-task
     assert StageRun.objects.get(run=run, stage="developer").status == "running"
 
@@ -122,7 +122,7 @@ def test_worker_killed_mid_developer_the_run_still_finishes_once(celery_procs, u
     assert old_session.state == "failed"
     assert pids_with_marker(SESSION_MARKER, str(old_session.id)) == []
     assert not process_alive(int(old_session.container_id))
-    live_sessions = WorkerSession.objects.filter(project=project, state__in=WorkerSession.LIVE)
+    live_sessions = WorkerSession.objects.filter(project=project, role="developer", state__in=WorkerSession.LIVE)
     assert [s.id for s in live_sessions] != [old_session.id] and live_sessions.count() == 1
     deployment = Deployment.objects.get(project=project)
     assert pids_with_marker(RELEASE_MARKER, str(deployment.id)) == [deployment.pid]
