@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from projects import deployments, people, runs, services
 from projects.models import Invite, PipelineRun, Project, TelegramAccount
 from tests.fakes.telegram_server import user as tg_user
-from tests.telegram.conftest import ADA_TG, BOB_TG, STRANGER_TG, post_update
+from tests.telegram.conftest import ADA_TG, BOB_TG, STRANGER_TG, deliver_outbox, post_update
 
 pytestmark = pytest.mark.django_db
 
@@ -57,6 +57,7 @@ def test_a_linked_person_creates_a_project_through_runbot_polling(telegram, ada,
     telegram.say(ada_tg, GREETER)
 
     call_command("runbot", "--once", "--timeout", "1")
+    deliver_outbox()
 
     run = PipelineRun.objects.get(project__owner=ada)
     assert f"run #{run.id} is queued" in only_reply(telegram, ADA_TG)

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from agents import services as agent_services
 from agents.models import Escalation
-from orchestrator import notify
+from orchestrator.telegram import delivery
 from projects import events, notifications, people, runs, services
 from projects.models import OutboundMessage, RunEvent, StageRun, TelegramAccount
 from tests.telegram.conftest import ADA_TG, post_update
@@ -21,6 +21,11 @@ def tell(ada, text="Hello", **kwargs) -> OutboundMessage:
     message = notifications.notify_person(user_id=ada.id, text=text, **kwargs)
     assert message is not None
     return message
+
+
+def due_now(message: OutboundMessage) -> None:
+    """The retry's time has come (instead of waiting for it)."""
+    OutboundMessage.objects.filter(id=message.id).update(next_attempt_at=None)
 
 
 def status_of(message: OutboundMessage) -> str:
@@ -51,15 +56,13 @@ def test_stage_transitions_are_told_and_heartbeats_are_not(ada):
         "run.started": events.event_record(run_id=run.id, type="run.started"),
         "stage.started": events.event_record(run_id=run.id, type="stage.started", stage="developer",
                                                payload={"iteration": 2, "attempt": 1}),
-        "stage.failed": events.event_record(run_id=run.id, type="stage.failed", stage="deployer",
-                                              payload={"message": "/health answered 500"}),
         "run.notified": events.event_record(run_id=run.id, type="run.notified", stage="notify",
                                               payload={"text": "Greeter is live.\nService running at http://x/"}),
     }
     quiet = [
         events.event_record(run_id=run.id, type=kind, stage="developer", payload={"message": "working"})
         for kind in ["run.queued", "stage.succeeded", "stage.waiting", "stage.requeued", "agent.progress",
-                     "deploy.live", "run.succeeded"]
+                     "deploy.live", "run.succeeded", "stage.failed"]
     ] + [events.event_record(run_id=run.id, type="stage.started", stage="notify")]
 
     texts = {kind: notifications.run_event_notify(event.id).text for kind, event in told.items()}
@@ -67,9 +70,8 @@ def test_stage_transitions_are_told_and_heartbeats_are_not(ada):
     assert [notifications.run_event_notify(event.id) for event in quiet] == [None] * len(quiet)
     assert texts["run.started"] == f"Run #{run.id} started: building “{GREETER}”."
     assert texts["stage.started"] == f"Project #{project.id} · run #{run.id}: writing the code (iteration 2)…"
-    assert texts["stage.failed"].endswith("the deployer stage failed.\n/health answered 500")
     assert texts["run.notified"] == "Greeter is live.\nService running at http://x/"
-    assert OutboundMessage.objects.filter(run=run).count() == 4
+    assert OutboundMessage.objects.filter(run=run).count() == 3
 
 
 @pytest.mark.django_db
@@ -116,8 +118,8 @@ def test_an_agents_question_is_quoted_and_escaped(ada):
 def test_a_message_is_sent_once(telegram, ada):
     message = tell(ada, "Run #1 started")
 
-    first = notify.message_send(message_id=message.id)
-    again = notify.message_send(message_id=message.id)
+    first = delivery.message_send(message_id=message.id)
+    again = delivery.message_send(message_id=message.id)
 
     assert (first.status, first.retry_in, again.status) == ("sent", None, "sent")
     message.refresh_from_db()
@@ -130,12 +132,16 @@ def test_a_429_asks_to_retry_after_telegrams_retry_after(telegram, ada):
     telegram.rate_limit(retry_after=7)
     message = tell(ada)
 
-    outcome = notify.message_send(message_id=message.id)
+    outcome = delivery.message_send(message_id=message.id)
 
     assert (outcome.status, outcome.retry_in) == ("pending", 7.0)
     message.refresh_from_db()
     assert message.attempts == 1 and "429 Too Many Requests: retry after 7" in message.error
-    assert notify.message_send(message_id=message.id).status == "sent"
+    assert (message.next_attempt_at - timezone.now()).total_seconds() > 6
+    early = delivery.message_send(message_id=message.id)  # a second task, before Telegram's time
+    assert (early.status, len(telegram.calls_of("sendMessage"))) == ("pending", 1) and 6 < early.retry_in <= 7
+    due_now(message)
+    assert delivery.message_send(message_id=message.id).status == "sent"
 
 
 @pytest.mark.django_db
@@ -143,14 +149,14 @@ def test_a_403_marks_the_message_and_the_account_blocked_without_retry(telegram,
     telegram.forbid()
     message, later = tell(ada, "first"), tell(ada, "second")
 
-    outcome = notify.message_send(message_id=message.id)
+    outcome = delivery.message_send(message_id=message.id)
 
     assert (outcome.status, outcome.retry_in) == ("blocked", None)
     assert status_of(message) == "blocked" and status_of(later) == "blocked"
     account = TelegramAccount.objects.get(user=ada)
     assert account.blocked_at is not None and "bot was blocked by the user" in account.blocked_reason
     assert notifications.notify_person(user_id=ada.id, text="third") is None
-    assert notify.message_send(message_id=later.id).status == "blocked"
+    assert delivery.message_send(message_id=later.id).status == "blocked"
     assert len(telegram.calls_of("sendMessage")) == 1
 
 
@@ -159,7 +165,7 @@ def test_a_deleted_chat_is_recorded_as_blocked(telegram, ada):
     telegram.fail("sendMessage", 400, "Bad Request: chat not found")
     message = tell(ada)
 
-    assert notify.message_send(message_id=message.id).status == "blocked"
+    assert delivery.message_send(message_id=message.id).status == "blocked"
     assert TelegramAccount.objects.get(user=ada).blocked_at is not None
 
 
@@ -168,7 +174,7 @@ def test_rejected_formatting_falls_back_to_plain_text_once(telegram, ada):
     # The stand-in checks HTML the way Telegram does: an unknown tag is refused.
     message = tell(ada, "<b>Run #3</b> asks: use <flask>? &amp; then", html=True)
 
-    outcome = notify.message_send(message_id=message.id)
+    outcome = delivery.message_send(message_id=message.id)
 
     assert outcome.status == "sent"
     rejected, accepted = telegram.calls_of("sendMessage")
@@ -182,7 +188,7 @@ def test_a_scripted_formatting_rejection_resends_the_same_text_plain(telegram, a
     telegram.reject_entities()
     message = tell(ada, "<b>Greeter</b> is live &lt;3", html=True)
 
-    assert notify.message_send(message_id=message.id).status == "sent"
+    assert delivery.message_send(message_id=message.id).status == "sent"
     assert telegram.texts_to(ADA_TG) == ["Greeter is live <3"]
 
 
@@ -191,7 +197,10 @@ def test_transient_errors_retry_with_backoff_five_times_then_fail(telegram, ada)
     telegram.server_error(times=100)
     message = tell(ada)
 
-    delays = [notify.message_send(message_id=message.id).retry_in for _ in range(6)]
+    delays = []
+    for _ in range(6):
+        delays.append(delivery.message_send(message_id=message.id).retry_in)
+        due_now(message)
 
     assert delays == [2.0, 4.0, 8.0, 16.0, 32.0, None]
     message.refresh_from_db()
@@ -204,7 +213,7 @@ def test_an_unreachable_telegram_is_transient_and_the_error_does_not_show_the_to
     settings.TELEGRAM_API_URL = "http://127.0.0.1:9/bot{0}/{1}"
     message = tell(ada)
 
-    outcome = notify.message_send(message_id=message.id)
+    outcome = delivery.message_send(message_id=message.id)
 
     assert outcome.status == "pending" and outcome.retry_in == 2.0
     message.refresh_from_db()
@@ -217,21 +226,21 @@ def test_without_a_bot_token_a_message_fails_with_the_reason(settings, ada):
     settings.TELEGRAM_BOT_TOKEN = ""
     message = tell(ada)
 
-    assert notify.message_send(message_id=message.id).status == "failed"
+    assert delivery.message_send(message_id=message.id).status == "failed"
     message.refresh_from_db()
     assert "TELEGRAM_BOT_TOKEN is not set" in message.error
 
 
 @pytest.mark.django_db
-def test_a_newer_message_waits_for_an_older_one_to_the_same_chat(telegram, ada):
+def test_a_newer_messages_delivery_sends_the_older_ones_first(telegram, ada):
     older, newer = tell(ada, "first"), tell(ada, "second")
 
-    waiting = notify.message_send(message_id=newer.id)
-    notify.message_send(message_id=older.id)
-    notify.message_send(message_id=newer.id)
+    outcome = delivery.message_send(message_id=newer.id)  # the older one's task is late, or lost
 
-    assert (waiting.status, waiting.retry_in) == ("pending", notify.ORDER_RETRY_SECONDS)
+    assert (outcome.status, outcome.retry_in) == ("sent", None)
     assert telegram.texts_to(ADA_TG) == ["first", "second"]
+    assert status_of(older) == "sent" and delivery.message_send(message_id=older.id).status == "sent"
+    assert len(telegram.calls_of("sendMessage")) == 2
 
 
 # --- a question, its message, and the reply that answers it -------------------------------------
@@ -245,11 +254,11 @@ def test_a_reply_to_the_question_message_answers_the_escalation(client, telegram
     message = notifications.run_event_notify(event.id)
     assert message.escalation_id == escalation.id and message.html
 
-    assert notify.message_send(message_id=message.id).status == "sent"
+    assert delivery.message_send(message_id=message.id).status == "sent"
     question = telegram.sent[-1]
     assert "needs you" in question.text and "Which greeting: &lt;Hello&gt; or Hi?" in question.text
-    escalation.refresh_from_db()
-    assert escalation.telegram_message_id == question.message_id
+    message.refresh_from_db()
+    assert message.telegram_message_id == question.message_id
 
     post_update(client, telegram.make_update(from_user=ada_tg, text="Say Hello", reply_to_message_id=question.message_id))
 
