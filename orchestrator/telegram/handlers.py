@@ -105,16 +105,20 @@ class TgMessage(_Edge):
     date: StrictInt
     chat: TgChat
     from_: TgUser | None = Field(default=None, alias="from")
-    # Not checked for storability here: a message that cannot be stored is answered, not ignored.
     text: str | None = Field(default=None, max_length=MAX_TEXT)
     reply_to_message: TgReplied | None = None
     media: tuple[str, ...] = ()  # which of MEDIA the message carries
+    # The text cannot be stored (NUL, a lone surrogate): the message is answered, not ignored,
+    # and its text is dropped here so nothing downstream ever sees it.
+    unreadable: bool = False
 
     @model_validator(mode="before")
     @classmethod
-    def _note_media(cls, data: Any) -> Any:
+    def _prepare(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            data = {**data, "media": tuple(kind for kind in MEDIA if kind in data)}
+            data = {**data, "media": tuple(kind for kind in MEDIA if kind in data), "unreadable": False}
+            if isinstance(data.get("text"), str) and not storable(data["text"]):
+                data.update(text="", unreadable=True)
         return data
 
 
@@ -195,7 +199,7 @@ def handle_message(message: TgMessage) -> None:
         log.info("telegram_unknown_user_refused", telegram_user_id=sender.id, handler=handler.__name__)
         reply(refusal(sender.id))
         return
-    if message.text is not None and not storable(message.text):
+    if message.unreadable:
         log.info("telegram_message_unreadable", telegram_user_id=sender.id, handler=handler.__name__)
         reply(UNREADABLE)
         return

@@ -73,3 +73,16 @@ def test_an_agents_question_arrives_in_the_chat_and_a_reply_to_it_resumes_the_ru
     assert run.status == "succeeded", run.error_message
     escalation = Escalation.objects.get(run=run)
     assert (escalation.status, escalation.answer, escalation.answered_by) == ("answered", "Yes, formal please", ada)
+
+
+def test_an_answer_that_meets_a_429_arrives_after_telegrams_retry_after(celery_procs, telegram, client, ada, ada_tg):
+    telegram.rate_limit(retry_after=2)
+    celery_procs.worker(**telegram.worker_env())
+
+    post_update(client, telegram.make_update(from_user=ada_tg, text="/help"), deliver=False)
+
+    telegram.wait_for_sent(lambda s: "/status [project]" in s.text, timeout=30)
+    limited, delivered = telegram.calls_of("sendMessage")
+    assert (limited.status, delivered.status) == (429, 200)
+    assert delivered.at - limited.at >= 1.9  # retried by the notify task, after Telegram's retry_after
+    assert OutboundMessage.objects.get(chat_id=ADA_TG).attempts == 2
