@@ -24,10 +24,19 @@ from typing import Annotated, Any, Literal
 import structlog
 from django.conf import settings
 from django.db import transaction
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
-from agents import selectors as agent_selectors, services as agent_services
+from agents import selectors as agent_selectors
+from agents import services as agent_services
 from agents.models import Backend, Role
 from agents.scripted.catalogue import CATALOGUE
 from config.errors import AppError, PermanentError, TransientError, ValidationFailed
