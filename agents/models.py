@@ -207,8 +207,6 @@ class Escalation(models.Model):
     budget_increase_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     answered_by = models.ForeignKey("auth.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     answered_at = models.DateTimeField(null=True, blank=True)
-    # The chat message that carried the question, so a reply to it is the answer.
-    telegram_message_id = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

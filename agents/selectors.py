@@ -35,10 +35,15 @@ def latest_guidance(*, run_id: int) -> str | None:
 
 
 def escalation_for_reply(*, telegram_message_id: int, user_id: int):
-    """The person's open question a Telegram message replied to (message ids are per chat)."""
+    """The person's open question a Telegram message replied to.
+
+    Found through the OutboundMessage that carried the question: the one with that Telegram
+    message id sent to this person's account (message ids are per chat), in one query.
+    """
     return Escalation.objects.select_related("run__project").filter(
-        telegram_message_id=telegram_message_id, run__project__owner_id=user_id,
-        status=Escalation.Status.OPEN).first()
+        outbound_messages__telegram_message_id=telegram_message_id,
+        outbound_messages__account__user_id=user_id,
+        run__project__owner_id=user_id, status=Escalation.Status.OPEN).first()
 
 
 def open_escalation_for_user(*, user_id: int):

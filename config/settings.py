@@ -220,8 +220,9 @@ AGENT_RESUME_MAX_AGE_SECONDS = env_int("AGENT_RESUME_MAX_AGE_SECONDS", 24 * 3600
 # Budgets in USD: per run and per project (AgentConfig.budget_usd caps one stage's agent).
 RUN_BUDGET_USD = env_float("RUN_BUDGET_USD", 5.0)
 PROJECT_BUDGET_USD = env_float("PROJECT_BUDGET_USD", 50.0)
-# A message to a person still pending after this long has lost its delivery task: send again.
-OUTBOUND_REQUEUE_SECONDS = env_float("OUTBOUND_REQUEUE_SECONDS", 300.0)
+# A message to a person pending (and due) this long has lost its delivery task: beat enqueues
+# its chat's delivery again (a spare task is harmless: every attempt is claimed first).
+OUTBOUND_REQUEUE_SECONDS = env_float("OUTBOUND_REQUEUE_SECONDS", 60.0)
 # A question to a person stays open this long; then the run fails and its worker is ended.
 ESCALATION_TTL_SECONDS = env_int("ESCALATION_TTL_SECONDS", 24 * 3600)
 # The most a person may add to a run's budget in one answer.

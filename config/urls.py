@@ -4,8 +4,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from agents.api import WorkerAskView, WorkerProgressView, WorkerResultView
+from orchestrator.telegram.webhook import telegram_webhook
 from projects.api import ProjectViewSet, RunEventStreamView, RunViewSet
-from projects.telegram_webhook import telegram_webhook
 
 router = DefaultRouter()
 router.register("projects", ProjectViewSet, basename="project")

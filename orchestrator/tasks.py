@@ -8,8 +8,9 @@ from celery.exceptions import Ignore
 from django.conf import settings
 
 from config import task_names as names
-from orchestrator import maintenance, notify as delivery, pipeline, workers
+from orchestrator import maintenance, pipeline, workers
 from orchestrator.stages import Next
+from orchestrator.telegram import delivery
 from projects import notifications, runs
 from projects.models import Stage
 
@@ -121,10 +122,11 @@ def terminate_session(session_id: int) -> None:
     workers.operator_action(session_id=session_id, action="terminate")
 
 
-@shared_task(name=names.NOTIFY_SEND_MESSAGE, bind=True, acks_late=True, ignore_result=True, soft_time_limit=45,
-             time_limit=60, max_retries=None)
+@shared_task(name=names.NOTIFY_SEND_MESSAGE, bind=True, acks_late=True, ignore_result=True,
+             soft_time_limit=delivery.TASK_SOFT_TIME_LIMIT, time_limit=delivery.TASK_TIME_LIMIT, max_retries=None)
 def send_message(self, message_id: int) -> None:
-    """Deliver one OutboundMessage; Telegram's rate limit and hiccups are waited out by retrying.
+    """Deliver an OutboundMessage's chat, in order; Telegram's rate limit and hiccups are waited
+    out by retrying (countdown, never sleep).
 
     The retry budget is counted on the message row (``attempts``), not by Celery.
     """
@@ -135,4 +137,5 @@ def send_message(self, message_id: int) -> None:
 
 @shared_task(name=names.NOTIFY_REQUEUE_STALE, acks_late=True, ignore_result=True, soft_time_limit=60, time_limit=90)
 def requeue_stale_messages() -> int:
-    return len(notifications.messages_requeue_stale(older_than_seconds=settings.OUTBOUND_REQUEUE_SECONDS))
+    return len(notifications.messages_requeue_stale(older_than_seconds=settings.OUTBOUND_REQUEUE_SECONDS,
+                                                    sending_stale_seconds=delivery.SENDING_STALE_SECONDS))

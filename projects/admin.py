@@ -169,7 +169,7 @@ class InviteAdmin(admin.ModelAdmin):
 
 @admin.register(OutboundMessage)
 class OutboundMessageAdmin(admin.ModelAdmin):
-    list_display = ["id", "account", "run", "status", "attempts", "short_text", "created_at", "sent_at"]
+    list_display = ["id", "account", "chat_id", "run", "status", "attempts", "short_text", "created_at", "sent_at"]
     list_filter = ["status", "html"]
     search_fields = ["text", "account__username", "account__user__username"]
     readonly_fields = [f.name for f in OutboundMessage._meta.fields]

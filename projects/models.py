@@ -270,15 +270,27 @@ class Invite(models.Model):
 
 
 class OutboundMessage(models.Model):
-    """A message the system owes a person in Telegram. The row is the truth; a task delivers it."""
+    """A message the system owes a chat in Telegram: the outbox, and the only way anything is sent.
+
+    The row is the truth; the ``notify.send_message`` task delivers it (see
+    orchestrator/telegram/delivery.py). ``sending`` marks an attempt under way: it is claimed by
+    compare-and-set before the HTTP call, so nothing else sends it meanwhile.
+    """
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
+        SENDING = "sending", "Being sent"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
         BLOCKED = "blocked", "Blocked (the chat no longer takes our messages)"
 
-    account = models.ForeignKey(TelegramAccount, on_delete=models.CASCADE, related_name="outbound_messages")
+    UNFINISHED = (Status.PENDING, Status.SENDING)
+
+    # The person's account; empty for an answer to someone we do not know (a refusal).
+    account = models.ForeignKey(TelegramAccount, on_delete=models.CASCADE, null=True, blank=True,
+                                related_name="outbound_messages")
+    # The chat it goes to; messages to one chat go out in the order of their ids.
+    chat_id = models.BigIntegerField()
     run = models.ForeignKey(PipelineRun, on_delete=models.SET_NULL, null=True, blank=True,
                             related_name="outbound_messages")
     # The question this message carries: a reply to it is the answer.
@@ -289,7 +301,10 @@ class OutboundMessage(models.Model):
     text = models.TextField()
     html = models.BooleanField(default=False)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    # Attempts claimed so far; the claim's number fences the writes of that attempt.
     attempts = models.PositiveIntegerField(default=0)
+    claimed_at = models.DateTimeField(null=True, blank=True)  # when the latest attempt began
+    next_attempt_at = models.DateTimeField(null=True, blank=True)  # a retry is due then, not before
     telegram_message_id = models.BigIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -300,8 +315,13 @@ class OutboundMessage(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["event", "account"], name="outbound_one_per_event_and_account"),
             models.CheckConstraint(condition=~Q(text=""), name="outbound_text_not_empty"),
+            models.CheckConstraint(condition=~Q(status="sending") | Q(claimed_at__isnull=False),
+                                   name="outbound_sending_is_claimed"),
         ]
-        indexes = [models.Index(fields=["account", "status", "id"], name="outbound_account_status")]
+        indexes = [
+            models.Index(fields=["account", "status", "id"], name="outbound_account_status"),
+            models.Index(fields=["chat_id", "status", "id"], name="outbound_chat_status"),
+        ]
 
     def __str__(self) -> str:
-        return f"message #{self.pk} to {self.account_id} ({self.status})"
+        return f"message #{self.pk} to chat {self.chat_id} ({self.status})"

@@ -1,30 +1,39 @@
-"""What the system tells a person in Telegram, and the record of each message.
+"""What the system tells a person in Telegram, and the outbox that carries it.
 
-The database is the truth: ``notify_person`` writes an ``OutboundMessage`` and, once committed,
-enqueues ``notify.send_message`` by name; the engine's task delivers it and records the outcome
-with the ``message_mark_*`` functions here.
+The database is the truth: every message anyone is sent is an ``OutboundMessage`` row (the
+outbox is the only way anything is sent). Once the row is committed, ``notify.send_message`` is
+enqueued by name; the engine's task (orchestrator/telegram/delivery.py) delivers it and records
+each attempt with the ``message_*`` functions here.
 
-``run_event_notify`` decides which run events a person hears about and renders their text by
-code, from the database. An agent's words reach the person only as its question, quoted as such.
-Not every event is news: heartbeats of progress (stage succeeded, waiting for a worker, requeued,
-agent progress) are left to ``/status`` and the event stream.
+- ``notify_person``: what the system owes a person unasked (stage updates, questions, results);
+- ``reply_queue``: the answer to what someone wrote (also to someone we do not know);
+- ``run_event_notify`` decides which run events a person hears about and renders their text by
+  code, from the database. An agent's words reach the person only as its question, quoted as such.
+  Not every event is news: heartbeats of progress (stage succeeded, waiting for a worker,
+  requeued, agent progress) are left to ``/status`` and the event stream, and a failure is told
+  once, by the run's final message, in words for the person (``run_ended_text``).
 """
 from __future__ import annotations
 
 import html as html_lib
+from datetime import timedelta
 
 import structlog
 from celery import current_app
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from config import task_names
 from projects.models import OutboundMessage, PipelineRun, RunEvent, Stage, StageRun, TelegramAccount
 
 log = structlog.get_logger(__name__)
 
 # Telegram takes at most this many characters in one message.
 MAX_TEXT = 4096
-SEND_TASK = "notify.send_message"
+SEND_TASK = task_names.NOTIFY_SEND_MESSAGE
 
 STAGE_DOING = {
     Stage.ARCHITECT: "planning the service",
@@ -33,15 +42,44 @@ STAGE_DOING = {
     Stage.TESTER: "running the tests",
     Stage.DEPLOYER: "deploying",
 }
+# The events a person may hear about; any other is decided without reading anything else.
+TOLD = frozenset({RunEvent.Type.RUN_STARTED, RunEvent.Type.STAGE_STARTED, RunEvent.Type.TESTS_FAILED,
+                  RunEvent.Type.AGENT_QUESTION, RunEvent.Type.ESCALATION_RAISED, RunEvent.Type.NOTIFIED})
+# Failures whose recorded reason is about what the person asked or did, so it is theirs to read.
+# Any other reason is about the installation (backends, workers, Docker, tokens): the person
+# hears that the problem is on our side, not advice meant for an operator.
+PERSON_REASONS = frozenset({"description_not_understood", "description_required", "description_too_long",
+                            "escalation_expired", "budget_exceeded", "tests_failed"})
+OUR_SIDE = ("It is a problem on our side, not with your description; the operator can see what happened. "
+            "Please try again later.")
+
+
+def shorten(text: str, limit: int) -> str:
+    """At most ``limit`` characters, cut at a word boundary with "…" (never mid-word)."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = max(cut.rfind(" "), cut.rfind("\n"))
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.-\n\t") + "…"
 
 
 def _fit(text: str) -> str:
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+    return shorten(text, MAX_TEXT)
 
 
 def account_reachable(*, user_id: int) -> TelegramAccount | None:
     """The person's Telegram account, if we may write to it (a chat is known and not blocked)."""
     return TelegramAccount.objects.filter(user_id=user_id, chat_id__isnull=False, blocked_at__isnull=True).first()
+
+
+def _reachable(account: TelegramAccount | None) -> TelegramAccount | None:
+    return account if account is not None and account.chat_id is not None and account.blocked_at is None else None
+
+
+def _enqueue(message_id: int) -> None:
+    transaction.on_commit(lambda: current_app.send_task(SEND_TASK, kwargs={"message_id": message_id}))
 
 
 @transaction.atomic
@@ -55,6 +93,11 @@ def notify_person(*, user_id: int, text: str, html: bool = False, run_id: int | 
     account = account_reachable(user_id=user_id)
     if account is None:
         return None
+    return _queue(account, text=text, html=html, run_id=run_id, escalation_id=escalation_id, event_id=event_id)
+
+
+def _queue(account: TelegramAccount, *, text: str, html: bool, run_id: int | None, escalation_id: int | None,
+           event_id: int | None) -> OutboundMessage:
     if event_id is not None:
         existing = OutboundMessage.objects.filter(event_id=event_id, account=account).first()
         if existing is not None:
@@ -62,27 +105,51 @@ def notify_person(*, user_id: int, text: str, html: bool = False, run_id: int | 
     try:
         with transaction.atomic():
             message = OutboundMessage.objects.create(
-                account=account, run_id=run_id, escalation_id=escalation_id, event_id=event_id,
-                text=_fit(text), html=html,
+                account=account, chat_id=account.chat_id, run_id=run_id, escalation_id=escalation_id,
+                event_id=event_id, text=_fit(text), html=html,
             )
     except IntegrityError:  # the same event, told concurrently
         return OutboundMessage.objects.filter(event_id=event_id, account=account).first()
-    transaction.on_commit(lambda: current_app.send_task(SEND_TASK, kwargs={"message_id": message.id}))
+    _enqueue(message.id)
+    return message
+
+
+@transaction.atomic
+def reply_queue(*, chat_id: int, text: str, account_id: int | None = None) -> OutboundMessage:
+    """Queue the answer to what someone wrote in ``chat_id`` (``account_id`` None: someone we do
+    not know). It goes out like every other message: in order, with 429s and hiccups retried.
+
+    Written in the caller's transaction when there is one, so an answer about what a command did
+    is committed (and ordered) with it, before anything that happened because of it.
+    """
+    message = OutboundMessage.objects.create(account_id=account_id, chat_id=chat_id, text=_fit(text))
+    _enqueue(message.id)
     return message
 
 
 # --- run events → messages ------------------------------------------------------------
 def run_event_notify(event_id: int) -> OutboundMessage | None:
-    """Tell the run's person about this event, if it is one they hear about."""
-    event = RunEvent.objects.select_related("run__project").filter(id=event_id).first()
-    if event is None:
+    """Tell the run's person about this event, if it is one they hear about.
+
+    Called for every event on commit: the event, its run, project, owner and the owner's account
+    come in one query, and nothing more is read unless the person is told something.
+    """
+    event = RunEvent.objects.select_related("run__project__owner__telegram").filter(id=event_id).first()
+    if event is None or event.type not in TOLD:
+        return None
+    try:
+        account = _reachable(event.run.project.owner.telegram)
+    except ObjectDoesNotExist:  # the owner has no Telegram account
+        return None
+    if account is None:
         return None
     rendered = render_event(event)
     if rendered is None:
         return None
     text, html, escalation_id = rendered
-    return notify_person(user_id=event.run.project.owner_id, text=text, html=html, run_id=event.run_id,
-                         escalation_id=escalation_id, event_id=event.id)
+    with transaction.atomic():
+        return _queue(account, text=text, html=html, run_id=event.run_id, escalation_id=escalation_id,
+                      event_id=event.id)
 
 
 def _name(run: PipelineRun) -> str:
@@ -93,9 +160,7 @@ def render_event(event: RunEvent) -> tuple[str, bool, int | None] | None:
     """(text, html?, escalation id) for the events a person hears about, else None."""
     run, payload, kind = event.run, event.payload or {}, event.type
     if kind == RunEvent.Type.RUN_STARTED:
-        description = run.project.description
-        short = description if len(description) <= 120 else description[:119] + "…"
-        return f"Run #{run.id} started: building “{short}”.", False, None
+        return f"Run #{run.id} started: building “{shorten(run.project.description, 120)}”.", False, None
     if kind == RunEvent.Type.STAGE_STARTED:
         if event.stage not in STAGE_DOING:  # Notify's start is followed at once by the result
             return None
@@ -104,32 +169,60 @@ def render_event(event: RunEvent) -> tuple[str, bool, int | None] | None:
         notes = [f"iteration {iteration}"] if iteration > 1 else []
         notes += [f"attempt {attempt}"] if attempt > 1 else []
         return text + (f" ({', '.join(notes)})" if notes else "") + "…", False, None
-    if kind == RunEvent.Type.STAGE_FAILED:
-        message = str(payload.get("message") or "no reason given")[:1000]
-        return f"{_name(run)} · run #{run.id}: the {event.stage} stage failed.\n{message}", False, None
     if kind == RunEvent.Type.TESTS_FAILED:
+        if payload.get("waits_for_person"):
+            # The next iteration waits for the person: the question that follows says so, once.
+            return None
         return _tests_failed(event, run, payload), False, None
     if kind == RunEvent.Type.AGENT_QUESTION:
         question = str(payload.get("question") or "").strip()
         if not question:
             return None
         text = (f"<b>{html_lib.escape(_name(run))} · run #{run.id}</b>: the {html_lib.escape(event.stage or 'agent')} "
-                f"agent asks:\n<blockquote>{html_lib.escape(question[:2000])}</blockquote>")
+                f"agent asks:\n<blockquote>{html_lib.escape(shorten(question, 2000))}</blockquote>")
         return text, True, payload.get("escalation_id")
-    if kind == "escalation.raised":
+    if kind == RunEvent.Type.ESCALATION_RAISED:
         question = str(payload.get("question") or "").strip()
         if not question:
             return None
         # The question is rendered by code (orchestrator/escalations.py) and says how to answer;
         # a reply to this very message is the answer.
         text = (f"<b>{html_lib.escape(_name(run))} · run #{run.id} needs you.</b>\n"
-                f"{html_lib.escape(question[:3000])}")
+                f"{html_lib.escape(shorten(question, 3000))}")
         return text, True, payload.get("escalation_id")
     if kind == RunEvent.Type.NOTIFIED:
-        # The final message, rendered by the Notify stage from the database (URL or reason).
+        if run.status in (PipelineRun.Status.FAILED, PipelineRun.Status.CANCELLED):
+            return run_ended_text(run), False, None
+        # The final message, rendered by the Notify stage from the database (the live URL).
         text = str(payload.get("text") or run.result_message or "").strip()
         return (text, False, None) if text else None
     return None
+
+
+def run_reason_for_person(run: PipelineRun) -> str:
+    """Why a run stopped, in a sentence or two for the person who asked for it.
+
+    Their own reasons (a description not understood, a question left unanswered, a budget) are
+    told in short, from the first line of the recorded reason; anything about the installation
+    is not theirs to fix, and they are told so.
+    """
+    if run.status == PipelineRun.Status.CANCELLED:
+        return shorten(run.error_message or "Cancelled.", 200)
+    if run.error_code in PERSON_REASONS and run.error_message.strip():
+        return shorten(run.error_message.strip().splitlines()[0], 300)
+    return OUR_SIDE
+
+
+def run_ended_text(run: PipelineRun) -> str:
+    """The one message that tells a person their run failed or was cancelled."""
+    name = f"{_name(run)} · run #{run.id}"
+    if run.status == PipelineRun.Status.CANCELLED:
+        return f"{name} is cancelled. {run_reason_for_person(run)}"
+    if run.error_code == "description_not_understood":
+        return (f"{name}: I could not plan this. {run_reason_for_person(run)}\n"
+                "Send /examples to see what I can build, then describe it again.")
+    doing = STAGE_DOING.get(run.current_stage, "working on it")
+    return f"{name} stopped while {doing}. {run_reason_for_person(run)}"
 
 
 def _tests_failed(event: RunEvent, run: PipelineRun, payload: dict) -> str:
@@ -146,54 +239,72 @@ def _tests_failed(event: RunEvent, run: PipelineRun, payload: dict) -> str:
 
 
 # --- delivery records (written by the engine's notify task) ----------------------------
-def message_claim_attempt(*, message_id: int, attempts_seen: int) -> int | None:
-    """Count one delivery attempt, if the message is still pending and nobody counted it since.
-
-    Returns the attempt's number, or None if another delivery got there first.
-    """
+# An attempt is claimed (pending → sending, fenced by the attempt count) before the HTTP call,
+# and closed by exactly one of: sent, released for a retry, failed, blocked. Only a claim that
+# went stale (its process died) is ever taken over, so a message is never sent by two live
+# attempts at once. See docs/ARCHITECTURE.md for the window that remains.
+def message_claim(*, message_id: int, attempts_seen: int) -> int | None:
+    """Claim one delivery attempt: pending and due → sending. Returns the attempt's number, or
+    None if another delivery claimed it first (or it is not due yet)."""
+    now = timezone.now()
     done = OutboundMessage.objects.filter(
-        id=message_id, status=OutboundMessage.Status.PENDING, attempts=attempts_seen
-    ).update(attempts=attempts_seen + 1)
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
+        id=message_id, status=OutboundMessage.Status.PENDING, attempts=attempts_seen,
+    ).update(status=OutboundMessage.Status.SENDING, attempts=attempts_seen + 1, claimed_at=now)
     return attempts_seen + 1 if done else None
 
 
-def message_note_error(*, message_id: int, error: str) -> None:
-    """A failed attempt that will be retried: keep its reason."""
-    OutboundMessage.objects.filter(id=message_id, status=OutboundMessage.Status.PENDING).update(error=error[:2000])
+def message_release(*, message_id: int, attempt: int, error: str, retry_in: float) -> bool:
+    """The attempt failed in a way that may pass: pending again, due in ``retry_in`` seconds."""
+    return bool(OutboundMessage.objects.filter(
+        id=message_id, status=OutboundMessage.Status.SENDING, attempts=attempt,
+    ).update(status=OutboundMessage.Status.PENDING, error=error[:2000],
+             next_attempt_at=timezone.now() + timedelta(seconds=retry_in)))
 
 
-@transaction.atomic
-def message_mark_sent(*, message_id: int, telegram_message_id: int) -> bool:
-    """Delivered. A question's message id goes on its escalation too, so a reply to it is the answer."""
-    from agents.models import Escalation
-
-    done = OutboundMessage.objects.filter(id=message_id, status=OutboundMessage.Status.PENDING).update(
-        status=OutboundMessage.Status.SENT, telegram_message_id=telegram_message_id, sent_at=timezone.now(),
-        error="",
-    )
+def message_take_over(*, message_id: int, attempt: int, claimed_before) -> bool:
+    """An attempt that never finished (claimed before ``claimed_before``, past any live attempt's
+    time limit): pending again, so it is sent once more. Telegram may have it already."""
+    done = OutboundMessage.objects.filter(
+        id=message_id, status=OutboundMessage.Status.SENDING, attempts=attempt, claimed_at__lt=claimed_before,
+    ).update(status=OutboundMessage.Status.PENDING, next_attempt_at=None,
+             error=f"Attempt {attempt} did not finish; sent again (Telegram may have had it).")
     if done:
-        escalation_id = OutboundMessage.objects.filter(id=message_id).values_list("escalation_id", flat=True).first()
-        if escalation_id:
-            Escalation.objects.filter(id=escalation_id).update(telegram_message_id=telegram_message_id)
+        log.warning("telegram_send_uncertain", message_id=message_id, attempt=attempt)
     return bool(done)
 
 
-def message_mark_failed(*, message_id: int, error: str) -> bool:
-    return bool(OutboundMessage.objects.filter(id=message_id, status=OutboundMessage.Status.PENDING).update(
-        status=OutboundMessage.Status.FAILED, error=error[:2000]
+def _fence(message_id: int, attempt: int | None):
+    rows = OutboundMessage.objects.filter(id=message_id)
+    if attempt is None:
+        return rows.filter(status__in=OutboundMessage.UNFINISHED)
+    return rows.filter(status=OutboundMessage.Status.SENDING, attempts=attempt)
+
+
+def message_mark_sent(*, message_id: int, telegram_message_id: int) -> bool:
+    """Telegram accepted it. Whichever attempt learns that first records it: a late report of
+    an attempt taken over still stops the message from going out again."""
+    return bool(OutboundMessage.objects.filter(id=message_id, status__in=OutboundMessage.UNFINISHED).update(
+        status=OutboundMessage.Status.SENT, telegram_message_id=telegram_message_id, sent_at=timezone.now(),
+        next_attempt_at=None, error="",
     ))
 
 
+def message_mark_failed(*, message_id: int, error: str, attempt: int | None = None) -> bool:
+    return bool(_fence(message_id, attempt).update(status=OutboundMessage.Status.FAILED, error=error[:2000],
+                                                  next_attempt_at=None))
+
+
 @transaction.atomic
-def message_mark_blocked(*, message_id: int, error: str) -> bool:
+def message_mark_blocked(*, message_id: int, error: str, attempt: int | None = None) -> bool:
     """The chat refuses our messages: this one is not retried, and the account stops getting any."""
     message = OutboundMessage.objects.filter(id=message_id).first()
     if message is None:
         return False
-    done = OutboundMessage.objects.filter(id=message_id, status=OutboundMessage.Status.PENDING).update(
-        status=OutboundMessage.Status.BLOCKED, error=error[:2000]
-    )
-    account_mark_blocked(account_id=message.account_id, reason=error)
+    done = _fence(message_id, attempt).update(status=OutboundMessage.Status.BLOCKED, error=error[:2000],
+                                              next_attempt_at=None)
+    if message.account_id is not None:
+        account_mark_blocked(account_id=message.account_id, reason=error)
     return bool(done)
 
 
@@ -214,23 +325,34 @@ def account_mark_blocked(*, account_id: int, reason: str) -> None:
 def message_resend(*, message_id: int) -> bool:
     """An operator sends a failed message again (not a blocked one: unblock the account first)."""
     message = OutboundMessage.objects.select_related("account").filter(id=message_id).first()
-    if message is None or message.status != OutboundMessage.Status.FAILED or message.account.blocked_at:
+    if message is None or message.status != OutboundMessage.Status.FAILED or (
+            message.account is not None and message.account.blocked_at):
         return False
-    OutboundMessage.objects.filter(id=message_id).update(status=OutboundMessage.Status.PENDING, attempts=0, error="")
-    transaction.on_commit(lambda: current_app.send_task(SEND_TASK, kwargs={"message_id": message_id}))
+    OutboundMessage.objects.filter(id=message_id).update(status=OutboundMessage.Status.PENDING, attempts=0, error="",
+                                                         next_attempt_at=None)
+    _enqueue(message_id)
     return True
 
 
-def messages_requeue_stale(*, older_than_seconds: float) -> list[int]:
-    """Pending messages nobody delivered for a long while (their task message was lost):
-    enqueue their delivery again. The DB is the truth; the broker is transport."""
-    from datetime import timedelta
+def messages_requeue_stale(*, older_than_seconds: float, sending_stale_seconds: float | None = None) -> list[int]:
+    """Chats whose delivery seems lost: enqueue their delivery again (the DB is the truth; the
+    broker is transport). One task per chat is enough: it sends the chat's messages in order.
 
-    from celery import current_app
-
-    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    ids = list(OutboundMessage.objects.filter(status=OutboundMessage.Status.PENDING, created_at__lt=cutoff)
-               .order_by("id").values_list("id", flat=True)[:500])
+    A pending message is stale once due (created, or its retry due) ``older_than_seconds`` ago; a
+    message being sent only once its claim is ``sending_stale_seconds`` old (its attempt is
+    over: taking it over earlier could send it twice). Returns the ids the tasks were sent for.
+    """
+    now = timezone.now()
+    stale = Q(status=OutboundMessage.Status.PENDING) & Q(
+        due__lt=now - timedelta(seconds=older_than_seconds))
+    if sending_stale_seconds is not None:
+        stale |= Q(status=OutboundMessage.Status.SENDING, claimed_at__lt=now - timedelta(seconds=sending_stale_seconds))
+    rows = (OutboundMessage.objects.annotate(due=Coalesce(F("next_attempt_at"), F("created_at")))
+            .filter(stale).order_by("id").values_list("chat_id", "id")[:500])
+    first_per_chat: dict[int, int] = {}
+    for chat_id, message_id in rows:
+        first_per_chat.setdefault(chat_id, message_id)
+    ids = sorted(first_per_chat.values())
     for message_id in ids:
-        current_app.send_task("notify.send_message", kwargs={"message_id": message_id})
+        current_app.send_task(SEND_TASK, kwargs={"message_id": message_id})
     return ids

@@ -12,7 +12,9 @@ What a test does with it:
 - read what the bot sent (``sent``, ``texts_to``, ``wait_for_sent``) and every call (``calls``);
 - script failures: the next N calls of a method answer 429 with ``retry_after`` (``rate_limit``),
   403 "bot was blocked by the user" (``forbid``), 400 "can't parse entities" (``reject_entities``),
-  5xx (``server_error``); ``block(chat_id)`` makes a chat refuse for good.
+  5xx (``server_error``); ``block(chat_id)`` makes a chat refuse for good; ``hold_answer`` acts on
+  the next call of a method at once but answers it only after a delay (the answer of a call
+  Telegram accepted, still on its way when the client dies or gives up).
 Thread-safe: the HTTP server answers each request on its own thread.
 """
 from __future__ import annotations
@@ -141,6 +143,7 @@ class FakeTelegram:
         self.webhook: dict[str, Any] = {"url": "", "secret_token": None}
         self.blocked_chats: set[int] = set()
         self._failures: dict[str, list[Failure]] = {}
+        self._holds: dict[str, list[float]] = {}
         self._updates: list[dict] = []  # not yet confirmed by an offset
         self._messages: dict[tuple[int, int], dict] = {}  # (chat id, message id) → message
         self._chats: dict[int, _Chat] = {}
@@ -181,6 +184,9 @@ class FakeTelegram:
                     fake._record(method, params, exc.status)
                     return self._send(exc.status, exc.body())
                 fake._record(method, params, 200)
+                hold = fake._take_hold(method)
+                if hold:
+                    time.sleep(hold)
                 self._send(200, {"ok": True, "result": result})
 
             def _send(self, status: int, body: dict) -> None:
@@ -239,6 +245,16 @@ class FakeTelegram:
 
     def server_error(self, method: str = "sendMessage", *, times: int = 1, status: int = 502) -> None:
         self.fail(method, status, "Bad Gateway" if status == 502 else "Internal Server Error", times=times)
+
+    def hold_answer(self, method: str = "sendMessage", *, seconds: float, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` take effect at once, but are answered ``seconds`` later."""
+        with self._cond:
+            self._holds.setdefault(method.lower(), []).extend([seconds] * times)
+
+    def _take_hold(self, method: str) -> float:
+        with self._cond:
+            queue = self._holds.get(method.lower())
+            return queue.pop(0) if queue else 0.0
 
     def block(self, chat_id: int) -> None:
         """The person blocked the bot: every later message to the chat is refused with 403."""

@@ -1,11 +1,14 @@
-"""People in Telegram for these tests: a linked person, a stranger, and the webhook as Telegram calls it."""
+"""People in Telegram for these tests: a linked person, a stranger, the webhook as Telegram calls it,
+and the outbox delivered the way the ``notify.send_message`` task delivers it."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from orchestrator.telegram import delivery
 from projects import people
+from projects.models import OutboundMessage
 from tests.fakes.telegram_server import user as tg_user
 
 ADA_TG = 4242
@@ -30,8 +33,20 @@ def ada(user, ada_tg):
     return user
 
 
-def post_update(client, update, *, secret: str | None = "webhook-secret-for-tests", raw: bytes | None = None):
-    """Deliver an update to the webhook the way Telegram does."""
+def deliver_outbox() -> None:
+    """Deliver every queued message, as the notify task does (for tests without a Celery worker:
+    their transaction is never committed, so no task is enqueued)."""
+    for message_id in OutboundMessage.objects.filter(status="pending").values_list("id", flat=True):
+        delivery.message_send(message_id=message_id)
+
+
+def post_update(client, update, *, secret: str | None = "webhook-secret-for-tests", raw: bytes | None = None,
+                deliver: bool = True):
+    """Deliver an update to the webhook the way Telegram does; then (``deliver``) send the answers
+    it queued, as the notify task would."""
     headers = {} if secret is None else {"HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN": secret}
     body = raw if raw is not None else json.dumps(update)
-    return client.post("/telegram/webhook/", data=body, content_type="application/json", **headers)
+    response = client.post("/telegram/webhook/", data=body, content_type="application/json", **headers)
+    if deliver:
+        deliver_outbox()
+    return response

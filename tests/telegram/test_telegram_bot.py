@@ -5,6 +5,7 @@ with a message, and what it answers.
 """
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +19,7 @@ from structlog.testing import capture_logs
 from projects import deployments, people, runs, services
 from projects.models import Invite, PipelineRun, Project, TelegramAccount
 from tests.fakes.telegram_server import user as tg_user
-from tests.telegram.conftest import ADA_TG, BOB_TG, STRANGER_TG, post_update
+from tests.telegram.conftest import ADA_TG, BOB_TG, STRANGER_TG, deliver_outbox, post_update
 
 pytestmark = pytest.mark.django_db
 
@@ -57,6 +58,7 @@ def test_a_linked_person_creates_a_project_through_runbot_polling(telegram, ada,
     telegram.say(ada_tg, GREETER)
 
     call_command("runbot", "--once", "--timeout", "1")
+    deliver_outbox()
 
     run = PipelineRun.objects.get(project__owner=ada)
     assert f"run #{run.id} is queued" in only_reply(telegram, ADA_TG)
@@ -352,3 +354,101 @@ def test_a_person_writing_again_updates_their_chat_and_lifts_a_block(client, tel
 
     account = TelegramAccount.objects.get(user=ada)
     assert (account.chat_id, account.blocked_at, account.blocked_reason) == (ADA_TG, None, "")
+
+
+# --- what people really send ----------------------------------------------------------------
+@pytest.mark.parametrize("text", ["a web service that greets\x00 people", "/new greets \x00 people", "/status \x00",
+                                  "/answer use\x00flask"])
+def test_a_message_with_a_nul_character_is_refused_with_a_clear_answer_and_changes_nothing(client, telegram, ada,
+                                                                                            ada_tg, text):
+    with capture_logs() as logs:
+        response = post_update(client, telegram.make_update(from_user=ada_tg, text=text))
+
+    assert response.status_code == 200 and response.json()["handled"] is True
+    assert only_reply(telegram, ADA_TG).startswith("I can't read that message: it contains a character I can't store")
+    assert not Project.objects.exists()
+    assert not any(entry["event"] == "telegram_handler_crashed" for entry in logs)
+
+
+def test_text_that_is_not_unicode_is_refused_like_a_nul(client, telegram, ada, ada_tg):
+    update = telegram.make_update(from_user=ada_tg, text="PLACEHOLDER")
+    body = json.dumps(update).replace("PLACEHOLDER", "greets \\ud800 people").encode()  # a lone surrogate
+
+    post_update(client, None, raw=body)
+
+    assert only_reply(telegram, ADA_TG).startswith("I can't read that message")
+    assert not Project.objects.exists()
+
+
+def test_a_sender_name_postgresql_cannot_store_rejects_the_update_without_a_crash(client, telegram, ada):
+    sender = tg_user(ADA_TG, first_name="Ada", username="ada\x00")
+
+    with capture_logs() as logs:
+        response = post_update(client, telegram.make_update(from_user=sender, text=GREETER))
+
+    assert response.status_code == 200 and response.json()["handled"] is False
+    assert any(entry["event"] == "telegram_update_rejected" for entry in logs)
+    assert not Project.objects.exists() and telegram.calls == []
+
+
+@pytest.mark.parametrize("command", ["/NEW", "/New", "/new@factory_test_bot", "/NEW@Factory_Test_Bot"])
+def test_commands_are_case_insensitive_and_may_name_the_bot(client, telegram, ada, ada_tg, command):
+    post_update(client, telegram.make_update(from_user=ada_tg, text=f"{command} {GREETER}"))
+    post_update(client, telegram.make_update(from_user=ada_tg, text=command.replace("ew", "elp").replace("EW", "ELP")))
+    post_update(client, telegram.make_update(from_user=ada_tg, text="/Status"))
+
+    project = Project.objects.get(owner=ada)
+    assert project.description == GREETER
+    created, help_text, status = telegram.texts_to(ADA_TG)
+    assert "is queued" in created and "/status [project]" in help_text
+    assert status.startswith(f"Project (#{project.id})")
+
+
+def test_a_person_starting_projects_too_fast_is_told_to_wait_and_nothing_more_is_created(client, telegram, ada,
+                                                                                         ada_tg, settings):
+    settings.PROJECT_CREATE_LIMIT, settings.PROJECT_CREATE_WINDOW_SECONDS = 2, 600
+
+    for _ in range(4):
+        post_update(client, telegram.make_update(from_user=ada_tg, text=GREETER))
+
+    assert Project.objects.filter(owner=ada).count() == 2
+    first, second, third, fourth = telegram.texts_to(ADA_TG)
+    assert "is queued" in first and "is queued" in second
+    assert third == fourth == ("You have started 2 projects in the last 10 minutes; the limit is 2. "
+                               "Please wait a little before starting another.")
+
+
+def test_an_answer_that_meets_a_429_is_kept_and_sent_when_telegram_allows(client, telegram, ada, ada_tg):
+    from projects.models import OutboundMessage
+
+    telegram.rate_limit(retry_after=3)
+
+    post_update(client, telegram.make_update(from_user=ada_tg, text="/help"))
+
+    answer = OutboundMessage.objects.get(chat_id=ADA_TG)
+    assert (answer.status, answer.attempts) == ("pending", 1) and "429" in answer.error
+    assert telegram.texts_to(ADA_TG) == []
+    OutboundMessage.objects.filter(id=answer.id).update(next_attempt_at=timezone.now())  # 3 s later
+    deliver_outbox()
+    assert "/status [project]" in only_reply(telegram, ADA_TG)
+    assert [c.status for c in telegram.calls_of("sendMessage")] == [429, 200]
+
+
+def test_examples_lists_what_the_scripted_architect_builds_once(client, telegram, ada, ada_tg):
+    post_update(client, telegram.make_update(from_user=ada_tg, text="/examples"))
+
+    reply = only_reply(telegram, ADA_TG)
+    assert reply.startswith("I can build web services that do these things")
+    assert "greets people by name, e.g. “a web service that greets people by name”" in reply
+    assert reply.count("greets people by name,") == 1
+    assert "LLM" not in reply and "admin" not in reply and len(reply) < 1200
+
+
+def test_a_strangers_refusal_goes_through_the_outbox_too(client, telegram, stranger_tg):
+    from projects.models import OutboundMessage
+
+    post_update(client, telegram.make_update(from_user=stranger_tg, text="hello"))
+
+    refusal = OutboundMessage.objects.get()
+    assert (refusal.account, refusal.chat_id, refusal.status) == (None, STRANGER_TG, "sent")
+    assert refusal.telegram_message_id == telegram.sent[0].message_id

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections, connection
 
 from config.errors import AppError
-from projects import bot
+from orchestrator.telegram import handlers as bot
 
 log = structlog.get_logger(__name__)
 

@@ -1,17 +1,23 @@
-"""The Telegram edge for the engine: send and delete messages, ask who the bot is.
+"""The Bot API edge: the one module that uses pyTelegramBotAPI.
 
-A small client around pyTelegramBotAPI, built lazily on each call from settings (never at
-import). Its errors are sorted here, once:
+The TeleBot is built in exactly one function (``_bot``), and ``apihelper.API_URL`` is set in
+exactly one place (``_configure``, from settings.TELEGRAM_API_URL), on every call, never at
+import. What goes in and out are our own values (ints, strings, dicts of the raw JSON, the
+dataclasses below): no telebot object leaves this module.
+
+Errors are sorted here, once:
 
 - 429 → ``RateLimited`` (transient) carrying Telegram's ``retry_after``;
 - 403 (bot blocked, user deactivated, kicked) and 400 "chat not found" → ``ChatUnavailable``;
 - 400 "can't parse entities" → ``FormattingRejected``;
 - 5xx, timeouts, connection errors, unreadable answers → ``TransientError``;
-- any other 4xx → ``PermanentError``.
+- 401/404 (the token) → ``PermanentError`` ``telegram_unauthorized``; any other 4xx → ``PermanentError``.
 
-No telebot object leaves this module, and no error message carries the token (requests' own
-messages contain the URL, which does): messages are written here from the status and Telegram's
-description only.
+``TransientError.extra["maybe_delivered"]`` says whether Telegram may have acted on the call
+although we got no answer (a read timeout, a connection lost after the request went out, a 5xx
+from Telegram's front end): the delivery records that, because a retry may then duplicate it.
+No error message carries the token (requests' own messages contain the URL, which does):
+messages are written here from the status and Telegram's description only.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ class RateLimited(TransientError):
     code = "telegram_rate_limited"
 
     def __init__(self, message: str, *, retry_after: int):
-        super().__init__(message, extra={"retry_after": retry_after})
+        super().__init__(message, extra={"retry_after": retry_after, "maybe_delivered": False})
         self.retry_after = retry_after
 
 
@@ -58,6 +64,7 @@ class BotIdentity:
     first_name: str
 
 
+# --- the calls ---------------------------------------------------------------------------
 def send_message(chat_id: int, text: str, *, html: bool = False, reply_to: int | None = None) -> int:
     """Send a text message; return Telegram's message id."""
     from telebot import types
@@ -83,16 +90,48 @@ def get_me() -> BotIdentity:
     return BotIdentity(id=int(me.id), username=me.username or "", first_name=me.first_name or "")
 
 
-def _bot():
-    """A client for the configured bot. Cheap to build; built per call so settings always apply."""
-    import telebot
+def get_updates(*, offset: int | None, timeout: int, limit: int | None = None) -> list[Any]:
+    """One getUpdates (long polling ``timeout`` seconds): the raw updates, as JSON values.
+
+    Raw on purpose: the handlers validate each one with pydantic, and one malformed update must
+    not cost the others (telebot's own parsing would fail the whole batch).
+    """
+    from telebot import apihelper
+
+    token = _configure()
+    found = _call("getUpdates", lambda: apihelper.get_updates(
+        token, offset=offset, limit=limit, long_polling_timeout=max(1, timeout)))
+    return list(found or [])
+
+
+def set_webhook(*, url: str, secret_token: str) -> None:
+    bot = _bot()
+    _call("setWebhook", lambda: bot.set_webhook(url=url, secret_token=secret_token, allowed_updates=["message"]))
+
+
+def delete_webhook() -> None:
+    bot = _bot()
+    _call("deleteWebhook", bot.delete_webhook)
+
+
+# --- the client ----------------------------------------------------------------------------
+def _configure() -> str:
+    """Point telebot at the configured Bot API (the one place API_URL is set); return the token."""
     from telebot import apihelper
 
     token = settings.TELEGRAM_BOT_TOKEN
     if not token:
-        raise PermanentError("TELEGRAM_BOT_TOKEN is not set, so the factory cannot write to Telegram.",
+        raise PermanentError("TELEGRAM_BOT_TOKEN is not set, so the factory cannot talk to Telegram.",
                              code="telegram_not_configured")
     apihelper.API_URL = settings.TELEGRAM_API_URL
+    return token
+
+
+def _bot():
+    """The one place a TeleBot is built. Cheap; built per call so settings always apply."""
+    import telebot
+
+    token = _configure()
     try:
         return telebot.TeleBot(token, threaded=False)
     except ValueError as exc:  # telebot's token format check; its message does not echo the token
@@ -112,12 +151,30 @@ def _call(method: str, fn: Callable[[], T]) -> T:
         raise sort_api_error(method, status, getattr(exc.result, "reason", "") or "no JSON body", {}) from None
     except apihelper.ApiInvalidJSONException:
         raise TransientError(f"Telegram answered {method} with something that is not JSON.",
-                             code="telegram_bad_answer") from None
+                             code="telegram_bad_answer", extra={"maybe_delivered": True}) from None
+    except requests.ConnectTimeout:
+        raise TransientError(f"Telegram could not be reached for {method} (ConnectTimeout).",
+                             code="telegram_unreachable", extra={"maybe_delivered": False}) from None
     except requests.Timeout:
-        raise TransientError(f"Telegram did not answer {method} in time.", code="telegram_timeout") from None
+        raise TransientError(f"Telegram did not answer {method} in time.", code="telegram_timeout",
+                             extra={"maybe_delivered": True}) from None
+    except requests.ConnectionError as exc:
+        # Refused or unresolvable: nothing went out. A connection lost mid-call: it may have.
+        sent = not _never_connected(exc)
+        raise TransientError(f"Telegram could not be reached for {method} ({type(exc).__name__}).",
+                             code="telegram_unreachable", extra={"maybe_delivered": sent}) from None
     except requests.RequestException as exc:
         raise TransientError(f"Telegram could not be reached for {method} ({type(exc).__name__}).",
-                             code="telegram_unreachable") from None
+                             code="telegram_unreachable", extra={"maybe_delivered": True}) from None
+
+
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    """True when the connection was never made (so the request cannot have reached Telegram)."""
+    from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+    reason = exc.args[0] if exc.args else None
+    inner = getattr(reason, "reason", reason)
+    return isinstance(inner, (NewConnectionError, NameResolutionError, ConnectionRefusedError))
 
 
 def sort_api_error(method: str, status: int, description: str, parameters: dict[str, Any]):
@@ -135,7 +192,8 @@ def sort_api_error(method: str, status: int, description: str, parameters: dict[
     if status == 400 and "can't parse entities" in lowered:
         return FormattingRejected(text)
     if status >= 500 or status == 0:
-        return TransientError(text, code="telegram_unavailable")
+        # A 5xx may come from Telegram's front end after the back end acted: it may be delivered.
+        return TransientError(text, code="telegram_unavailable", extra={"maybe_delivered": True})
     if status == 401 or status == 404:
         return PermanentError(f"Telegram does not accept the bot token ({status} {description}).",
                               code="telegram_unauthorized")

@@ -1,1 +1,0 @@
-"""Clients of outside services. Each module is the one place its SDK is used; nothing of the SDK leaves it."""

@@ -1,0 +1,458 @@
+"""The Telegram bot: an interface like the API. Parse the message, call one service, render the answer.
+
+Long polling (``manage.py runbot``) and the webhook (``orchestrator/telegram/webhook.py``) hand
+raw updates to ``handle_update``, which validates them with pydantic before anything else: a
+malformed update is logged and ignored, and nothing changes. The command is then looked up here
+(case-insensitive: ``/NEW`` is ``/new``; ``/new@our_bot`` too); no SDK object is involved.
+
+Who may do what: a Telegram user is someone only through a TelegramAccount. Unknown users are
+refused with their Telegram id shown, except ``/start <invite code>`` (fail closed). Only private
+chats are served. Text PostgreSQL cannot store (NUL characters, lone surrogates) is refused with
+a clear answer before any handler sees it.
+
+Every answer goes through the outbox (``projects.notifications.reply_queue``), like everything
+the system says: written in the same transaction as what the command did, then delivered in
+order by the ``notify.send_message`` task, so a 429 or a hiccup is retried, not lost.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+import structlog
+from django.conf import settings
+from django.db import transaction
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
+
+from agents import selectors as agent_selectors
+from agents import services as agent_services
+from agents.models import Backend, Role
+from agents.scripted.catalogue import CATALOGUE
+from config.errors import AppError, PermanentError, TransientError, ValidationFailed
+from orchestrator.telegram import transport
+from projects import notifications, people, runs, services
+from projects.health import release_health
+from projects.models import TelegramAccount
+
+log = structlog.get_logger(__name__)
+
+MAX_TEXT = 4096
+HELP = (
+    "I build and deploy services from a description. Just write what you want, e.g. "
+    "“a web service that greets people by name”.\n\n"
+    "/new <description> – start a project\n"
+    "/examples – what I can build\n"
+    "/projects – your projects\n"
+    "/status [project] – a project's run, stage, cost, live URL and health\n"
+    "/cancel [project] – stop a run in progress\n"
+    "/answer <text> – answer the question I asked you (or simply reply to it)\n"
+    "/budget <dollars> – raise the budget of a run that waits for it\n"
+    "/help – this message"
+)
+NOT_A_QUESTION = ("That message is not a question waiting for an answer (it may have been answered already). "
+                  "To start a new project, send /new <description>.")
+UNREADABLE = ("I can't read that message: it contains a character I can't store (such as a NUL character). "
+              "Please send it again as plain text.")
+CRASHED = "Something went wrong on my side. Please try again in a minute."
+# What a message may carry besides text; anything else without text (a service message) is ignored.
+MEDIA = ("animation", "audio", "document", "photo", "sticker", "story", "video", "video_note", "voice",
+         "contact", "dice", "game", "poll", "venue", "location", "paid_media")
+
+
+def storable(text: str) -> bool:
+    """Whether PostgreSQL can store the text: no NUL character, nothing that is not UTF-8."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800")
+        return False
+    return True
+
+
+def _storable(text: str) -> str:
+    if not storable(text):
+        raise ValueError("contains characters that cannot be stored (NUL or a lone surrogate)")
+    return text
+
+
+# --- the edge: what an update must look like -------------------------------------------
+class _Edge(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+class TgUser(_Edge):
+    id: StrictInt
+    is_bot: StrictBool = False
+    first_name: Annotated[str, AfterValidator(_storable)] = Field(default="", max_length=256)
+    username: Annotated[str, AfterValidator(_storable)] | None = Field(default=None, max_length=64)
+
+
+class TgChat(_Edge):
+    id: StrictInt
+    type: Literal["private", "group", "supergroup", "channel"]
+
+
+class TgReplied(_Edge):
+    message_id: StrictInt
+    from_: TgUser | None = Field(default=None, alias="from")
+
+
+class TgMessage(_Edge):
+    message_id: StrictInt
+    date: StrictInt
+    chat: TgChat
+    from_: TgUser | None = Field(default=None, alias="from")
+    text: str | None = Field(default=None, max_length=MAX_TEXT)
+    reply_to_message: TgReplied | None = None
+    media: tuple[str, ...] = ()  # which of MEDIA the message carries
+    # The text cannot be stored (NUL, a lone surrogate): the message is answered, not ignored,
+    # and its text is dropped here so nothing downstream ever sees it.
+    unreadable: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prepare(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**data, "media": tuple(kind for kind in MEDIA if kind in data), "unreadable": False}
+            if isinstance(data.get("text"), str) and not storable(data["text"]):
+                data.update(text="", unreadable=True)
+        return data
+
+
+class TgUpdate(_Edge):
+    update_id: StrictInt
+    message: TgMessage | None = None
+
+
+def _errors(exc: ValidationError) -> list[str]:
+    """Where an update is wrong, without echoing its content."""
+    return [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]]
+
+
+def handle_update(raw: Any) -> bool:
+    """Validate one raw update and handle its message. False when it was ignored."""
+    try:
+        update = TgUpdate.model_validate(raw)
+    except ValidationError as exc:
+        log.warning("telegram_update_rejected", errors=_errors(exc))
+        return False
+    if update.message is None:
+        log.info("telegram_update_ignored", update_id=update.update_id, reason="not a new message")
+        return False
+    handle_message(update.message)
+    return True
+
+
+# --- a message ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Incoming:
+    message: TgMessage
+    sender: TgUser
+    account: TelegramAccount | None
+    args: str  # what follows the command (or the whole text of a plain message)
+
+    @property
+    def user(self):
+        return self.account.user  # handlers that run for known people only
+
+
+def parse_command(text: str) -> tuple[str | None, str]:
+    """(command, what follows) of ``/Cmd@bot args``; (None, the stripped text) for plain text.
+
+    Commands are case-insensitive, and a ``@botname`` suffix is dropped.
+    """
+    if not text.startswith("/"):
+        return None, text.strip()
+    parts = text.split(maxsplit=1)
+    command = parts[0][1:].split("@", 1)[0].lower()
+    return command, parts[1].strip() if len(parts) > 1 else ""
+
+
+def refusal(telegram_user_id: int) -> str:
+    return (f"Sorry, I only work for people I know. Your Telegram id is {telegram_user_id}. "
+            "Send it to an operator to be let in, or send /start <invite code> if you have one.")
+
+
+def handle_message(message: TgMessage) -> None:
+    if message.chat.type != "private":
+        log.info("telegram_message_ignored", reason="not a private chat", chat_type=message.chat.type)
+        return
+    sender = message.from_
+    if sender is None or sender.is_bot:
+        log.info("telegram_message_ignored", reason="no human sender", chat_id=message.chat.id)
+        return
+    handler, args = _route(message)
+    if handler is None:
+        log.info("telegram_message_ignored", reason="neither text nor media", chat_id=message.chat.id)
+        return
+    account = people.account_for_telegram_user(telegram_user_id=sender.id)
+    if account is not None:
+        people.account_seen(account_id=account.id, chat_id=message.chat.id, username=sender.username or "")
+
+    def reply(text: str) -> None:
+        notifications.reply_queue(chat_id=message.chat.id, account_id=account.id if account else None, text=text)
+
+    if account is None and handler is not Handlers.start:
+        log.info("telegram_unknown_user_refused", telegram_user_id=sender.id, handler=handler.__name__)
+        reply(refusal(sender.id))
+        return
+    if message.unreadable:
+        log.info("telegram_message_unreadable", telegram_user_id=sender.id, handler=handler.__name__)
+        reply(UNREADABLE)
+        return
+    try:
+        # The answer is committed with what the command did: it goes out before anything that
+        # follows from it (the run's first stage is enqueued only on this commit).
+        with transaction.atomic():
+            answer = handler(Incoming(message, sender, account, args))
+            if answer:
+                reply(answer)
+    except AppError as exc:
+        reply(exc.message)
+    except Exception:  # a bug: the person hears so, the trace goes to the log
+        log.exception("telegram_handler_crashed", handler=handler.__name__, telegram_user_id=sender.id)
+        reply(CRASHED)
+
+
+def _route(message: TgMessage) -> tuple[Callable[[Incoming], str | None] | None, str]:
+    if message.text is None:
+        return (Handlers.not_text, "") if message.media else (None, "")
+    command, args = parse_command(message.text)
+    if command is None:
+        return Handlers.text, args
+    return COMMANDS.get(command, Handlers.unknown_command), args
+
+
+class Handlers:
+    """One function per command: an Incoming in, the answer's text out (or an AppError)."""
+
+    @staticmethod
+    def start(inc: Incoming) -> str:
+        if inc.account is not None:
+            note = " The invite code was not used." if inc.args else ""
+            return f"Welcome back, {inc.account.user.username}.{note}\n\n{HELP}"
+        if not inc.args:
+            return refusal(inc.sender.id)
+        account = people.invite_redeem(code=inc.args, telegram_user_id=inc.sender.id, chat_id=inc.message.chat.id,
+                                       username=inc.sender.username or "")
+        return f"Welcome! You're in as {account.user.username}.\n\n{HELP}"
+
+    @staticmethod
+    def help(inc: Incoming) -> str:
+        return HELP
+
+    @staticmethod
+    def examples(inc: Incoming) -> str:
+        if agent_services.agent_config_for(role=Role.ARCHITECT).backend == Backend.SCRIPTED:
+            head = "I can build web services that do these things, one or several together:"
+        else:
+            head = "Some things you can ask for (describe yours in a sentence):"
+        lines = [f"• {feature.does}, e.g. “{feature.example}”" for feature in CATALOGUE]
+        return "\n".join([head, *lines, "", "Send /new <description>, or simply write it."])
+
+    @staticmethod
+    def new(inc: Incoming) -> str:
+        project, run = services.project_create(owner=inc.user, description=inc.args)
+        return (f"Got it: project #{project.id}, run #{run.id} is queued. I'll write to you as it moves through "
+                f"planning, code, tests and deploy. /status {project.id} shows where it is.")
+
+    @staticmethod
+    def text(inc: Incoming) -> str:
+        if inc.message.reply_to_message is not None:
+            escalation = _replied_escalation(inc)
+            if escalation is None:
+                return NOT_A_QUESTION
+            return _answer(inc, escalation, action="guidance", answer=inc.args)
+        return Handlers.new(inc)
+
+    @staticmethod
+    def projects(inc: Incoming) -> str:
+        found = people.projects_of(user=inc.user)
+        if not found:
+            return "You have no projects yet. Describe a service to start one."
+        lines = []
+        for project in found:
+            run = project.latest_runs[0] if project.latest_runs else None
+            line = f"#{project.id} {project.name or '(not planned yet)'}"
+            line += f" ({project.slug})" if project.slug else ""
+            if run is not None:
+                line += f" – {run.get_status_display().lower()}"
+                if run.status in ("queued", "running", "waiting_human") and run.current_stage:
+                    line += f" at {run.current_stage}"
+            if project.live_deployments:
+                line += f"; live at {project.live_deployments[0].url}"
+            lines.append(line)
+        return "Your projects:\n" + "\n".join(lines)
+
+    @staticmethod
+    def status(inc: Incoming) -> str:
+        status = people.project_status(user=inc.user, ref=inc.args or None)
+        project, run = status.project, status.run
+        lines = [f"{project.name or 'Project'} (#{project.id}{', ' + project.slug if project.slug else ''})"]
+        if run is not None:
+            line = f"Run #{run.id}: {run.get_status_display().lower()}"
+            if run.current_stage:
+                line += f", stage {run.current_stage}"
+            if run.current_stage in ("developer", "tester"):
+                line += f", iteration {run.iteration} of {run.max_iterations}"
+            lines.append(line)
+            if run.status in ("failed", "cancelled"):
+                lines.append(f"Reason: {notifications.run_reason_for_person(run)}")
+        lines.append(f"Cost so far: ${status.cost_usd:.2f}")
+        if status.live is not None:
+            since = status.live.live_at.strftime("%Y-%m-%d %H:%M UTC") if status.live.live_at else "?"
+            lines.append(f"Live: {status.live.url} (since {since}), {_health(project.id)}")
+        elif status.last_deployment is not None:
+            lines.append(f"Not live. Last deploy: {status.last_deployment.status}")
+        else:
+            lines.append("Not deployed yet.")
+        return "\n".join(lines)
+
+    @staticmethod
+    def cancel(inc: Incoming) -> str:
+        if inc.message.reply_to_message is not None and not inc.args:
+            escalation = _replied_escalation(inc)
+            if escalation is not None:
+                return _answer(inc, escalation, action="cancel")
+        run = people.run_active(user=inc.user, ref=inc.args or None)
+        runs.run_cancel(run_id=run.id, user=inc.user)
+        return f"Run #{run.id} of {run.project} is cancelled. I'll confirm when it has stopped."
+
+    @staticmethod
+    def answer(inc: Incoming) -> str:
+        escalation = _escalation(inc)
+        if escalation is None:
+            return "Nothing is waiting for your answer right now."
+        if not inc.args:
+            return "Write your answer after /answer, e.g. /answer use the standard library only."
+        return _answer(inc, escalation, action="guidance", answer=inc.args)
+
+    @staticmethod
+    def budget(inc: Incoming) -> str:
+        escalation = _escalation(inc)
+        if escalation is None:
+            return "No run is waiting for more budget right now."
+        try:
+            amount = Decimal(inc.args.replace("$", "").replace("+", "").strip())
+        except InvalidOperation as exc:
+            raise ValidationFailed("Give the amount in dollars, e.g. /budget 5.", code="bad_budget") from exc
+        return _answer(inc, escalation, action="raise_budget", budget=amount)
+
+    @staticmethod
+    def unknown_command(inc: Incoming) -> str:
+        return f"I don't know that command.\n\n{HELP}"
+
+    @staticmethod
+    def not_text(inc: Incoming) -> str:
+        return "I understand text messages only."
+
+
+COMMANDS: dict[str, Callable[[Incoming], str | None]] = {
+    "start": Handlers.start, "help": Handlers.help, "examples": Handlers.examples, "new": Handlers.new,
+    "projects": Handlers.projects, "status": Handlers.status, "cancel": Handlers.cancel,
+    "answer": Handlers.answer, "budget": Handlers.budget,
+}
+
+
+def _health(project_id: int) -> str:
+    # The bot is an interface: like an admin action, it may ask for a read-only probe.
+    health = release_health(project_id=project_id)
+    if health is None:
+        return "health unknown"
+    return "healthy" if health.ok else f"unhealthy: {health.detail}"
+
+
+# --- questions (escalations) ----------------------------------------------------------
+def _replied_escalation(inc: Incoming):
+    """The open question the message replies to, if it is one of this person's."""
+    replied = inc.message.reply_to_message
+    return agent_selectors.escalation_for_reply(telegram_message_id=replied.message_id, user_id=inc.user.id)
+
+
+def _escalation(inc: Incoming):
+    """The question replied to, else the person's newest open question."""
+    if inc.message.reply_to_message is not None:
+        escalation = _replied_escalation(inc)
+        if escalation is not None:
+            return escalation
+    return agent_selectors.open_escalation_for_user(user_id=inc.user.id)
+
+
+def _answer(inc: Incoming, escalation, *, action: str, answer: str = "", budget: Decimal | None = None) -> str:
+    agent_services.escalation_answer(escalation_id=escalation.id, user=inc.user, action=action, answer=answer,
+                                     budget_increase_usd=budget)
+    run_id = escalation.run_id
+    if action == "cancel":
+        return f"Run #{run_id} is cancelled. I'll confirm when it has stopped."
+    if action == "raise_budget":
+        return f"Run #{run_id}: budget raised by ${budget:.2f}. It goes on."
+    return f"Thanks. Run #{run_id} goes on with your answer."
+
+
+# --- long polling and the webhook's registration ------------------------------------------
+class PollFailed(AppError):
+    """getUpdates failed. ``fatal``: it will not work by trying again (bad token, webhook set)."""
+
+    code = "telegram_poll_failed"
+
+    def __init__(self, message: str, *, fatal: bool):
+        super().__init__(message)
+        self.fatal = fatal
+
+
+def poll(*, offset: int | None, timeout: int) -> tuple[int | None, int]:
+    """One getUpdates (long polling ``timeout`` seconds); handle what came.
+
+    Returns the offset that confirms what was handled, and how many updates came.
+    """
+    try:
+        raw_updates = transport.get_updates(offset=offset, timeout=timeout)
+    except PermanentError as exc:
+        hint = " (a webhook is set: delete it with runbot --delete-webhook)" if "webhook" in exc.message else ""
+        raise PollFailed(f"getUpdates failed: {exc.message}{hint}", fatal=True) from None
+    except TransientError as exc:
+        raise PollFailed(f"getUpdates failed: {exc.message}", fatal=False) from None
+    for raw in raw_updates:
+        update_id = raw.get("update_id") if isinstance(raw, dict) else None
+        if isinstance(update_id, int):
+            offset = max(offset or 0, update_id + 1)
+        handle_update(raw)
+    return offset, len(raw_updates)
+
+
+def poll_confirm(*, offset: int) -> None:
+    """Confirm every update before ``offset`` without handling more: getUpdates with that offset."""
+    try:
+        transport.get_updates(offset=offset, timeout=1, limit=1)
+    except AppError as exc:
+        raise PollFailed(f"confirming updates failed: {exc.message}", fatal=False) from None
+
+
+def webhook_set(*, url: str) -> None:
+    """Tell Telegram to deliver updates to ``url`` with our secret header."""
+    if not settings.TELEGRAM_WEBHOOK_SECRET:
+        raise ValidationFailed("Set TELEGRAM_WEBHOOK_SECRET first: the webhook refuses every call without it.",
+                               code="webhook_secret_missing")
+    try:
+        transport.set_webhook(url=url, secret_token=settings.TELEGRAM_WEBHOOK_SECRET)
+    except PermanentError as exc:
+        raise ValidationFailed(f"Telegram refused the webhook: {exc.message}", code="webhook_refused") from None
+
+
+def webhook_delete() -> None:
+    try:
+        transport.delete_webhook()
+    except PermanentError as exc:
+        raise AppError(f"Telegram refused to delete the webhook: {exc.message}", code="webhook_refused") from None
