@@ -113,16 +113,13 @@ def test_create_with_blank_description_is_rejected(api, description):
     assert counts() == before
 
 
-@pytest.mark.parametrize("description", [None, 12, ["a service"], {"text": "a service"}])
+@pytest.mark.parametrize("description", [None, 12, 1.5, True, ["a service"], {"text": "a service"}])
 def test_create_with_description_of_wrong_type_is_rejected(api, description):
     before = counts()
 
     response = api.post(PROJECTS, {"description": description}, format="json")
 
-    # DRF's CharField accepts a number as its text; anything else must be refused cleanly.
-    if isinstance(description, int):
-        assert response.status_code == 201, response.content
-        return
+    # The schema says a string: a number is not one (DRF's CharField would take 12 as "12").
     assert response.status_code == 400, response.content
     assert error_of(response)["code"] == "validation_error"
     assert counts() == before
