@@ -128,7 +128,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return selectors.project_list_queryset(self.request.user)
 
     @extend_schema(request=ProjectCreateSerializer, responses={201: ProjectSerializer})
-    def create(self, request: Request) -> Response:
+    def create(self, request: Request, *args, **kwargs) -> Response:  # kwargs: the router's ?format suffix
         """Create a project from a description; its first run starts at once."""
         body = ProjectCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
