@@ -57,3 +57,22 @@ def error_response(status: int) -> OpenApiResponse:
     """For ``@extend_schema(responses={...})``: one more documented error status."""
     return OpenApiResponse(ErrorSerializer, description=ERROR_DESCRIPTIONS[str(status)])
 
+
+
+def any_value_stays_any(result, generator, request, public):
+    """drf-spectacular (OpenAPI 3.1) writes a nullable JSON field as ``oneOf: [{}, {type: null}]``,
+    which no value satisfies (null matches both). ``{}`` already allows null: keep just that."""
+
+    def walk(node):
+        if isinstance(node, dict):
+            one_of = node.get("oneOf")
+            if isinstance(one_of, list) and {} in one_of:
+                del node["oneOf"]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(result)
+    return result

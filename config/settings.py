@@ -124,6 +124,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     # 3.1: the schema is JSON Schema (null is a type), which the worker API's pydantic models emit.
     "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "config.schema.any_value_stays_any"],
     "ENUM_NAME_OVERRIDES": {
         "ProjectKindEnum": "projects.models.Project.Kind",
         "RunKindEnum": "projects.models.PipelineRun.Kind",

@@ -239,6 +239,20 @@ def _go_live(run_id: int, user_id: int) -> tuple[events.Subscription | None, eve
         return None, None
 
 
+# One event of the stream, as OpenAPI describes server-sent events (a block with only ``retry:``
+# or a comment carries no data).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": "#/components/schemas/RunEvent"}},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
+
 class RunEventStreamView(APIView):
     """``GET /api/runs/<id>/events/``: server-sent events; resume with ``Last-Event-ID``."""
 
@@ -258,7 +272,8 @@ class RunEventStreamView(APIView):
                              OpenApiParameter.QUERY, description="Like Last-Event-ID (the header wins)."),
         ],
         responses={
-            (200, "text/event-stream"): OpenApiResponse({"type": "string"}, description="The event stream."),
+            (200, "text/event-stream"): OpenApiResponse(SSE_EVENT, description="The event stream; the schema is "
+                                                                               "that of one event."),
             (429, "application/json"): error_response(429),
         },
     )
@@ -266,8 +281,10 @@ class RunEventStreamView(APIView):
         run = selectors.runs_visible_to(request.user).filter(id=pk).first()
         if run is None:
             raise NotFound("No such run.", code="run_not_found")
-        raw = request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0"
-        after = parse_whole_number(raw, name="Last-Event-ID", minimum=0, maximum=MAX_EVENT_ID)
+        given = {name: parse_whole_number(raw, name=name, minimum=0, maximum=MAX_EVENT_ID)
+                 for name, raw in (("Last-Event-ID", request.headers.get("Last-Event-ID")),
+                                   ("after", request.query_params.get("after"))) if raw is not None}
+        after = given.get("Last-Event-ID", given.get("after", 0))  # each is checked; the header wins
         subscription, lease = _go_live(run.id, request.user.id)
         response = StreamingHttpResponse(EventStream(run.id, after, subscription=subscription, lease=lease),
                                          content_type="text/event-stream")
