@@ -610,6 +610,17 @@ def test_deeply_nested_json_is_a_parse_error(api, depth):
     assert Project.objects.count() == 0
 
 
+def test_deeply_nested_json_to_the_telegram_webhook_is_a_400_not_a_crash(client, settings):
+    settings.TELEGRAM_WEBHOOK_SECRET = "webhook-secret-for-tests"
+    body = "[" * 200_000 + "]" * 200_000
+
+    response = client.post("/telegram/webhook/", data=body, content_type="application/json",
+                           HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN="webhook-secret-for-tests")
+
+    assert response.status_code == 400
+    assert response.json() == {"ok": False, "error": "the body is not JSON"}
+
+
 def test_an_accept_header_that_cannot_be_served_is_a_406_with_its_own_code(api):
     response = api.get(PROJECTS, HTTP_ACCEPT="application/xml")
 
