@@ -83,7 +83,8 @@ _DRF_CODES = {
 
 
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
-    from rest_framework.views import exception_handler  # not at import: DRF's views import our settings
+    # Not at import time: DRF's views read our settings, which name this module's neighbours.
+    from rest_framework.views import exception_handler
 
     request = context.get("request")
     if request is not None:
@@ -154,7 +155,7 @@ class ApiEnvelopeMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if not request.path.startswith(API_PREFIX):
+        if not request.path_info.startswith(API_PREFIX):
             return self.get_response(request)
         try:
             request.get_host()
@@ -170,7 +171,7 @@ class ApiEnvelopeMiddleware:
                             extra={"limit": limit})
         response = self.get_response(request)
         if response.status_code >= 400 and not response.get("Content-Type", "").startswith("application/json"):
-            log.info("api_error_enveloped", path=request.path, status=response.status_code)
+            log.info("api_error_enveloped", path=request.path_info, status=response.status_code)
             replaced = envelope(response.status_code)
             for header in ("Allow", "WWW-Authenticate", "Retry-After"):
                 if header in response:

@@ -8,8 +8,13 @@ import redis
 import structlog
 from django.conf import settings
 from django.http import StreamingHttpResponse
-from drf_spectacular.utils import (OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field,
-                                   extend_schema_view)
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
@@ -17,8 +22,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api import parse_whole_number
-from config.schema import error_response
 from config.errors import NotFound, TooManyRequests, ValidationFailed
+from config.schema import error_response
 from projects import events, selectors, services
 from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
 
@@ -200,7 +205,13 @@ class EventStream:
             if remaining <= 0:
                 yield "retry: 1000\n: this stream reached its time limit; reconnect with Last-Event-ID\n\n"
                 return
-            if self.subscription.get(timeout=min(keepalive, remaining)) is None:
+            try:
+                woken = self.subscription.get(timeout=min(keepalive, remaining))
+            except redis.RedisError as exc:  # Redis went away: the client resumes from what it has
+                log.warning("event_stream_interrupted", run_id=self.run_id, error=str(exc))
+                yield "retry: 2000\n: live streaming was interrupted; reconnect with Last-Event-ID\n\n"
+                return
+            if woken is None:
                 yield ": keepalive\n\n"
             if self.lease is not None and time.monotonic() - renewed >= keepalive:
                 self.lease.renew()

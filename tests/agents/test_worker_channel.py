@@ -173,8 +173,8 @@ def test_a_result_is_the_tokens_last_word(worker, live_server):
 
 
 @pytest.mark.parametrize("state", ["idle", "paused"])
-def test_pausing_the_worker_revokes_its_token_and_resuming_does_not_bring_it_back(worker, live_server, state):
-    run, session, token, env = worker
+def test_pausing_the_worker_revokes_its_token_and_resuming_does_not_bring_it_back(worker, state):
+    run, session, _, env = worker
     agent_services.session_set_state(session_id=session.id, state=state, reason="test")
     assert cli(env, "progress", "hello").returncode == 1
     agent_services.session_set_state(session_id=session.id, state="running", reason="test")

@@ -552,9 +552,9 @@ urlpatterns = [  # this module doubles as a URLconf: the real one, plus routes t
 ]
 
 
-@pytest.mark.parametrize("path", ["/api/nothing-here/", "/api/runs/abc/events/", "/api/projects/1/nope/"])
-def test_an_unknown_api_path_is_a_json_404(api, path):
-    response = api.get(path)
+@pytest.mark.parametrize("url", ["/api/nothing-here/", "/api/runs/abc/events/", "/api/projects/1/nope/"])
+def test_an_unknown_api_path_is_a_json_404(api, url):
+    response = api.get(url)
 
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
@@ -566,12 +566,12 @@ def test_an_unknown_path_outside_the_api_stays_html(api):
 
 
 @pytest.mark.urls(__name__)
-@pytest.mark.parametrize("path", ["/api/test-crash/", "/api/test-crash-drf/"])
-def test_a_crash_is_a_json_500_that_tells_nothing_inside(user, path):
+@pytest.mark.parametrize("url", ["/api/test-crash/", "/api/test-crash-drf/"])
+def test_a_crash_is_a_json_500_that_tells_nothing_inside(user, url):
     client = APIClient(raise_request_exception=False)
     client.force_authenticate(user)
 
-    response = client.get(path)
+    response = client.get(url)
 
     assert response.status_code == 500
     assert response["Content-Type"] == "application/json"
@@ -649,12 +649,12 @@ def schema(db) -> dict:
 
 def test_the_schema_documents_the_error_envelope_on_every_operation(schema):
     error_ref = {"$ref": "#/components/schemas/Error"}
-    for path, operations in schema["paths"].items():
+    for route, operations in schema["paths"].items():
         for method, operation in operations.items():
-            for status in ("400", "401", "403", "406", *(["404"] if "{" in path else [])):
+            for status in ("400", "401", "403", "406", *(["404"] if "{" in route else [])):
                 response = operation["responses"].get(status)
-                assert response, (method, path, status)
-                assert response["content"] == {"application/json": {"schema": error_ref}}, (method, path, status)
+                assert response, (method, route, status)
+                assert response["content"] == {"application/json": {"schema": error_ref}}, (method, route, status)
     assert "429" in schema["paths"]["/api/runs/{id}/events/"]["get"]["responses"]
 
 

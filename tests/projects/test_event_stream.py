@@ -42,7 +42,7 @@ def _events(response, into: queue.Queue) -> None:
             current["id"] = int(line[4:])
         elif line.startswith("event: "):
             current["type"] = line[7:]
-        elif line.startswith(":") or line.startswith("retry:"):
+        elif line.startswith((":", "retry:")):
             into.put(("#", line))
         elif line == "" and current:
             into.put((current["id"], current["type"]))
@@ -163,8 +163,8 @@ def test_a_stream_of_a_run_still_going_ends_at_its_time_limit_with_a_retry_hint(
     assert 0.9 < time.monotonic() - started < 8
     assert items[0][1] == "run.queued"
     assert ("#", ": keepalive") in items
-    assert items[-2:] == [("#", "retry: 1000"), ("#", ": this stream reached its time limit; reconnect with "
-                                                        "Last-Event-ID")]
+    hint = ": this stream reached its time limit; reconnect with Last-Event-ID"
+    assert items[-2:] == [("#", "retry: 1000"), ("#", hint)]
 
 
 def test_without_redis_the_stream_sends_what_is_stored_and_ends_with_a_retry_hint(live_server, run_and_token,
