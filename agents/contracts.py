@@ -5,6 +5,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+# Free text from an agent: no NUL (PostgreSQL cannot store it; lone surrogates are refused as
+# not being text at all).
+TEXT = r"^[^\x00]*$"
+
 
 class AgentResult(BaseModel):
     """The structured report a developer agent must leave when it stops."""
@@ -12,8 +16,8 @@ class AgentResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Literal["complete", "blocked", "failed"]
     commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{7,40}$")
-    summary: str = Field(default="", max_length=4000)
-    question: str | None = Field(default=None, max_length=4000)
+    summary: str = Field(default="", max_length=4000, pattern=TEXT)
+    question: str | None = Field(default=None, max_length=4000, pattern=TEXT)
 
 
 class FailingTest(BaseModel):
@@ -48,14 +52,14 @@ class ProgressIn(BaseModel):
     """``orchestrator-cli progress "..."``: what the agent is doing, for the person to see."""
 
     model_config = ConfigDict(extra="forbid")
-    message: str = Field(min_length=1, max_length=2000)
+    message: str = Field(min_length=1, max_length=2000, pattern=TEXT)
 
 
 class AskIn(BaseModel):
     """``orchestrator-cli ask "..."``: a question for a person."""
 
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(min_length=1, max_length=4000)
+    question: str = Field(min_length=1, max_length=4000, pattern=TEXT)
 
 
 def describe_errors(exc: ValidationError, *, root: str = "value") -> str:

@@ -110,8 +110,10 @@ def session_set_state(*, session_id: int, state: str, reason: str, container_id:
     fields: dict = {"state": state, "state_reason": reason[:200], "state_changed_at": now, "last_activity_at": now}
     if container_id is not None:
         fields["container_id"] = container_id
+    if state != State.RUNNING:  # a worker that stops running loses its token (paused, idle, ended)
+        fields.update(api_token_hash="", api_token_expires_at=None)
     if state in (State.TERMINATED, State.FAILED):
-        fields.update(terminated_at=now, api_token_hash="", api_token_expires_at=None)
+        fields["terminated_at"] = now
     WorkerSession.objects.filter(id=session_id).update(**fields)
     WorkerTransition.objects.create(session_id=session_id, from_state=current, to_state=state, reason=reason[:200])
     log.info("worker_state", session_id=session_id, state=state, reason=reason)
@@ -166,20 +168,24 @@ def session_issue_token(*, session_id: int, run_id: int) -> str:
 
 
 def session_for_token(token: str) -> WorkerSession | None:
-    """The live session a token belongs to, if it has not expired."""
+    """The session a token belongs to, while it is valid: not expired, its worker running and
+    its run active. (Pausing, ending or reporting a result also revokes it: see below.)"""
     if not token:
         return None
     return (
         WorkerSession.objects.select_related("run")
-        .filter(api_token_hash=_hash(token), state__in=WorkerSession.LIVE, api_token_expires_at__gt=timezone.now())
+        .filter(api_token_hash=_hash(token), state=State.RUNNING, api_token_expires_at__gt=timezone.now(),
+                run__status__in=PipelineRun.ACTIVE)
         .first()
     )
 
 
 @transaction.atomic
 def session_report_result(*, session_id: int, result: AgentResult) -> None:
+    """The agent's result through channel 2; it is the worker's last word, so its token ends."""
     WorkerSession.objects.filter(id=session_id).update(
-        reported_result=result.model_dump(), last_activity_at=timezone.now()
+        reported_result=result.model_dump(), last_activity_at=timezone.now(),
+        api_token_hash="", api_token_expires_at=None,
     )
 
 

@@ -44,6 +44,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: under /api/ every error answers JSON in the envelope, whoever produced it.
+    "config.errors.ApiEnvelopeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -106,18 +108,41 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": [
+        "config.api.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
     "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
-    "PAGE_SIZE": 50,
+    "DEFAULT_PAGINATION_CLASS": "config.api.Pagination",
+    "PAGE_SIZE": 50,  # the default ?limit=; at most config.api.Pagination.max_limit (100)
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Service factory API",
-    "DESCRIPTION": "Describe a service; the factory plans, builds, tests and deploys it.",
+    "DESCRIPTION": "Describe a service; the factory plans, builds, tests and deploys it. Every error is "
+                   '`{"error": {"code", "message", "extra"}}` as JSON.',
     "VERSION": "0.1.0",
+    # 3.1: the schema is JSON Schema (null is a type), which the worker API's pydantic models emit.
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "config.schema.any_value_stays_any"],
+    "ENUM_NAME_OVERRIDES": {
+        "ProjectKindEnum": "projects.models.Project.Kind",
+        "RunKindEnum": "projects.models.PipelineRun.Kind",
+        "RunStatusEnum": "projects.models.PipelineRun.Status",
+        "StageRunStatusEnum": "projects.models.StageRun.Status",
+        "StageEnum": "projects.models.Stage",
+    },
 }
+# The largest request body read (bytes); a larger one is refused with 413 before it is read.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 1024 * 1024)
 # Server-sent event streams send a keep-alive comment after this many silent seconds.
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15.0)
+# One stream lasts at most this long; then it ends with a retry hint and the client resumes
+# with Last-Event-ID. Open streams per user, and in all, are capped (429 over the cap).
+SSE_MAX_SECONDS = env_float("SSE_MAX_SECONDS", 300.0)
+SSE_MAX_STREAMS_PER_USER = env_int("SSE_MAX_STREAMS_PER_USER", 4)
+SSE_MAX_STREAMS = env_int("SSE_MAX_STREAMS", 16)
 # The longest project description we accept (characters).
 PROJECT_DESCRIPTION_MAX_CHARS = env_int("PROJECT_DESCRIPTION_MAX_CHARS", 4000)
 # One person (not staff) may start at most this many projects per window; 0 turns the limit off.

@@ -2,23 +2,37 @@
 from __future__ import annotations
 
 import json
+import time
 
+import redis
+import structlog
 from django.conf import settings
 from django.http import StreamingHttpResponse
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import NotFound, ValidationFailed
+from config.api import parse_whole_number
+from config.errors import NotFound, RateLimited, ValidationFailed
+from config.schema import error_response
 from projects import events, selectors, services
 from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
 
+log = structlog.get_logger(__name__)
+MAX_EVENT_ID = 2**63 - 1
+
 
 class StageRunSerializer(serializers.ModelSerializer):
-    duration_seconds = serializers.FloatField(read_only=True)
+    duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
     cost_usd = serializers.SerializerMethodField()
 
     class Meta:
@@ -83,11 +97,35 @@ class ProjectSerializer(serializers.ModelSerializer):
         return obj.live_deployments[0].url if obj.live_deployments else None
 
 
+@extend_schema_field({
+    "type": "string", "minLength": 1, "maxLength": settings.PROJECT_DESCRIPTION_MAX_CHARS,
+    # Some character that is not white space, and no NUL (the database cannot store it).
+    "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$",
+    "description": "What the service should do, in a sentence (white space around it is trimmed).",
+})
+class DescriptionField(serializers.CharField):
+    """Text only (DRF's CharField takes the number 12 as "12"), at most
+    PROJECT_DESCRIPTION_MAX_CHARS characters as sent; DRF refuses blanks, NUL and lone surrogates."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        limit = settings.PROJECT_DESCRIPTION_MAX_CHARS
+        if len(data) > limit:  # the service's rule and message, applied before trimming
+            raise ValidationFailed(f"The description is {len(data)} characters long; the limit is {limit}.",
+                                   code="description_too_long", extra={"length": len(data), "limit": limit})
+        return super().to_internal_value(data)
+
+
 class ProjectCreateSerializer(serializers.Serializer):
-    # The length limit is the service's (one rule, one message); this only checks the shape.
-    description = serializers.CharField(trim_whitespace=True, allow_blank=False)
+    description = DescriptionField(trim_whitespace=True, allow_blank=False)
 
 
+# The router's ``{id}`` is any text (a non-number is simply not found); documented as what it names.
+OBJECT_ID = OpenApiParameter("id", int, OpenApiParameter.PATH)
+
+
+@extend_schema_view(retrieve=extend_schema(parameters=[OBJECT_ID]))
 class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = ProjectSerializer
 
@@ -95,7 +133,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return selectors.project_list_queryset(self.request.user)
 
     @extend_schema(request=ProjectCreateSerializer, responses={201: ProjectSerializer})
-    def create(self, request: Request) -> Response:
+    def create(self, request: Request, *args, **kwargs) -> Response:  # kwargs: the router's ?format suffix
         """Create a project from a description; its first run starts at once."""
         body = ProjectCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -105,6 +143,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return Response(data, status=status.HTTP_201_CREATED)
 
 
+@extend_schema_view(retrieve=extend_schema(parameters=[OBJECT_ID]))
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     def get_queryset(self):
         if self.action == "retrieve":
@@ -123,60 +162,143 @@ class EventStreamRenderer(BaseRenderer):
         return data if isinstance(data, bytes) else json.dumps(data).encode()
 
 
-# The run's last event: once it is sent, the stream ends.
-FINAL_EVENT = RunEvent.Type.NOTIFIED
-
-
 def _sse(event_id: int, type: str, data: dict) -> str:
     return f"id: {event_id}\nevent: {type}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-def event_stream(run_id: int, after: int, keepalive: float):
-    """Server-sent events of a run from ``after`` on: the backlog from the database, then each
-    new event the moment it is published (Redis pub/sub). Without Redis, the backlog only."""
-    subscription = events.Subscription(run_id) if settings.REDIS_URL else None
-    last = after
-    try:
+class EventStream:
+    """The body of one event stream: the run's events after ``after`` from the database, then
+    each new one as soon as pub/sub says it is committed (the message only wakes the stream; the
+    database is read again, so nothing is missed or repeated).
+
+    It ends once the run is settled (finished, nothing running or queued) and every event is
+    sent, or after SSE_MAX_SECONDS with a ``retry:`` hint (the client resumes with
+    Last-Event-ID). Without a subscription (no Redis) it sends what is stored and ends.
+    Django closes it when the response ends or the client goes away: that releases the
+    subscription and the stream's lease, even if it never started.
+    """
+
+    def __init__(self, run_id: int, after: int, *, subscription: events.Subscription | None,
+                 lease: events.StreamLease | None):
+        self.run_id, self.after = run_id, after
+        self.subscription, self.lease = subscription, lease
+        self._events = self._generate()
+
+    def __iter__(self):
+        return self._events
+
+    def _generate(self):
+        last, keepalive = self.after, settings.SSE_KEEPALIVE_SECONDS
+        deadline = time.monotonic() + settings.SSE_MAX_SECONDS
+        renewed = time.monotonic()
         while True:
-            for event in selectors.run_events_after(run_id=run_id, after_id=last):
+            settled = selectors.run_is_settled(run_id=self.run_id)  # before the read: see the docstring
+            for event in selectors.run_events_after(run_id=self.run_id, after_id=last):
                 yield _sse(event.id, event.type, RunEventSerializer(event).data)
                 last = event.id
-                if event.type == FINAL_EVENT:
-                    return
-            if subscription is None:
+            if settled:
+                return
+            if self.subscription is None:
                 yield "retry: 2000\n: live streaming needs Redis; reconnect with Last-Event-ID\n\n"
                 return
-            message = subscription.get(timeout=keepalive)
-            if message is None:
-                yield ": keepalive\n\n"  # and catch up from the database, in case a publish was lost
-                continue
-            if message["id"] <= last:
-                continue
-            yield _sse(message["id"], message["type"], message)
-            last = message["id"]
-            if message["type"] == FINAL_EVENT:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                yield "retry: 1000\n: this stream reached its time limit; reconnect with Last-Event-ID\n\n"
                 return
-    finally:
-        if subscription is not None:
-            subscription.close()
+            try:
+                woken = self.subscription.get(timeout=min(keepalive, remaining))
+            except redis.RedisError as exc:  # Redis went away: the client resumes from what it has
+                log.warning("event_stream_interrupted", run_id=self.run_id, error=str(exc))
+                yield "retry: 2000\n: live streaming was interrupted; reconnect with Last-Event-ID\n\n"
+                return
+            if woken is None:
+                yield ": keepalive\n\n"
+            if self.lease is not None and time.monotonic() - renewed >= keepalive:
+                self.lease.renew()
+                renewed = time.monotonic()
+
+    def close(self) -> None:
+        self._events.close()
+        if self.subscription is not None:
+            self.subscription.close()
+            self.subscription = None
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+
+def _go_live(run_id: int, user_id: int) -> tuple[events.Subscription | None, events.StreamLease | None]:
+    """A place under the stream caps and a subscription, or (None, None) without Redis."""
+    if not settings.REDIS_URL:
+        return None, None
+    # Renewed every keep-alive; a lease whose process died lapses soon after.
+    lease = events.StreamLease(user_id=user_id, lease_seconds=2 * settings.SSE_KEEPALIVE_SECONDS + 5)
+    try:
+        lease.acquire()
+    except events.StreamLimitReached as exc:
+        who = "you have" if exc.scope == "user" else "the server has"
+        raise RateLimited(f"Too many open event streams: {who} {exc.limit}. Close one, or try again later.",
+                              code="too_many_streams", extra={"scope": exc.scope, "limit": exc.limit}) from exc
+    except redis.RedisError as exc:
+        log.warning("event_stream_not_live", run_id=run_id, error=str(exc))
+        return None, None
+    try:
+        return events.Subscription(run_id), lease
+    except redis.RedisError as exc:
+        lease.release()
+        log.warning("event_stream_not_live", run_id=run_id, error=str(exc))
+        return None, None
+
+
+# One event of the stream, as OpenAPI describes server-sent events (a block with only ``retry:``
+# or a comment carries no data).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": "#/components/schemas/RunEvent"}},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
 
 
 class RunEventStreamView(APIView):
     """``GET /api/runs/<id>/events/``: server-sent events; resume with ``Last-Event-ID``."""
 
-    renderer_classes = [EventStreamRenderer, JSONRenderer]
+    renderer_classes = [EventStreamRenderer]
 
-    @extend_schema(responses={(200, "text/event-stream"): str})
+    @extend_schema(
+        summary="The run's events as server-sent events",
+        description=(
+            "Each event is `id: <event id>`, `event: <type>`, `data: <the event as JSON>`. The stream ends "
+            "once the run has finished and every event is sent, or after a time limit with a `retry:` "
+            "hint: reconnect with `Last-Event-ID` to go on. Open streams are capped per user (429)."
+        ),
+        parameters=[
+            OpenApiParameter("Last-Event-ID", {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID},
+                             OpenApiParameter.HEADER, description="Send the events after this one."),
+            OpenApiParameter("after", {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID},
+                             OpenApiParameter.QUERY, description="Like Last-Event-ID (the header wins)."),
+        ],
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(SSE_EVENT, description="The event stream; the schema is "
+                                                                               "that of one event."),
+            (429, "application/json"): error_response(429),
+        },
+    )
     def get(self, request: Request, pk: int):
         run = selectors.runs_visible_to(request.user).filter(id=pk).first()
         if run is None:
             raise NotFound("No such run.", code="run_not_found")
-        raw = request.headers.get("Last-Event-ID") or request.query_params.get("after") or "0"
-        if not raw.isdigit():
-            raise ValidationFailed("Last-Event-ID must be an event id (a whole number).", code="bad_event_id")
-        response = StreamingHttpResponse(
-            event_stream(run.id, int(raw), settings.SSE_KEEPALIVE_SECONDS), content_type="text/event-stream"
-        )
+        given = {name: parse_whole_number(raw, name=name, minimum=0, maximum=MAX_EVENT_ID)
+                 for name, raw in (("Last-Event-ID", request.headers.get("Last-Event-ID")),
+                                   ("after", request.query_params.get("after"))) if raw is not None}
+        after = given.get("Last-Event-ID", given.get("after", 0))  # each is checked; the header wins
+        subscription, lease = _go_live(run.id, request.user.id)
+        response = StreamingHttpResponse(EventStream(run.id, after, subscription=subscription, lease=lease),
+                                         content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response

@@ -7,6 +7,8 @@ to the database (see projects/api.py).
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from typing import Any
 
 import redis
@@ -57,8 +59,14 @@ class Subscription:
 
     def get(self, timeout: float) -> dict | None:
         """The next published event, or None after ``timeout`` seconds of silence."""
-        message = self._pubsub.get_message(timeout=timeout)
-        return json.loads(message["data"]) if message else None
+        deadline = time.monotonic() + timeout
+        while True:
+            # None also comes back at once for the (ignored) subscribe confirmation: wait on.
+            message = self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+            if message is not None:
+                return json.loads(message["data"])
+            if time.monotonic() >= deadline:
+                return None
 
     def close(self) -> None:
         self._pubsub.close()
@@ -83,3 +91,88 @@ def event_record(*, run_id: int, type: str, stage: str = "", payload: dict[str, 
     ))
     transaction.on_commit(lambda: notifications.run_event_notify(event.id), robust=True)
     return event
+
+
+# --- open streams: a capped lease per stream ---------------------------------------------
+# A stream holds a member in two sorted sets (the user's and everyone's), scored by when its
+# lease ends. Opening drops the leases that ended (a process that died cannot release its own),
+# then adds one only while both sets are under their caps: one atomic script, so two streams
+# opening at once cannot both take the last place.
+_ACQUIRE = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local until_, ttl = now + tonumber(ARGV[2]), math.ceil(tonumber(ARGV[2])) + 1
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[2 + i]) then return i end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, until_, ARGV[1])
+  redis.call('EXPIRE', key, ttl)
+end
+return 0
+"""
+_RENEW = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[2])) + 1)
+end
+"""
+
+
+class StreamLimitReached(Exception):
+    def __init__(self, scope: str, limit: int):
+        super().__init__(f"{scope} limit of {limit} open streams reached")
+        self.scope, self.limit = scope, limit
+
+
+class StreamLease:
+    """One open event stream's place under the caps (``SSE_MAX_STREAMS_PER_USER`` and
+    ``SSE_MAX_STREAMS``). Renew it more often than ``lease_seconds``; release it when the stream
+    ends. A lease that is neither renewed nor released (its process died) lapses by itself."""
+
+    def __init__(self, *, user_id: int, lease_seconds: float):
+        self.keys = [f"sse:streams:user:{user_id}", "sse:streams:all"]
+        self.member = uuid.uuid4().hex
+        self.lease_seconds = lease_seconds
+        self._client = _client()
+        if self._client is None:
+            raise RuntimeError("Stream leases need Redis (REDIS_URL).")
+
+    def acquire(self) -> None:
+        """Take a place, or raise StreamLimitReached (the user's cap first, then everyone's)."""
+        limits = [settings.SSE_MAX_STREAMS_PER_USER, settings.SSE_MAX_STREAMS]
+        full = self._client.eval(_ACQUIRE, len(self.keys), *self.keys, self.member, self.lease_seconds, *limits)
+        if full:
+            self._client.close()
+            scope = ("user", "server")[int(full) - 1]
+            raise StreamLimitReached(scope, limits[int(full) - 1])
+
+    def renew(self) -> None:
+        try:
+            self._client.eval(_RENEW, len(self.keys), *self.keys, self.member, self.lease_seconds)
+        except redis.RedisError as exc:  # the lease may lapse early; the stream goes on
+            log.warning("stream_lease_renew_failed", error=str(exc))
+
+    def release(self) -> None:
+        try:
+            for key in self.keys:
+                self._client.zrem(key, self.member)
+        except redis.RedisError as exc:  # it lapses on its own
+            log.warning("stream_lease_release_failed", error=str(exc))
+        finally:
+            self._client.close()
+
+
+def open_streams(*, user_id: int) -> int:
+    """How many of the user's streams hold a lease now (for tests and operators)."""
+    client = _client()
+    if client is None:
+        return 0
+    try:
+        now = client.time()
+        return client.zcount(f"sse:streams:user:{user_id}", now[0] + now[1] / 1e6, "+inf")
+    finally:
+        client.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.db.models import DecimalField, OuterRef, Prefetch, QuerySet, Subquery, Sum, Value
+from django.db.models import DecimalField, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
 from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
@@ -56,3 +56,13 @@ def project_cost(*, project_id: int):
 
 def run_events_after(*, run_id: int, after_id: int = 0) -> QuerySet[RunEvent]:
     return RunEvent.objects.filter(run_id=run_id, id__gt=after_id).order_by("id")
+
+
+def run_is_settled(*, run_id: int) -> bool:
+    """The run has finished and none of its stages is running or queued (Notify included): no
+    event will be added to it. Every change that makes a run settled commits with its last event,
+    so events read after this returned True are all the run will ever have."""
+    busy = StageRun.objects.filter(run_id=OuterRef("pk")).filter(
+        Q(status=StageRun.Status.RUNNING) | Q(status=StageRun.Status.PENDING, queued_at__isnull=False)
+    )
+    return PipelineRun.objects.filter(id=run_id, status__in=PipelineRun.FINISHED).exclude(Exists(busy)).exists()

@@ -39,7 +39,7 @@ def telegram_webhook(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"ok": False, "error": "forbidden"}, status=403)
     try:
         raw = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         log.warning("telegram_update_rejected", errors=["the body is not JSON"])
         return JsonResponse({"ok": False, "error": "the body is not JSON"}, status=400)
     handled = handlers.handle_update(raw)

@@ -12,10 +12,13 @@ import pytest
 from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.urls import path
 from rest_framework.test import APIClient
+from rest_framework.views import APIView
 
 from agents import services as agent_services
 from agents.models import Role
+from config import urls as config_urls
 from projects import deployments, events, runs, services
 from projects.models import PipelineRun, Project, RunEvent, Stage, StageRun
 from tests.conftest import client_for
@@ -113,16 +116,13 @@ def test_create_with_blank_description_is_rejected(api, description):
     assert counts() == before
 
 
-@pytest.mark.parametrize("description", [None, 12, ["a service"], {"text": "a service"}])
+@pytest.mark.parametrize("description", [None, 12, 1.5, True, ["a service"], {"text": "a service"}])
 def test_create_with_description_of_wrong_type_is_rejected(api, description):
     before = counts()
 
     response = api.post(PROJECTS, {"description": description}, format="json")
 
-    # DRF's CharField accepts a number as its text; anything else must be refused cleanly.
-    if isinstance(description, int):
-        assert response.status_code == 201, response.content
-        return
+    # The schema says a string: a number is not one (DRF's CharField would take 12 as "12").
     assert response.status_code == 400, response.content
     assert error_of(response)["code"] == "validation_error"
     assert counts() == before
@@ -506,3 +506,176 @@ def test_openapi_schema_describes_the_projects_endpoint(api):
     assert "/api/projects/" in schema["paths"]
     assert "post" in schema["paths"]["/api/projects/"]
     assert "/api/runs/{id}/" in schema["paths"]
+
+
+# --- paging: bounded, and a value that is not a number in range is refused ------------------
+@pytest.mark.parametrize("query", [
+    "limit=0", "limit=101", f"limit={2**63}", "limit=-1", "limit=abc", "limit=", "limit=1.5", "limit=%C2%B2",
+    "offset=null", "offset=-1", f"offset={2**63}", "offset=",
+])
+def test_list_with_a_paging_value_out_of_range_is_rejected(api, user, query):
+    services.project_create(owner=user, description="a greeting service")
+
+    for url in (PROJECTS, RUNS):
+        response = api.get(f"{url}?{query}")
+
+        assert response.status_code == 400, (url, query, response.content)
+        error = error_of(response)
+        assert error["code"] == "bad_parameter"
+        assert error["extra"]["parameter"] in query
+
+
+def test_list_pages_up_to_the_largest_page(api, user):
+    for i in range(3):
+        services.project_create(owner=user, description=f"service number {i}")
+
+    body = api.get(f"{PROJECTS}?limit=100&offset=1").json()
+    assert body["count"] == 3 and len(body["results"]) == 2
+    body = api.get(f"{PROJECTS}?limit=1").json()
+    assert len(body["results"]) == 1 and body["next"] and body["previous"] is None
+
+
+# --- under /api/ every error is JSON in the envelope ------------------------------------
+def crashing_view(request):
+    raise RuntimeError("a bug")
+
+
+class CrashingApiView(APIView):
+    def get(self, request):
+        raise RuntimeError("a bug in a DRF view")
+
+
+urlpatterns = [  # this module doubles as a URLconf: the real one, plus routes that crash
+    path("api/test-crash/", crashing_view),
+    path("api/test-crash-drf/", CrashingApiView.as_view()),
+    *config_urls.urlpatterns,
+]
+
+
+@pytest.mark.parametrize("url", ["/api/nothing-here/", "/api/runs/abc/events/", "/api/projects/1/nope/"])
+def test_an_unknown_api_path_is_a_json_404(api, url):
+    response = api.get(url)
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert error_of(response)["code"] == "not_found"
+
+
+def test_an_unknown_path_outside_the_api_stays_html(api):
+    assert "json" not in api.get("/not-the-api/")["Content-Type"]
+
+
+@pytest.mark.urls(__name__)
+@pytest.mark.parametrize("url", ["/api/test-crash/", "/api/test-crash-drf/"])
+def test_a_crash_is_a_json_500_that_tells_nothing_inside(user, url):
+    client = APIClient(raise_request_exception=False)
+    client.force_authenticate(user)
+
+    response = client.get(url)
+
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json"
+    error = error_of(response)
+    assert error["code"] == "server_error"
+    assert "bug" not in error["message"]
+
+
+def test_a_foreign_host_is_a_json_400(api):
+    response = api.get(PROJECTS, HTTP_HOST="evil.example")
+
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/json"
+    assert error_of(response)["code"] == "disallowed_host"
+
+
+def test_a_10mb_body_is_refused_with_413_before_it_is_read(api):
+    body = json.dumps({"description": "a greeting service " * 550_000})
+
+    response = api.post(PROJECTS, data=body, content_type="application/json")
+
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
+    assert error_of(response)["code"] == "payload_too_large"
+    assert Project.objects.count() == 0
+
+
+@pytest.mark.parametrize("depth", [10_000, 200_000])
+def test_deeply_nested_json_is_a_parse_error(api, depth):
+    body = '{"description": ' + "[" * depth + "]" * depth + "}"
+
+    response = api.post(PROJECTS, data=body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "parse_error"
+    assert Project.objects.count() == 0
+
+
+def test_deeply_nested_json_to_the_telegram_webhook_is_a_400_not_a_crash(client, settings):
+    settings.TELEGRAM_WEBHOOK_SECRET = "webhook-secret-for-tests"
+    body = "[" * 200_000 + "]" * 200_000
+
+    response = client.post("/telegram/webhook/", data=body, content_type="application/json",
+                           HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN="webhook-secret-for-tests")
+
+    assert response.status_code == 400
+    assert response.json() == {"ok": False, "error": "the body is not JSON"}
+
+
+def test_an_accept_header_that_cannot_be_served_is_a_406_with_its_own_code(api):
+    response = api.get(PROJECTS, HTTP_ACCEPT="application/xml")
+
+    assert response.status_code == 406
+    assert error_of(response)["code"] == "not_acceptable"
+
+
+def test_a_bad_token_on_the_schema_is_a_json_401_not_yaml(db):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token-0000000000000000000")
+
+    response = client.get("/api/schema/")
+
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/json"
+    assert error_of(response)["code"] == "authentication_failed"
+
+
+# --- the schema tells the truth ---------------------------------------------------------
+@pytest.fixture
+def schema(db) -> dict:
+    response = APIClient().get("/api/schema/?format=json")
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_the_schema_documents_the_error_envelope_on_every_operation(schema):
+    error_ref = {"$ref": "#/components/schemas/Error"}
+    for route, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for status in ("400", "401", "403", "406", *(["404"] if "{" in route else [])):
+                response = operation["responses"].get(status)
+                assert response, (method, route, status)
+                assert response["content"] == {"application/json": {"schema": error_ref}}, (method, route, status)
+    assert "429" in schema["paths"]["/api/runs/{id}/events/"]["get"]["responses"]
+
+
+def test_the_schema_documents_the_worker_api(schema):
+    assert schema["components"]["securitySchemes"]["workerToken"]["in"] == "header"
+    for endpoint, model in [("progress", "ProgressIn"), ("ask", "AskIn"), ("result", "AgentResult")]:
+        operation = schema["paths"][f"/api/runs/{{run_id}}/worker/{endpoint}/"]["post"]
+        assert operation["security"] == [{"workerToken": []}]
+        assert operation["requestBody"]["content"] == {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}
+        assert set(operation["responses"]) >= {"202", "400", "401", "403", "413", "415"}
+
+
+def test_the_schema_documents_what_the_api_really_does(schema):
+    components = schema["components"]["schemas"]
+    assert components["RunDetail"]["properties"]["duration_seconds"]["type"] == ["number", "null"]
+    assert components["StageRun"]["properties"]["duration_seconds"]["type"] == ["number", "null"]
+    description = components["ProjectCreate"]["properties"]["description"]
+    assert (description["minLength"], description["maxLength"]) == (1, settings.PROJECT_DESCRIPTION_MAX_CHARS)
+    events = {p["name"]: p for p in schema["paths"]["/api/runs/{id}/events/"]["get"]["parameters"]}
+    assert events["Last-Event-ID"]["in"] == "header" and events["after"]["in"] == "query"
+    listing = {p["name"]: p["schema"] for p in schema["paths"]["/api/projects/"]["get"]["parameters"]}
+    assert listing["limit"] == {"type": "integer", "minimum": 1, "maximum": 100}
+    assert listing["offset"]["minimum"] == 0
