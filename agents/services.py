@@ -20,6 +20,7 @@ from agents.models import AgentConfig, Escalation, Usage, WorkerSession, WorkerT
 from config.errors import AppError, Conflict, NotFound, ValidationFailed
 from projects import runs
 from projects.events import event_record
+from projects.models import PipelineRun
 
 log = structlog.get_logger(__name__)
 State = WorkerSession.State
@@ -200,9 +201,16 @@ def session_take_result(*, session_id: int) -> AgentResult | None:
     return AgentResult.model_validate(raw)
 
 
+def _require_active_run(session: WorkerSession) -> None:
+    """The token was checked when the request arrived; the run may have finished since."""
+    if session.run_id is None or not runs.run_lock_active(run_id=session.run_id):
+        raise Conflict("This worker's run has finished; nothing more can be added to it.", code="run_finished")
+
+
 @transaction.atomic
 def worker_progress(*, session: WorkerSession, message: str) -> None:
     """Channel 2: the agent says what it is doing; the worker keeps running."""
+    _require_active_run(session)
     WorkerSession.objects.filter(id=session.id).update(last_activity_at=timezone.now())
     event_record(run_id=session.run_id, type="agent.progress", stage=session.role,
                  payload={"session_id": session.id, "message": message})
@@ -211,6 +219,7 @@ def worker_progress(*, session: WorkerSession, message: str) -> None:
 @transaction.atomic
 def worker_ask(*, session: WorkerSession, question: str) -> None:
     """Channel 2: the agent asks a person. (Answers arrive with the escalation flow.)"""
+    _require_active_run(session)
     WorkerSession.objects.filter(id=session.id).update(last_activity_at=timezone.now())
     event_record(run_id=session.run_id, type="agent.question", stage=session.role,
                  payload={"session_id": session.id, "question": question})

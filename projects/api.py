@@ -132,7 +132,10 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def get_queryset(self):
         return selectors.project_list_queryset(self.request.user)
 
-    @extend_schema(request=ProjectCreateSerializer, responses={201: ProjectSerializer})
+    @extend_schema(request=ProjectCreateSerializer, responses={201: ProjectSerializer, 429: error_response(429)},
+                   description="Create a project from a description; its first run starts at once. One person "
+                               "may start PROJECT_CREATE_LIMIT projects per PROJECT_CREATE_WINDOW_SECONDS "
+                               "(429 `project_rate_limited` beyond).")
     def create(self, request: Request, *args, **kwargs) -> Response:  # kwargs: the router's ?format suffix
         """Create a project from a description; its first run starts at once."""
         body = ProjectCreateSerializer(data=request.data)

@@ -378,6 +378,13 @@ def run_set_result_message(*, run_id: int, message: str) -> None:
     PipelineRun.objects.filter(id=run_id).update(result_message=message)
 
 
+def run_lock_active(*, run_id: int) -> bool:
+    """Lock the run's row for this transaction and say whether it is still active: a write on
+    behalf of the run (a worker's progress or question) that holds this lock cannot land on a
+    run that finished meanwhile."""
+    return PipelineRun.objects.select_for_update().filter(id=run_id, status__in=PipelineRun.ACTIVE).exists()
+
+
 def run_add_cost(*, stage_run_id: int, cost_usd: Decimal) -> None:
     """An agent turn of this stage cost money: the run's running cost moves with the ledger."""
     if cost_usd:

@@ -679,3 +679,15 @@ def test_the_schema_documents_what_the_api_really_does(schema):
     listing = {p["name"]: p["schema"] for p in schema["paths"]["/api/projects/"]["get"]["parameters"]}
     assert listing["limit"] == {"type": "integer", "minimum": 1, "maximum": 100}
     assert listing["offset"]["minimum"] == 0
+
+
+def test_creating_projects_too_fast_is_a_429_in_the_envelope(api, settings):
+    settings.PROJECT_CREATE_LIMIT = 2
+    for _ in range(2):
+        assert api.post(PROJECTS, {"description": "a web service that echoes text"}, format="json").status_code == 201
+
+    response = api.post(PROJECTS, {"description": "a web service that echoes text"}, format="json")
+
+    assert response.status_code == 429
+    assert error_of(response)["code"] == "project_rate_limited"
+    assert Project.objects.count() == 2

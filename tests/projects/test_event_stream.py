@@ -61,7 +61,7 @@ def _settle(run) -> None:
     its own stage.succeeded (the event the stream used to miss)."""
     for stage in STAGES:
         claim = runs.stage_claim(run_id=run.id, stage=stage, task_id=f"t-{run.id}-{stage}")
-        assert claim.state == services.ClaimState.CLAIMED, (stage, claim.state)
+        assert claim.state == runs.ClaimState.CLAIMED, (stage, claim.state)
         if stage == Stage.NOTIFY:
             assert runs.run_succeed(run_id=run.id, result_message="It is live.")
             events.event_record(run_id=run.id, type=RunEvent.Type.NOTIFIED, stage="notify",
