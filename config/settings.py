@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
 from config.env import env_bool, env_float, env_int, env_list, env_path, env_str
@@ -183,6 +184,12 @@ STAGE_MAX_ATTEMPTS = env_int("STAGE_MAX_ATTEMPTS", 5)
 # Soft and hard time limits of stage tasks, in seconds.
 STAGE_SOFT_TIME_LIMIT = env_int("STAGE_SOFT_TIME_LIMIT", 900)
 STAGE_TIME_LIMIT = env_int("STAGE_TIME_LIMIT", 960)
+# Chaos testing only, off by default: ``<stage>:after_work`` makes a worker SIGKILL its own
+# process group (the whole Celery node) once that stage's work is done but before its outcome
+# is recorded, the worst moment for a crash (see pipeline.chaos_crash_point). Never in production.
+CHAOS_CRASH_POINT = env_str("FACTORY_CRASH_POINT", "")
+if CHAOS_CRASH_POINT and not CHAOS_CRASH_POINT.endswith(":after_work"):
+    raise ImproperlyConfigured(f"FACTORY_CRASH_POINT must be <stage>:after_work, got {CHAOS_CRASH_POINT!r}.")
 
 # --- Agents and workers ---------------------------------------------------------------
 AGENT_BACKEND = env_str("AGENT_BACKEND", "scripted")
