@@ -91,37 +91,65 @@ def workers_reap() -> ReapReport:
         workers.session_terminate(session=session, reason=reason)
         report.expired.append(session.id)
 
-    live = list(WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list(
-        "id", "runtime", "container_id", "owner_node", "created_at"))
+    live = _live_sessions()
     for runtime_name in {row[1] for row in live} | {"process"}:
-        _reconcile_runtime(runtime_name, live, now, report)
+        runtime = get_runtime(runtime_name)
+        try:
+            found = runtime.list_workers()
+        except WorkerGone:
+            continue
+        report.vanished += _fail_vanished(runtime_name, found, live, now, reason="worker vanished")
+        # Live sessions are read again after listing: a worker started in between is not an orphan.
+        live_ids = set(WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list("id", flat=True))
+        for worker in found:
+            if worker.session_id not in live_ids:
+                runtime.terminate(worker.handle)
+                report.orphans.append(worker.handle)
     if report.total():
         log.info("workers_reaped", expired=report.expired, vanished=report.vanished, orphans=report.orphans)
     return report
 
 
-def _reconcile_runtime(runtime_name: str, live: list[tuple], now, report: ReapReport) -> None:
-    runtime = get_runtime(runtime_name)
-    try:
-        found = runtime.list_workers()
-    except WorkerGone:
-        return
+def workers_fail_vanished(*, reason: str = "worker vanished") -> list[int]:
+    """Fail at once every live session whose worker no longer exists, by the runtime's probe.
+
+    A Celery node runs this when it starts: the paused workers of a node that was killed died
+    with it (the kernel sends SIGHUP to a stopped process group whose parent died), and the
+    database must not call them paused until the next reap sweep.
+    """
+    now, vanished = timezone.now(), []
+    live = _live_sessions()
+    for runtime_name in {row[1] for row in live}:
+        try:
+            found = get_runtime(runtime_name).list_workers()
+        except WorkerGone:
+            continue
+        vanished += _fail_vanished(runtime_name, found, live, now, reason=reason)
+    if vanished:
+        log.info("workers_vanished", sessions=vanished, reason=reason)
+    return vanished
+
+
+def _live_sessions() -> list[tuple]:
+    return list(WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list(
+        "id", "runtime", "container_id", "owner_node", "created_at"))
+
+
+def _fail_vanished(runtime_name: str, found: list, live: list[tuple], now, *, reason: str) -> list[int]:
+    """Fail the live sessions of this runtime whose worker is not among ``found``."""
     handles = {w.handle for w in found}
-    live_ids = {row[0] for row in live}
     local_only = runtime_name == "process"  # process groups are visible on their own machine only
     host = socket.gethostname()
+    failed = []
     for session_id, name, handle, node, created in live:
         if name != runtime_name or (local_only and node.rsplit("@", 1)[-1] != host):
             continue
         if handle in handles or (not handle and created > now - STARTING_GRACE):
             continue
-        if agent_services.session_set_state(session_id=session_id, state=State.FAILED,
-                                            reason="worker vanished", expect=WorkerSession.LIVE):
-            report.vanished.append(session_id)
-    for worker in found:
-        if worker.session_id not in live_ids:
-            runtime.terminate(worker.handle)
-            report.orphans.append(worker.handle)
+        if agent_services.session_set_state(session_id=session_id, state=State.FAILED, reason=reason,
+                                            expect=WorkerSession.LIVE):
+            failed.append(session_id)
+    return failed
 
 
 def workers_terminate_node(*, node: str) -> int:
