@@ -67,6 +67,17 @@ def message_send(*, message_id: int) -> SendOutcome:
     ).exists()
     if older:
         return SendOutcome(OutboundMessage.Status.PENDING, ORDER_RETRY_SECONDS, "an older message goes first")
+    with notifications.message_delivery(message_id=message.id) as ours:
+        if not ours:  # another delivery of this message is sending it; it retries if it must
+            return SendOutcome(OutboundMessage.Status.PENDING, None, "another delivery is on it")
+        message.refresh_from_db(fields=["status", "attempts"])  # that delivery may have just sent it
+        if message.status != OutboundMessage.Status.PENDING:
+            return SendOutcome(message.status)
+        return _attempt(message)
+
+
+def _attempt(message: OutboundMessage) -> SendOutcome:
+    account = message.account
     attempt = notifications.message_claim_attempt(message_id=message.id, attempts_seen=message.attempts)
     if attempt is None:  # another delivery of the same task counted this attempt
         return SendOutcome(OutboundMessage.Status.PENDING, None, "another delivery is on it")

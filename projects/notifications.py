@@ -12,10 +12,12 @@ agent progress) are left to ``/status`` and the event stream.
 from __future__ import annotations
 
 import html as html_lib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import structlog
 from celery import current_app
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from projects.models import OutboundMessage, PipelineRun, RunEvent, Stage, StageRun, TelegramAccount
@@ -146,6 +148,34 @@ def _tests_failed(event: RunEvent, run: PipelineRun, payload: dict) -> str:
 
 
 # --- delivery records (written by the engine's notify task) ----------------------------
+# The advisory-lock namespace of message deliveries (PostgreSQL's two-key form: this, the id).
+_DELIVERY_LOCK = 0x4F555442
+
+
+@contextmanager
+def message_delivery(*, message_id: int) -> Iterator[bool]:
+    """The right to deliver this message, for one attempt: True while this delivery holds it,
+    False when another delivery of the same message is under way right now.
+
+    A message can have two delivery tasks at once (the stale sweep re-enqueued it while its
+    first task was still waiting its turn or retrying); without this both would send it and the
+    person would read it twice. On PostgreSQL a session advisory lock, released when the attempt
+    ends or its process dies; elsewhere (SQLite, the single-machine default) always True.
+    """
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_DELIVERY_LOCK, message_id])
+        held = bool(cursor.fetchone()[0])
+    try:
+        yield held
+    finally:
+        if held:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_DELIVERY_LOCK, message_id])
+
+
 def message_claim_attempt(*, message_id: int, attempts_seen: int) -> int | None:
     """Count one delivery attempt, if the message is still pending and nobody counted it since.
 

@@ -330,3 +330,35 @@ def test_a_message_whose_delivery_task_was_lost_is_sent_by_the_sweep(ada, celery
         assert time.monotonic() < deadline, celery_procs.logs()
         time.sleep(0.1)
     assert telegram.texts_to(ada.telegram.chat_id).count("Lost in transport") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_deliveries_of_one_message_at_once_send_it_once(ada, telegram):
+    """The stale sweep can give a message a second delivery task while its first is still at it."""
+    import threading
+
+    from django.db import connection
+
+    message = tell(ada, "Greeter is live.")
+    holding, release = threading.Event(), threading.Event()
+
+    def first_delivery() -> None:  # another process, on its own connection, in the middle of sending
+        try:
+            with notifications.message_delivery(message_id=message.id) as ours:
+                assert ours
+                holding.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    other = threading.Thread(target=first_delivery)
+    other.start()
+    assert holding.wait(10)
+    outcome = notify.message_send(message_id=message.id)
+    assert (outcome.status, outcome.retry_in, outcome.detail) == ("pending", None, "another delivery is on it")
+    assert telegram.calls_of("sendMessage") == [] and status_of(message) == "pending"
+    release.set()
+    other.join(10)
+    assert notify.message_send(message_id=message.id).status == "sent"
+    assert notify.message_send(message_id=message.id).status == "sent"  # a late duplicate is a no-op
+    assert telegram.texts_to(ADA_TG) == ["Greeter is live."]
