@@ -146,6 +146,25 @@ def test_a_node_killed_after_a_stages_work_before_its_success_still_finishes_the
             "stage_attempt", "rerun")) == [(1, False), (2, True)]
 
 
+@pytest.mark.e2e
+@pytest.mark.chaos
+def test_one_run_survives_a_node_killed_in_every_stage_in_turn(celery_procs, telegram, person):
+    env = {**FAST, **telegram.worker_env()}
+    celery_procs.beat(**env)
+    project, run = None, None
+    for stage in STAGES:  # six nodes in turn, each killed after the work of the next stage
+        node = celery_procs.worker(FACTORY_CRASH_POINT=f"{stage}:after_work", **env)
+        if run is None:
+            project, run = services.project_create(owner=person, description=DESCRIPTION)
+        _wait_killed(node, celery_procs)
+    celery_procs.worker(**env)
+    run = wait_for_run(run.id, procs=celery_procs)
+    assert_exactly_once(run, telegram)
+    assert list(StageRun.objects.filter(run=run).order_by("id").values_list("stage", "attempt")) == [
+        (stage, 2) for stage in STAGES]
+    assert run.events.filter(type=RunEvent.Type.STAGE_REQUEUED, payload__reason="worker_lost").count() == 6
+
+
 # --- the broker loses everything -------------------------------------------------------------
 def _broker_messages() -> int:
     """How many messages the broker holds in its queues."""
