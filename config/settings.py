@@ -190,6 +190,8 @@ STAGE_TIME_LIMIT = env_int("STAGE_TIME_LIMIT", 960)
 CHAOS_CRASH_POINT = env_str("FACTORY_CRASH_POINT", "")
 if CHAOS_CRASH_POINT and not CHAOS_CRASH_POINT.endswith(":after_work"):
     raise ImproperlyConfigured(f"FACTORY_CRASH_POINT must be <stage>:after_work, got {CHAOS_CRASH_POINT!r}.")
+if CHAOS_CRASH_POINT and env_bool("PRODUCTION"):
+    raise ImproperlyConfigured("FACTORY_CRASH_POINT is a chaos-testing hook; it is refused in production.")
 
 # --- Agents and workers ---------------------------------------------------------------
 AGENT_BACKEND = env_str("AGENT_BACKEND", "scripted")
