@@ -26,6 +26,21 @@ def _remember_node(sender: str, **_: object) -> None:
     os.environ["FACTORY_NODE"] = sender
 
 
+@signals.worker_ready.connect
+def _fail_vanished_workers(**_: object) -> None:
+    """A node that starts fails at once the worker sessions whose workers are gone, so none is
+    called paused until the next reap: a node that was SIGKILLed takes its paused workers with it
+    (the kernel sends SIGHUP to a stopped process group whose parent died)."""
+    from django.db import connection
+
+    from orchestrator.maintenance import workers_fail_vanished
+
+    try:
+        workers_fail_vanished(reason=f"worker vanished (found when node {os.environ.get('FACTORY_NODE', '?')} started)")
+    finally:
+        connection.close()  # the main process does not keep a connection its pool does not use
+
+
 @signals.worker_shutdown.connect
 def _terminate_owned_workers(**_: object) -> None:
     """A node that shuts down ends the worker sessions it owns (a SIGKILL leaves them to the reaper)."""

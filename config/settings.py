@@ -221,6 +221,14 @@ if CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", STAGE_TIME_LIMIT + 
 # Fairness: at most this many runs of one person run at once (0: no cap); the rest wait queued
 # and start as the person's earlier runs end.
 RUNS_PER_PERSON = env_int("RUNS_PER_PERSON", 4)
+# Chaos testing only, off by default: ``<stage>:after_work`` makes a worker SIGKILL its own
+# process group (the whole Celery node) once that stage's work is done but before its outcome
+# is recorded, the worst moment for a crash (see pipeline.chaos_crash_point). Never in production.
+CHAOS_CRASH_POINT = env_str("FACTORY_CRASH_POINT", "")
+if CHAOS_CRASH_POINT and not CHAOS_CRASH_POINT.endswith(":after_work"):
+    raise ImproperlyConfigured(f"FACTORY_CRASH_POINT must be <stage>:after_work, got {CHAOS_CRASH_POINT!r}.")
+if CHAOS_CRASH_POINT and env_bool("PRODUCTION"):
+    raise ImproperlyConfigured("FACTORY_CRASH_POINT is a chaos-testing hook; it is refused in production.")
 
 # --- Agents and workers ---------------------------------------------------------------
 AGENT_BACKEND = env_str("AGENT_BACKEND", "scripted")

@@ -109,6 +109,22 @@ def _configured_runtimes() -> set[str]:
     return names
 
 
+def _listing(runtime_name: str):
+    """(when it was listed, what runs) for a runtime, or None when it cannot be reached."""
+    try:
+        runtime = get_runtime(runtime_name)
+        listed_at = timezone.now()
+        return runtime, listed_at, runtime.list_workers()
+    except (WorkerGone, TransientError, PermanentError) as exc:
+        log.warning("runtime_unreachable", runtime=runtime_name, error=str(exc))
+        return None
+
+
+def _live_sessions() -> list[tuple]:
+    return list(WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list(
+        "id", "runtime", "container_id", "owner_node", "created_at", "state_changed_at"))
+
+
 def _reconcile_runtime(runtime_name: str, report: ReapReport) -> None:
     """Compare what runs on a runtime with the live sessions recorded for it.
 
@@ -116,19 +132,44 @@ def _reconcile_runtime(runtime_name: str, report: ReapReport) -> None:
     not in it (so it cannot look like an orphan), and a session recorded or changed after the
     listing is not judged by it (so it cannot look vanished).
     """
-    try:
-        runtime = get_runtime(runtime_name)
-        listed_at = timezone.now()
-        found = runtime.list_workers()
-    except (WorkerGone, TransientError, PermanentError) as exc:
-        log.warning("runtime_unreachable", runtime=runtime_name, error=str(exc))
+    listing = _listing(runtime_name)
+    if listing is None:
         return
-    live = list(WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list(
-        "id", "runtime", "container_id", "owner_node", "created_at", "state_changed_at"))
-    handles = {w.handle for w in found}
+    runtime, listed_at, found = listing
+    live = _live_sessions()
+    report.vanished += _fail_vanished(runtime_name, found, live, listed_at, reason="worker vanished")
     live_ids = {row[0] for row in live}
+    for worker in found:
+        if worker.session_id not in live_ids:
+            runtime.terminate(worker.handle)
+            report.orphans.append(worker.handle)
+
+
+def workers_fail_vanished(*, reason: str = "worker vanished") -> list[int]:
+    """Fail at once every live session whose worker no longer exists, by the runtime's probe.
+
+    A Celery node runs this when it starts: the paused workers of a node that was killed died
+    with it (the kernel sends SIGHUP to a stopped process group whose parent died), and the
+    database must not call them paused until the next reap sweep.
+    """
+    vanished: list[int] = []
+    for runtime_name in {row[1] for row in _live_sessions()}:
+        listing = _listing(runtime_name)
+        if listing is None:
+            continue
+        _, listed_at, found = listing
+        vanished += _fail_vanished(runtime_name, found, _live_sessions(), listed_at, reason=reason)
+    if vanished:
+        log.info("workers_vanished", sessions=vanished, reason=reason)
+    return vanished
+
+
+def _fail_vanished(runtime_name: str, found: list, live: list[tuple], listed_at, *, reason: str) -> list[int]:
+    """Fail the live sessions of this runtime whose worker is not among ``found``."""
+    handles = {w.handle for w in found}
     local_only = runtime_name == "process"  # process groups are visible on their own machine only
     host = socket.gethostname()
+    failed = []
     for session_id, name, handle, node, created, changed in live:
         if name != runtime_name or (local_only and node.rsplit("@", 1)[-1] != host):
             continue
@@ -136,13 +177,10 @@ def _reconcile_runtime(runtime_name: str, report: ReapReport) -> None:
             continue  # started (or changed) after the listing: judged by the next sweep
         if handle in handles or (not handle and created > listed_at - STARTING_GRACE):
             continue
-        if agent_services.session_set_state(session_id=session_id, state=State.FAILED,
-                                            reason="worker vanished", expect=WorkerSession.LIVE):
-            report.vanished.append(session_id)
-    for worker in found:
-        if worker.session_id not in live_ids:
-            runtime.terminate(worker.handle)
-            report.orphans.append(worker.handle)
+        if agent_services.session_set_state(session_id=session_id, state=State.FAILED, reason=reason,
+                                            expect=WorkerSession.LIVE):
+            failed.append(session_id)
+    return failed
 
 
 def workers_terminate_node(*, node: str) -> int:

@@ -11,6 +11,8 @@ built from task names, so this module never imports the tasks (they import it).
 """
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from dataclasses import dataclass
 from types import ModuleType
@@ -164,6 +166,8 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
             runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="internal_error",
                             message=f"The {stage} stage crashed: {type(exc).__name__}: {exc}")
             return Next.CONTINUE
+    if settings.CHAOS_CRASH_POINT == f"{stage}:after_work":
+        chaos_crash_point()
     if outcome.next is Next.LOOP:
         report = outcome.output.get("report", {})
         what = "the release failed its checks" if stage == Stage.DEPLOYER else \
@@ -175,6 +179,17 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     if not runs.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output=outcome.output):
         return None
     return Next.CONTINUE
+
+
+def chaos_crash_point() -> None:
+    """Chaos testing only (``FACTORY_CRASH_POINT=<stage>:after_work``; off by default, and then
+    it costs one string comparison per stage): SIGKILL this whole Celery node, its process group
+    (the main process and its pool), at the worst moment: the stage's work is done, its success
+    not yet committed. The end-to-end crash tests use it to prove that a rerun of every stage
+    has each side effect exactly once. The node must lead its own process group (a test starts
+    it with a new session), or the kill takes whatever else shares the group."""
+    log.critical("chaos_crash_point", point=settings.CHAOS_CRASH_POINT)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def start(*, run_id: int) -> None:

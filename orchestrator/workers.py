@@ -12,7 +12,7 @@ from agents import services as agent_services
 from agents.models import AgentConfig, WorkerSession
 from agents.services import WorkerQuotaExceeded
 from orchestrator.runtime import ExecResult, WorkerGone, WorkerRuntime, get_runtime
-from orchestrator.runtime.base import SESSION_MARKER, WorkerSpec, factory_instance
+from orchestrator.runtime.base import INSTANCE_MARKER, SESSION_MARKER, WorkerSpec, factory_instance
 from orchestrator.stages import StageFailed
 
 log = structlog.get_logger(__name__)
@@ -22,10 +22,12 @@ State = WorkerSession.State
 def worker_env(runtime: WorkerRuntime, workspace: Path, session_id: int) -> dict[str, str]:
     """What a worker's commands see: a bare environment, never the factory's own secrets.
 
-    Every process in a worker carries the session's marker, so none can hide from the reaper.
+    Every process in a worker carries the session's marker and its installation's, so none can
+    hide from the reaper (or from a test looking for orphans).
     """
     return {
         SESSION_MARKER: str(session_id),
+        INSTANCE_MARKER: factory_instance(),
         # orchestrator-cli lives in the factory's bin/.
         "PATH": f"{runtime.factory_path}/bin:" + os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(workspace),

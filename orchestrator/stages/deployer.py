@@ -34,7 +34,11 @@ def run(ctx: StageContext) -> Outcome:
     deployment = deployments.deployment_allocate(project_id=ctx.project.id, run_id=ctx.run.id, commit_sha=commit)
     url = f"http://{settings.DEPLOY_HOST}:{deployment.port}/"
     if deployment.status == Deployment.Status.LIVE and process_alive(deployment.pid):
-        return Outcome({"deployment_id": deployment.id, "url": deployment.url, "reused": True})
+        # A rerun after a crash past going live: keep the release, finish what the crashed
+        # attempt may have left undone.
+        replaced = _settle(ctx, prepared["repo"], commit, Path(deployment.release_dir))
+        return Outcome({"deployment_id": deployment.id, "url": deployment.url, "commit": commit,
+                        "replaced": replaced, "reused": True})
     # A rerun after a crash: stop whatever the interrupted attempt started, then start afresh.
     local.stop(deployment_id=deployment.id, pid=deployment.pid)
     release_dir = Path(settings.FACTORY_HOME) / "releases" / ctx.project.slug / str(deployment.id)
@@ -70,14 +74,22 @@ def run(ctx: StageContext) -> Outcome:
         if ctx.run.iteration < ctx.run.max_iterations:
             return Outcome(output, Next.LOOP)
         raise StageFailed(message, code="deploy_unhealthy", output=output)
-    replaced = deployments.deployment_go_live(deployment_id=deployment.id, url=url)
-    for old in replaced:
+    deployments.deployment_go_live(deployment_id=deployment.id, url=url)
+    replaced = _settle(ctx, prepared["repo"], commit, release_dir)
+    return Outcome({"deployment_id": deployment.id, "url": url, "commit": commit, "replaced": replaced})
+
+
+def _settle(ctx: StageContext, repo: str, commit: str, release_dir: Path) -> list[int]:
+    """After going live: stop the releases the live one replaced, and make the deployed commit
+    the project's main line (the base of its next run). Both are safe to repeat, so a rerun
+    finishes what a crash between going live and here left undone."""
+    replaced = []
+    for old in Deployment.objects.filter(project_id=ctx.project.id, status=Deployment.Status.STOPPING):
         local.stop(deployment_id=old.id, pid=old.pid)
         deployments.deployment_stopped(deployment_id=old.id)
-    # The deployed commit becomes the project's main line, the base of its next run.
-    git("push", "--quiet", "--force", prepared["repo"], f"{commit}:refs/heads/main", cwd=release_dir)
-    return Outcome({"deployment_id": deployment.id, "url": url, "commit": commit,
-                    "replaced": [d.id for d in replaced]})
+        replaced.append(old.id)
+    git("push", "--quiet", "--force", repo, f"{commit}:refs/heads/main", cwd=release_dir)
+    return replaced
 
 
 def _log_tail(release_dir: Path, limit: int = 1500) -> str:

@@ -110,3 +110,28 @@ def test_a_description_the_scripted_architect_cannot_map_fails_the_run_clearly(n
     assert run.result_message.startswith(f"Project #{run.project_id}: run #{run.id} failed at the architect stage")
     assert set(StageRun.objects.filter(run=run).values_list("stage", "status")) >= {
         ("preparer", "skipped"), ("deployer", "skipped"), ("notify", "succeeded")}
+
+
+def test_a_deployer_rerun_after_going_live_moves_main_and_stops_the_release_it_replaced(new_run):
+    import subprocess
+    import sys
+
+    run = new_run()
+    drive(run.id, until="deployer")
+    live = Deployment.objects.get(run=run)
+    slug = run.project.__class__.objects.get(id=run.project_id).slug
+    scaffold = StageRun.objects.get(run=run, stage="preparer").output["commit"]
+    # The worker died right after going live: the release it replaced still runs, main is old.
+    git("update-ref", "refs/heads/main", scaffold, cwd=bare_repo_path(slug))
+    old = Deployment.objects.create(project_id=run.project_id, run=run, port=live.port + 1, commit_sha=scaffold,
+                                    status="stopping")
+    old_release = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                   env={RELEASE_MARKER: str(old.id)}, start_new_session=True)
+    Deployment.objects.filter(id=old.id).update(pid=old_release.pid)
+
+    again = rerun_side_effect(run.id, "deployer")
+    assert (again.output["reused"], again.output["replaced"]) == (True, [old.id])
+    assert old_release.wait(timeout=10) is not None
+    assert Deployment.objects.get(id=old.id).status == "stopped"
+    assert git("rev-parse", "main", cwd=bare_repo_path(slug)).stdout.strip() == live.commit_sha
+    assert pids_with_marker(RELEASE_MARKER, str(live.id)) == [live.pid]
