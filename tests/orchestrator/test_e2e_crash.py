@@ -106,9 +106,10 @@ def assert_exactly_once(run: PipelineRun, telegram) -> None:
     # No orphan process after one reap sweep: only live sessions' workers, only the live release.
     workers_reap()
     live_sessions = list(WorkerSession.objects.filter(state__in=WorkerSession.LIVE))
-    # At most the project's developer worker is left (paused for the next run); a worker that
-    # died with the killed node is no longer counted live.
-    assert [s.role for s in live_sessions] in ([], ["developer"]), list(
+    # At most the project's developer and tester workers are left, one of each (paused for the
+    # next run); a worker that died with the killed node is no longer counted live.
+    roles = [s.role for s in live_sessions]
+    assert len(roles) == len(set(roles)) and set(roles) <= {"developer", "tester"}, list(
         WorkerSession.objects.values_list("id", "state", "state_reason", "owner_node"))
     owned = set()
     for session in live_sessions:
