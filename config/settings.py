@@ -183,6 +183,11 @@ STAGE_MAX_ATTEMPTS = env_int("STAGE_MAX_ATTEMPTS", 5)
 # Soft and hard time limits of stage tasks, in seconds.
 STAGE_SOFT_TIME_LIMIT = env_int("STAGE_SOFT_TIME_LIMIT", 900)
 STAGE_TIME_LIMIT = env_int("STAGE_TIME_LIMIT", 960)
+# Benchmarks only (bench/engine.py): a module whose ``run(ctx)`` replaces the work of every
+# stage, so the engine's own cost (claim, record, events) is measured alone. Never in production.
+BENCH_STAGE_MODULE = env_str("BENCH_STAGE_MODULE", "")
+if BENCH_STAGE_MODULE and env_bool("PRODUCTION"):
+    raise RuntimeError("BENCH_STAGE_MODULE is for benchmarks; it must not be set in production.")
 
 # --- Agents and workers ---------------------------------------------------------------
 AGENT_BACKEND = env_str("AGENT_BACKEND", "scripted")

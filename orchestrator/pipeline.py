@@ -12,6 +12,7 @@ built from task names, so this module never imports the tasks (they import it).
 from __future__ import annotations
 
 import threading
+from importlib import import_module
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -92,6 +93,13 @@ class _Heartbeat:
         self._thread.join(timeout=10)
 
 
+def _stage_module(stage: str) -> ModuleType:
+    """The stage's module; a benchmark may replace every stage's work (settings.BENCH_STAGE_MODULE)."""
+    if settings.BENCH_STAGE_MODULE:
+        return import_module(settings.BENCH_STAGE_MODULE)
+    return STAGES[stage].module
+
+
 def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     """Run one stage of one run. Returns what the chain should do next, or None to stop it."""
     close_old_connections()
@@ -109,7 +117,7 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     with structlog.contextvars.bound_contextvars(run_id=run_id, stage=stage, task_id=task_id), \
             _Heartbeat(run_id, row.id, row.attempt):
         try:
-            outcome = STAGES[stage].module.run(ctx)
+            outcome = _stage_module(stage).run(ctx)
         except WorkerQuotaExceeded as exc:
             # Not a failure: too many live workers. Give the claim back; the task retries later.
             log.info("worker_quota_wait", reason=exc.message)
