@@ -133,6 +133,7 @@ def count_queries(runs: int) -> dict:
     """Run every stage of ``runs`` runs in this process, counting queries by phase and stage."""
     per_stage: dict[str, list[Counter]] = defaultdict(list)
     ms: dict[str, list[float]] = defaultdict(list)
+    sql_ms: dict[str, list[float]] = defaultdict(list)
     user = get_user_model().objects.get(username="bench")
     ids = [services.project_create(owner=user, description=f"bench queries {i}")[1].id for i in range(runs)]
     for run_id in ids:
@@ -141,7 +142,11 @@ def count_queries(runs: int) -> dict:
 
             def wrapper(execute, sql, params, many, context):
                 seen[_phase_of_query()] += 1
-                return execute(sql, params, many, context)
+                started = time.perf_counter()
+                try:
+                    return execute(sql, params, many, context)
+                finally:
+                    sql_ms[stage].append((time.perf_counter() - started) * 1000)
 
             started = time.perf_counter()
             with connection.execute_wrapper(wrapper):
@@ -150,7 +155,7 @@ def count_queries(runs: int) -> dict:
             assert outcome is not None, f"{stage} of run {run_id} was busy"
             per_stage[stage].append(seen)
     assert PipelineRun.objects.filter(id__in=ids, status=PipelineRun.Status.SUCCEEDED).count() == runs
-    return {"per_stage": per_stage, "ms": ms}
+    return {"per_stage": per_stage, "ms": ms, "sql_ms": {k: sum(v) / runs for k, v in sql_ms.items()}}
 
 
 # --- the worker -----------------------------------------------------------------------------
@@ -243,13 +248,13 @@ def engine_batch(user, runs: int) -> dict:
 
 
 # --- the report -----------------------------------------------------------------------------
-def report(queries: dict, raw: dict, engine: dict, batch: dict, redis_per_event: float | None) -> str:
+def report(queries: dict, raw: dict, engine: dict, batch: dict, redis_per_event: float | None, when: str) -> str:
     per_stage, ms = queries["per_stage"], queries["ms"]
     ratio = engine["stage_tasks_per_s"] / raw["tasks_per_s"]
     lat, total = batch["latency"], batch["all"]
     raw_lat = raw["latency"]
     lines = [
-        f"Measured {machine()}. Produced by `bench/engine.py`: one Celery worker (prefork, concurrency "
+        f"Measured {when}. Produced by `bench/engine.py`: one Celery worker (prefork, concurrency "
         f"{CONCURRENCY}, `--loglevel=INFO`, JSON logs) on Redis, PostgreSQL, in one run.",
         "",
         "| what | figure |",
@@ -271,8 +276,8 @@ def report(queries: dict, raw: dict, engine: dict, batch: dict, redis_per_event:
         "",
         "Queries per stage (median over the runs, in process through `pipeline.execute`), by what issued them:",
         "",
-        "| stage | " + " | ".join(PHASES) + " | total | ms |",
-        "|---|" + "---|" * (len(PHASES) + 2),
+        "| stage | " + " | ".join(PHASES) + " | total | ms | of it in SQL |",
+        "|---|" + "---|" * (len(PHASES) + 3),
     ]
     engine_only = []
     for stage in STAGE_ORDER:
@@ -282,7 +287,7 @@ def report(queries: dict, raw: dict, engine: dict, batch: dict, redis_per_event:
         if stage != "notify":
             engine_only.append(total_q - statistics.median(c["work"] for c in counters))
         lines.append(f"| {stage} | " + " | ".join(f"{c:g}" for c in cells) + f" | {total_q:g} | "
-                     f"{statistics.median(ms[stage]):.1f} |")
+                     f"{statistics.median(ms[stage]):.1f} | {queries['sql_ms'][stage]:.1f} |")
     lines += [
         "",
         f"Engine queries per stage (claim + record + events, without the stage's work), architect to "
@@ -291,6 +296,7 @@ def report(queries: dict, raw: dict, engine: dict, batch: dict, redis_per_event:
         "- execute: `pipeline.execute` itself; claim: `runs.stage_claim` with its events; record:",
         "  `runs.stage_succeed` with its events; notifications: `projects.notifications` called on each",
         "  event's commit; work: the stage (none for architect..deployer; Notify is the real stage).",
+        "- ms: wall time of one `pipeline.execute` in this process, median; SQL: the queries' own time.",
         "- latency: from the commit that submitted the batch to each run's `finished_at`.",
     ]
     return "\n".join(lines)
@@ -306,6 +312,7 @@ def main() -> None:
     parser.add_argument("--heading", default="Engine overhead and latency under load")
     args = parser.parse_args()
 
+    when = machine()
     home = Path(os.environ["FACTORY_HOME"])
     call_command("migrate", verbosity=0)
     Project.objects.all().delete()
@@ -331,7 +338,7 @@ def main() -> None:
         batch = engine_batch(user, args.batch)
     finally:
         worker.stop()
-    body = report(queries, raw, engine, batch, redis_per_event)
+    body = report(queries, raw, engine, batch, redis_per_event, when)
     print(body)
     if args.write:
         write_section(args.heading, body)

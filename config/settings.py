@@ -72,7 +72,10 @@ TEMPLATES = [
 WSGI_APPLICATION = "config.wsgi.application"
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{FACTORY_HOME / 'db.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))}
+# Persistent connections (seconds; 0 closes one after each request or task): a stage task or a
+# request does not pay for a new connection. Health checks drop a connection the server closed.
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+                                              conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (web, worker, beat) share the file: WAL lets readers run beside the
     # writer, IMMEDIATE transactions take the write lock up front instead of failing mid-way.
@@ -165,6 +168,10 @@ CELERY_TASK_ROUTES = {
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes the database connection before and after every task unless this
+# is set; with it, only after this many tasks. In between, Django's own rules (DB_CONN_MAX_AGE,
+# health checks) apply before and after each task, as for a request (config/celery.py).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- Pipeline -------------------------------------------------------------------------

@@ -53,6 +53,7 @@ STAGES: dict[str, StageEntry] = {
     Stage.NOTIFY: StageEntry(notify, task_names.PIPELINE_NOTIFY, 0),
 }
 assert tuple(STAGES) == STAGE_ORDER
+assert all(entry.priority < task_names.PIPELINE_START_PRIORITY_NEW for entry in STAGES.values())
 
 
 def stage_signature(run_id: int, stage: str):
@@ -103,10 +104,10 @@ def _stage_module(stage: str) -> ModuleType:
 def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     """Run one stage of one run. Returns what the chain should do next, or None to stop it."""
     close_old_connections()
-    if not PipelineRun.objects.filter(id=run_id).exists():
+    claim = runs.stage_claim(run_id=run_id, stage=stage, task_id=task_id)
+    if claim.state is ClaimState.GONE:
         log.warning("run_missing", run_id=run_id, stage=stage)  # deleted, or a message from another database
         return None
-    claim = runs.stage_claim(run_id=run_id, stage=stage, task_id=task_id)
     if claim.state is ClaimState.DONE:
         return Next.CONTINUE
     if claim.state is ClaimState.BUSY:
@@ -165,7 +166,7 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
                                     message=f"{what}; back to the developer"):
             return None  # the claim was lost: whoever holds it now drives the run
         return Next.LOOP
-    if not runs.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output=outcome.output):
+    if not runs.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output=outcome.output, claimed=row):
         return None
     return Next.CONTINUE
 

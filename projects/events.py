@@ -7,6 +7,7 @@ to the database (see projects/api.py).
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import redis
@@ -24,10 +25,24 @@ def channel(run_id: int) -> str:
     return f"run:{run_id}"
 
 
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
 def _client() -> redis.Redis | None:
-    if not settings.REDIS_URL:
+    """This process's client for REDIS_URL: one connection pool, shared by every thread and reused
+    by every publish. Built on first use, never at import; redis-py starts a new pool in a forked
+    child (it checks the pid), so prefork workers do not share sockets."""
+    url = settings.REDIS_URL
+    if not url:
         return None
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+    client = _clients.get(url)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(url)
+            if client is None:
+                client = _clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    return client
 
 
 def publish(*, run_id: int, event_id: int, type: str, stage: str, payload: dict, created_at: str) -> None:
@@ -39,8 +54,6 @@ def publish(*, run_id: int, event_id: int, type: str, stage: str, payload: dict,
         client.publish(channel(run_id), message)
     except redis.RedisError as exc:  # the event is stored; listeners catch up from the database
         log.warning("event_publish_failed", run_id=run_id, error=str(exc))
-    finally:
-        client.close()
 
 
 class Subscription:
@@ -51,7 +64,6 @@ class Subscription:
         client = _client()
         if client is None:
             raise RuntimeError("Event streaming needs Redis (REDIS_URL).")
-        self._client = client
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(channel(run_id))
 
@@ -61,8 +73,7 @@ class Subscription:
         return json.loads(message["data"]) if message else None
 
     def close(self) -> None:
-        self._pubsub.close()
-        self._client.close()
+        self._pubsub.close()  # its connection goes back to the shared pool
 
 
 def event_record(*, run_id: int, type: str, stage: str = "", payload: dict[str, Any] | None = None) -> RunEvent:
