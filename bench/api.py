@@ -68,7 +68,7 @@ from rest_framework.authtoken.models import Token  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 
 from agents.models import Usage  # noqa: E402
-from bench.report import machine, percentile, write_section  # noqa: E402
+from bench.report import load_now, machine, percentile, write_section  # noqa: E402
 from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun  # noqa: E402
 from projects.runs import STAGE_ORDER  # noqa: E402
 
@@ -281,7 +281,7 @@ def _ms(value: float | None) -> str:
 def report(when: str, server_argv: list[str], inproc: dict, steps: list[dict], seconds: float, timeout: float,
            n: int) -> str:
     lines = [
-        f"Measured {when}. Produced by `bench/api.py`: {n} projects of one person (each with a finished run:",
+        f"Measured {when}; load average {load_now()} at the end. Produced by `bench/api.py`: {n} projects of one person (each with a finished run:",
         "six stage rows with usage, 12 events, half of them live); gunicorn as compose.yaml runs it "
         f"(`{' '.join(server_argv[2:])}`), PostgreSQL, all on loopback on the same 2 cores as the load generator.",
         f"Open loop, {seconds:.0f} s per step after a warm-up, a new connection per request, clients give up after "

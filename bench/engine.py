@@ -96,7 +96,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 
 from bench.engine_tasks import DONE_KEY  # noqa: E402
-from bench.report import machine, percentile, write_section  # noqa: E402
+from bench.report import load_now, machine, percentile, write_section  # noqa: E402
 from orchestrator import pipeline  # noqa: E402
 from projects import services  # noqa: E402
 from projects.models import PipelineRun, Project, RunEvent  # noqa: E402
@@ -254,8 +254,9 @@ def report(queries: dict, raw: dict, engine: dict, batch: dict, redis_per_event:
     lat, total = batch["latency"], batch["all"]
     raw_lat = raw["latency"]
     lines = [
-        f"Measured {when}. Produced by `bench/engine.py`: one Celery worker (prefork, concurrency "
-        f"{CONCURRENCY}, `--loglevel=INFO`, JSON logs) on Redis, PostgreSQL, in one run.",
+        f"Measured {when}; load average {load_now()} at the end. Produced by `bench/engine.py`: one Celery "
+        f"worker (prefork, concurrency {CONCURRENCY}, `--loglevel=INFO`, JSON logs) on a private Redis, "
+        f"PostgreSQL, in one run.",
         "",
         "| what | figure |",
         "|---|---|",

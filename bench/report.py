@@ -24,6 +24,10 @@ def machine() -> str:
             f"at the start), {platform.system()} {platform.release()}, Python {platform.python_version()}")
 
 
+def load_now() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def write_section(heading: str, body: str) -> None:
     """Replace the section under ``## heading`` (up to the next ``## ``), or append it."""
     heading = f"## {heading}"
