@@ -280,19 +280,21 @@ def report(queries: dict, raw: dict, engine: dict, batch: dict, redis_per_event:
         "| stage | " + " | ".join(PHASES) + " | total | ms | of it in SQL |",
         "|---|" + "---|" * (len(PHASES) + 3),
     ]
-    engine_only = []
+    engine_only, told = [], []
     for stage in STAGE_ORDER:
         counters = per_stage[stage]
         cells = [statistics.median(c[p] for c in counters) for p in PHASES]
         total_q = statistics.median(sum(c.values()) for c in counters)
         if stage != "notify":
-            engine_only.append(total_q - statistics.median(c["work"] for c in counters))
+            engine_only.append(statistics.median(c["execute"] + c["claim"] + c["record"] for c in counters))
+            told.append(statistics.median(c["notifications"] for c in counters))
         lines.append(f"| {stage} | " + " | ".join(f"{c:g}" for c in cells) + f" | {total_q:g} | "
                      f"{statistics.median(ms[stage]):.1f} | {queries['sql_ms'][stage]:.1f} |")
     lines += [
         "",
-        f"Engine queries per stage (claim + record + events, without the stage's work), architect to "
-        f"deployer: {min(engine_only):g}–{max(engine_only):g}.",
+        f"Engine queries per stage (execute + claim + record, events included), architect to deployer: "
+        f"{min(engine_only):g}–{max(engine_only):g} (the first stage also starts the run); the events' "
+        f"notifications add {min(told):g}–{max(told):g}.",
         "",
         "- execute: `pipeline.execute` itself; claim: `runs.stage_claim` with its events; record:",
         "  `runs.stage_succeed` with its events; notifications: `projects.notifications` called on each",
