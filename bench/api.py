@@ -135,7 +135,7 @@ def in_process(user, repeat: int = 20) -> dict:
         for _ in range(repeat):
             spent = []
 
-            def timer(execute, sql_, params, many, context):
+            def timer(execute, sql_, params, many, context, spent=spent):
                 t = time.perf_counter()
                 try:
                     return execute(sql_, params, many, context)
@@ -185,9 +185,9 @@ class Server:
     def start(self) -> None:
         env = {**os.environ, "PRODUCTION": "true", "LOG_JSON": "true", "LOG_LEVEL": "INFO",
                "DJANGO_SECRET_KEY": "bench-api-not-secret", "DJANGO_ALLOWED_HOSTS": "127.0.0.1"}
-        log = open(self.home / "gunicorn.log", "ab")
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        with open(self.home / "gunicorn.log", "ab") as log:
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         deadline = time.monotonic() + 60
         while True:
             try:

@@ -140,7 +140,7 @@ def count_queries(runs: int) -> dict:
         for stage in STAGE_ORDER:
             seen: Counter = Counter()
 
-            def wrapper(execute, sql, params, many, context):
+            def wrapper(execute, sql, params, many, context, seen=seen, stage=stage):
                 seen[_phase_of_query()] += 1
                 started = time.perf_counter()
                 try:

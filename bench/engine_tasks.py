@@ -14,8 +14,8 @@ from celery import shared_task
 from django.conf import settings
 
 DONE_KEY = "bench:raw:done"
-OPTIONS = dict(acks_late=True, ignore_result=True, soft_time_limit=settings.STAGE_SOFT_TIME_LIMIT,
-               time_limit=settings.STAGE_TIME_LIMIT)
+OPTIONS = {"acks_late": True, "ignore_result": True, "soft_time_limit": settings.STAGE_SOFT_TIME_LIMIT,
+           "time_limit": settings.STAGE_TIME_LIMIT}
 _client: redis.Redis | None = None
 
 

@@ -12,8 +12,8 @@ built from task names, so this module never imports the tasks (they import it).
 from __future__ import annotations
 
 import threading
-from importlib import import_module
 from dataclasses import dataclass
+from importlib import import_module
 from types import ModuleType
 
 import structlog

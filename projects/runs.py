@@ -145,8 +145,8 @@ def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
     if any(r.status not in (StageRun.Status.SUCCEEDED, StageRun.Status.SKIPPED) for r in earlier):
         return Claim(ClaimState.BUSY, row, run)
     now = timezone.now()
-    claimed = dict(status=StageRun.Status.RUNNING, attempt=row.attempt + 1, task_id=task_id or "", started_at=now,
-                   heartbeat_at=now, finished_at=None, error="")
+    claimed = {"status": StageRun.Status.RUNNING, "attempt": row.attempt + 1, "task_id": task_id or "",
+               "started_at": now, "heartbeat_at": now, "finished_at": None, "error": ""}
     with transaction.atomic():
         if not StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING, attempt=row.attempt).update(
                 **claimed):

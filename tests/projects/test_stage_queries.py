@@ -101,7 +101,7 @@ def test_a_new_runs_start_waits_behind_every_stage_of_runs_under_way(transaction
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     key = f"pipeline:{task_names.PIPELINE_START_PRIORITY_NEW}"
     before = client.llen(key)
-    project, run = services.project_create(owner=user, description="a web service that greets people by name")
+    project, _ = services.project_create(owner=user, description="a web service that greets people by name")
     try:
         assert client.llen(key) == before + 1
         assert all(entry.priority < task_names.PIPELINE_START_PRIORITY_NEW for entry in pipeline.STAGES.values())
