@@ -7,4 +7,4 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 ENV FACTORY_HOME=/data PYTHONUNBUFFERED=1
 RUN mkdir -p /data
-CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "16"]
+CMD ["gunicorn", "-c", "config/gunicorn.py", "config.wsgi"]

@@ -20,6 +20,18 @@ def _install_beat_schedule(sender: Celery, **_: object) -> None:
     sender.conf.beat_schedule = beat_schedule()
 
 
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def _close_old_connections(sender=None, **_: object) -> None:
+    # What Django does around a request: drop a connection that broke or outlived CONN_MAX_AGE,
+    # keep a healthy one for the next task (the fixup no longer closes it: CELERY_DB_REUSE_MAX).
+    # Not for an eager task: it runs inside its caller, whose connection is not the task's to close.
+    from django.db import close_old_connections
+
+    if not getattr(getattr(sender, "request", None), "is_eager", False):
+        close_old_connections()
+
+
 @signals.celeryd_after_setup.connect
 def _remember_node(sender: str, **_: object) -> None:
     # Worker sessions record the node that owns them; pool processes inherit this.

@@ -75,7 +75,10 @@ TEMPLATES = [
 WSGI_APPLICATION = "config.wsgi.application"
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{FACTORY_HOME / 'db.sqlite3'}")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 0))}
+# Persistent connections (seconds; 0 closes one after each request or task): a stage task or a
+# request does not pay for a new connection. Health checks drop a connection the server closed.
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+                                              conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (web, worker, beat) share the file: WAL lets readers run beside the
     # writer, IMMEDIATE transactions take the write lock up front instead of failing mid-way.
@@ -191,6 +194,10 @@ CELERY_TASK_ROUTES = {
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes the database connection before and after every task unless this
+# is set; with it, only after this many tasks. In between, Django's own rules (DB_CONN_MAX_AGE,
+# health checks) apply before and after each task, as for a request (config/celery.py).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- Pipeline -------------------------------------------------------------------------
@@ -229,6 +236,11 @@ if CHAOS_CRASH_POINT and not CHAOS_CRASH_POINT.endswith(":after_work"):
     raise ImproperlyConfigured(f"FACTORY_CRASH_POINT must be <stage>:after_work, got {CHAOS_CRASH_POINT!r}.")
 if CHAOS_CRASH_POINT and env_bool("PRODUCTION"):
     raise ImproperlyConfigured("FACTORY_CRASH_POINT is a chaos-testing hook; it is refused in production.")
+# Benchmarks only (bench/engine.py): a module whose ``run(ctx)`` replaces the work of every
+# stage, so the engine's own cost (claim, record, events) is measured alone. Never in production.
+BENCH_STAGE_MODULE = env_str("BENCH_STAGE_MODULE", "")
+if BENCH_STAGE_MODULE and env_bool("PRODUCTION"):
+    raise RuntimeError("BENCH_STAGE_MODULE is for benchmarks; it must not be set in production.")
 
 # --- Agents and workers ---------------------------------------------------------------
 AGENT_BACKEND = env_str("AGENT_BACKEND", "scripted")

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from importlib import import_module
 from types import ModuleType
 
 import structlog
@@ -54,6 +55,7 @@ STAGES: dict[str, StageEntry] = {
     Stage.NOTIFY: StageEntry(notify, task_names.PIPELINE_NOTIFY, 0),
 }
 assert tuple(STAGES) == STAGE_ORDER
+assert all(entry.priority < task_names.PIPELINE_START_PRIORITY_NEW for entry in STAGES.values())
 
 
 MAX_PRIORITY = 9
@@ -102,13 +104,20 @@ class _Heartbeat:
         self._thread.join(timeout=10)
 
 
+def _stage_module(stage: str) -> ModuleType:
+    """The stage's module; a benchmark may replace every stage's work (settings.BENCH_STAGE_MODULE)."""
+    if settings.BENCH_STAGE_MODULE:
+        return import_module(settings.BENCH_STAGE_MODULE)
+    return STAGES[stage].module
+
+
 def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     """Run one stage of one run. Returns what the chain should do next, or None to stop it."""
     close_old_connections()
-    if not PipelineRun.objects.filter(id=run_id).exists():
+    claim = runs.stage_claim(run_id=run_id, stage=stage, task_id=task_id)
+    if claim.state is ClaimState.GONE:
         log.warning("run_missing", run_id=run_id, stage=stage)  # deleted, or a message from another database
         return None
-    claim = runs.stage_claim(run_id=run_id, stage=stage, task_id=task_id)
     if claim.state is ClaimState.DONE:
         return Next.CONTINUE
     if claim.state is ClaimState.BUSY:
@@ -122,7 +131,7 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     with structlog.contextvars.bound_contextvars(run_id=run_id, stage=stage, task_id=task_id), \
             _Heartbeat(run_id, row.id, row.attempt):
         try:
-            outcome = STAGES[stage].module.run(ctx)
+            outcome = _stage_module(stage).run(ctx)
         except WorkerQuotaExceeded as exc:
             # Not a failure: too many live workers. Give the claim back; the task retries later.
             log.info("worker_quota_wait", reason=exc.message)
@@ -176,7 +185,7 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
                                     message=f"{what}; back to the developer"):
             return None  # the claim was lost: whoever holds it now drives the run
         return Next.LOOP
-    if not runs.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output=outcome.output):
+    if not runs.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output=outcome.output, claimed=row):
         return None
     return Next.CONTINUE
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import cached_property
 
 import redis
 import structlog
@@ -41,7 +42,8 @@ class StageRunSerializer(serializers.ModelSerializer):
                   "duration_seconds", "error", "output", "cost_usd"]
 
     def get_cost_usd(self, obj: StageRun) -> str:
-        return str(sum((u.cost_usd for u in obj.usage.all()), 0))
+        total = getattr(obj, "usage_cost_usd", None)  # annotated by selectors.run_detail_queryset
+        return str(total if total is not None else sum((u.cost_usd for u in obj.usage.all()), 0))
 
 
 class RunEventSerializer(serializers.ModelSerializer):
@@ -89,9 +91,14 @@ class ProjectSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "slug", "kind", "description", "spec", "created_at", "latest_run", "live_url",
                   "cost_usd"]
 
+    @cached_property
+    def _run_summary(self) -> RunSummarySerializer:
+        # One serializer for every row: building one per row (its fields) was most of a page's cost.
+        return RunSummarySerializer(context=self.context)
+
     @extend_schema_field(RunSummarySerializer(allow_null=True))
     def get_latest_run(self, obj: Project) -> dict | None:
-        return RunSummarySerializer(obj.latest_runs[0]).data if obj.latest_runs else None
+        return self._run_summary.to_representation(obj.latest_runs[0]) if obj.latest_runs else None
 
     def get_live_url(self, obj: Project) -> str | None:
         return obj.live_deployments[0].url if obj.live_deployments else None

@@ -7,6 +7,7 @@ to the database (see projects/api.py).
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from typing import Any
@@ -26,10 +27,24 @@ def channel(run_id: int) -> str:
     return f"run:{run_id}"
 
 
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
 def _client() -> redis.Redis | None:
-    if not settings.REDIS_URL:
+    """This process's client for REDIS_URL: one connection pool, shared by every thread and reused
+    by every publish. Built on first use, never at import; redis-py starts a new pool in a forked
+    child (it checks the pid), so prefork workers do not share sockets."""
+    url = settings.REDIS_URL
+    if not url:
         return None
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+    client = _clients.get(url)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(url)
+            if client is None:
+                client = _clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    return client
 
 
 def publish(*, run_id: int, event_id: int, type: str, stage: str, payload: dict, created_at: str) -> None:
@@ -41,8 +56,6 @@ def publish(*, run_id: int, event_id: int, type: str, stage: str, payload: dict,
         client.publish(channel(run_id), message)
     except redis.RedisError as exc:  # the event is stored; listeners catch up from the database
         log.warning("event_publish_failed", run_id=run_id, error=str(exc))
-    finally:
-        client.close()
 
 
 class Subscription:
@@ -53,7 +66,6 @@ class Subscription:
         client = _client()
         if client is None:
             raise RuntimeError("Event streaming needs Redis (REDIS_URL).")
-        self._client = client
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(channel(run_id))
 
@@ -69,8 +81,7 @@ class Subscription:
                 return None
 
     def close(self) -> None:
-        self._pubsub.close()
-        self._client.close()
+        self._pubsub.close()  # its connection goes back to the shared pool
 
 
 def event_record(*, run_id: int, type: str, stage: str = "", payload: dict[str, Any] | None = None) -> RunEvent:
@@ -146,7 +157,6 @@ class StreamLease:
         limits = [settings.SSE_MAX_STREAMS_PER_USER, settings.SSE_MAX_STREAMS]
         full = self._client.eval(_ACQUIRE, len(self.keys), *self.keys, self.member, self.lease_seconds, *limits)
         if full:
-            self._client.close()
             scope = ("user", "server")[int(full) - 1]
             raise StreamLimitReached(scope, limits[int(full) - 1])
 
@@ -162,8 +172,6 @@ class StreamLease:
                 self._client.zrem(key, self.member)
         except redis.RedisError as exc:  # it lapses on its own
             log.warning("stream_lease_release_failed", error=str(exc))
-        finally:
-            self._client.close()
 
 
 def open_streams(*, user_id: int) -> int:
@@ -171,8 +179,5 @@ def open_streams(*, user_id: int) -> int:
     client = _client()
     if client is None:
         return 0
-    try:
-        now = client.time()
-        return client.zcount(f"sse:streams:user:{user_id}", now[0] + now[1] / 1e6, "+inf")
-    finally:
-        client.close()
+    now = client.time()
+    return client.zcount(f"sse:streams:user:{user_id}", now[0] + now[1] / 1e6, "+inf")

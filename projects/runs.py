@@ -42,8 +42,11 @@ ITERATED_STAGES = (Stage.DEVELOPER, Stage.TESTER)
 DONE_STATUSES = (StageRun.Status.SUCCEEDED, StageRun.Status.FAILED, StageRun.Status.SKIPPED)
 
 
-def _send_start(run_id: int) -> None:
-    transaction.on_commit(lambda: current_app.send_task(task_names.PIPELINE_START, kwargs={"run_id": run_id}))
+def _send_start(run_id: int, *, new: bool = False) -> None:
+    # A new run starts after every stage of the runs already under way (see PIPELINE_START_*).
+    priority = task_names.PIPELINE_START_PRIORITY_NEW if new else task_names.PIPELINE_START_PRIORITY
+    transaction.on_commit(lambda: current_app.send_task(task_names.PIPELINE_START, kwargs={"run_id": run_id},
+                                                        priority=priority))
 
 
 # --- creating a run -------------------------------------------------------------------
@@ -63,7 +66,7 @@ def run_create(*, project: Project, kind: str) -> PipelineRun:
         for stage in STAGE_ORDER
     )
     event_record(run_id=run.id, type=RunEvent.Type.RUN_QUEUED, payload={"kind": kind})
-    _send_start(run.id)
+    _send_start(run.id, new=True)
     return run
 
 
@@ -73,6 +76,7 @@ class ClaimState(enum.Enum):
     DONE = "done"  # already finished: the chain may go on
     BUSY = "busy"  # another task owns it, or an earlier stage is unfinished: stop this chain
     WAIT = "wait"  # the run may not start yet (its person's other runs are at their cap): retry later
+    GONE = "gone"  # no such run (deleted, or a message meant for another database)
 
 
 @dataclass(frozen=True)
@@ -82,14 +86,25 @@ class Claim:
     run: PipelineRun | None = None
 
 
+def _current(run: PipelineRun, rows) -> list[StageRun]:
+    by_stage = {s.stage: s for s in rows if s.stage not in ITERATED_STAGES or s.iteration == run.iteration}
+    return [by_stage[stage] for stage in STAGE_ORDER if stage in by_stage]
+
+
 def current_stage_runs(run: PipelineRun) -> list[StageRun]:
     """The run's stage rows in pipeline order, for its current iteration."""
-    rows = {
-        s.stage: s
-        for s in StageRun.objects.filter(run=run)
-        if s.stage not in ITERATED_STAGES or s.iteration == run.iteration
-    }
-    return [rows[stage] for stage in STAGE_ORDER if stage in rows]
+    return _current(run, StageRun.objects.filter(run=run))
+
+
+def _run_with_current_stage_runs(run_id: int) -> tuple[PipelineRun | None, list[StageRun]]:
+    """The run (with its project) and its current stage rows, in one query; (None, []) if no such run."""
+    rows = list(StageRun.objects.select_related("run__project").filter(run_id=run_id))
+    if not rows:
+        return None, []
+    run = rows[0].run
+    for row in rows:
+        row.run = run
+    return run, _current(run, rows)
 
 
 def first_open_stage(run: PipelineRun) -> str:
@@ -111,8 +126,15 @@ def _fenced(stage_run_id: int, attempt: int, **fields: Any) -> bool:
 
 
 def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
-    run = PipelineRun.objects.select_related("project").get(id=run_id)
-    rows = current_stage_runs(run)
+    """Claim the run's ``stage`` for this task by compare-and-set on its row.
+
+    Reads the run and its stage rows once; the claim's writes are the row's compare-and-set (on
+    the status and the attempt read, so a row claimed and given back meanwhile is not taken on a
+    stale read), the run's status and current stage, and the events.
+    """
+    run, rows = _run_with_current_stage_runs(run_id)
+    if run is None:
+        return Claim(ClaimState.GONE)
     row = next(r for r in rows if r.stage == stage)
     if run.is_finished and stage != Stage.NOTIFY:
         stage_skip(stage_run_id=row.id)  # the run ended before reaching this stage
@@ -125,31 +147,29 @@ def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
     if any(r.status not in (StageRun.Status.SUCCEEDED, StageRun.Status.SKIPPED) for r in earlier):
         return Claim(ClaimState.BUSY, row, run)
     now = timezone.now()
+    claimed = {"status": StageRun.Status.RUNNING, "attempt": row.attempt + 1, "task_id": task_id or "",
+               "started_at": now, "heartbeat_at": now, "finished_at": None, "error": ""}
     with transaction.atomic():
         if run.status == PipelineRun.Status.QUEUED and not _person_may_start(run):
             # Touch the row so the reconciler does not take the wait for a lost message.
             StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING).update(queued_at=now)
             return Claim(ClaimState.WAIT, row, run)
-        won = StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING).update(
-            status=StageRun.Status.RUNNING,
-            attempt=F("attempt") + 1,
-            task_id=task_id or "",
-            started_at=now,
-            heartbeat_at=now,
-            finished_at=None,
-            error="",
-        )
-        if not won:
+        if not StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING, attempt=row.attempt).update(
+                **claimed):
             return Claim(ClaimState.BUSY, row, run)
-        if PipelineRun.objects.filter(id=run_id, status=PipelineRun.Status.QUEUED).update(
-            status=PipelineRun.Status.RUNNING, started_at=now
-        ):
+        for field, value in claimed.items():
+            setattr(row, field, value)
+        if run.status == PipelineRun.Status.QUEUED and PipelineRun.objects.filter(
+                id=run_id, status=PipelineRun.Status.QUEUED).update(
+                status=PipelineRun.Status.RUNNING, started_at=now, current_stage=stage):
+            run.status, run.started_at, run.current_stage = PipelineRun.Status.RUNNING, now, stage
             event_record(run_id=run_id, type=RunEvent.Type.RUN_STARTED)
-        PipelineRun.objects.filter(id=run_id, status=PipelineRun.Status.RUNNING).update(current_stage=stage)
-        row.refresh_from_db()
+        elif PipelineRun.objects.filter(id=run_id, status=PipelineRun.Status.RUNNING).update(current_stage=stage):
+            run.status, run.current_stage = PipelineRun.Status.RUNNING, stage
+        elif not run.is_finished:
+            run.refresh_from_db()  # it ended or stopped meanwhile: the stage sees it as it is
         event_record(run_id=run_id, type=RunEvent.Type.STAGE_STARTED, stage=stage,
                      payload={"iteration": row.iteration, "attempt": row.attempt})
-    run.refresh_from_db()
     return Claim(ClaimState.CLAIMED, row, run)
 
 
@@ -198,23 +218,35 @@ def stage_heartbeat(*, stage_run_id: int, attempt: int) -> bool:
     )
 
 
-def _mark_next_queued(run: PipelineRun, stage: str, now) -> None:
-    rows = current_stage_runs(run)
-    names = [r.stage for r in rows]
-    if stage in names and names.index(stage) + 1 < len(rows):
-        nxt = rows[names.index(stage) + 1]
-        StageRun.objects.filter(id=nxt.id, status=StageRun.Status.PENDING).update(queued_at=now)
+def _mark_next_queued(row: StageRun, now) -> None:
+    """The stage after ``row`` (in the run's current iteration) is now due: one UPDATE."""
+    position = STAGE_ORDER.index(row.stage)
+    if position + 1 == len(STAGE_ORDER):
+        return
+    nxt = STAGE_ORDER[position + 1]
+    due = StageRun.objects.filter(run_id=row.run_id, stage=nxt, status=StageRun.Status.PENDING)
+    if nxt in ITERATED_STAGES:
+        due = due.filter(iteration=F("run__iteration"))
+    due.update(queued_at=now)
 
 
 @transaction.atomic
-def stage_succeed(*, stage_run_id: int, attempt: int, output: dict[str, Any]) -> bool:
+def stage_succeed(*, stage_run_id: int, attempt: int, output: dict[str, Any],
+                  claimed: StageRun | None = None) -> bool:
+    """The claimed stage succeeded. ``claimed`` is the row as ``stage_claim`` returned it (its
+    run, stage, iteration and start are fixed while the claim holds), which saves reading it again."""
+    if claimed is not None and (claimed.id, claimed.attempt) != (stage_run_id, attempt):
+        raise ValueError("claimed is not the row of this claim")
     now = timezone.now()
     if not _fenced(stage_run_id, attempt, status=StageRun.Status.SUCCEEDED, output=output, finished_at=now):
         return False
-    row = StageRun.objects.select_related("run").get(id=stage_run_id)
-    _mark_next_queued(row.run, row.stage, now)
+    if claimed is not None:
+        claimed.status, claimed.output, claimed.finished_at = StageRun.Status.SUCCEEDED, output, now
+    row = claimed if claimed is not None else StageRun.objects.get(id=stage_run_id)
+    _mark_next_queued(row, now)
+    seconds = (now - row.started_at).total_seconds() if row.started_at else None
     event_record(run_id=row.run_id, type=RunEvent.Type.STAGE_SUCCEEDED, stage=row.stage,
-                 payload={"iteration": row.iteration, "seconds": row.duration_seconds})
+                 payload={"iteration": row.iteration, "seconds": seconds})
     return True
 
 

@@ -25,7 +25,8 @@ def project_list_queryset(user) -> QuerySet[Project]:
         PipelineRun.objects.filter(project=OuterRef("pk")).order_by().values("project")
         .annotate(total=Sum("cost_usd")).values("total")
     )
-    return projects_visible_to(user).annotate(
+    # Not the owner: a summary does not show it (the join and the user objects cost more than the rows).
+    return projects_visible_to(user).select_related(None).annotate(
         total_cost_usd=Coalesce(Subquery(run_costs, output_field=money), Value(Decimal(0)), output_field=money),
     ).prefetch_related(
         Prefetch("runs", queryset=PipelineRun.objects.order_by("-id")[:1], to_attr="latest_runs"),
@@ -40,8 +41,13 @@ def runs_visible_to(user) -> QuerySet[PipelineRun]:
 
 
 def run_detail_queryset(user) -> QuerySet[PipelineRun]:
+    """Visible runs with their stages (each with ``usage_cost_usd``, the sum of its usage) and events."""
+    money = DecimalField(max_digits=14, decimal_places=6)
+    stages = StageRun.objects.order_by("id").annotate(
+        usage_cost_usd=Coalesce(Sum("usage__cost_usd"), Value(Decimal(0)), output_field=money)
+    )
     return runs_visible_to(user).prefetch_related(
-        Prefetch("stages", queryset=StageRun.objects.order_by("id").prefetch_related("usage")),
+        Prefetch("stages", queryset=stages),
         Prefetch("events", queryset=RunEvent.objects.order_by("id")),
     )
 

@@ -1,0 +1,112 @@
+"""The engine's cost per stage: a claim and its record take a fixed, small number of queries.
+
+The bound counts the engine's own statements (the claim's read and compare-and-set, the run's
+update, the record's fenced write, the next stage's due time, the events). The test runs in a
+transaction, so the two atomic blocks become savepoints (counted apart, below), and the events'
+on-commit work (Redis publish, the person's notification) is not run here: bench/engine.py
+measures all of it together.
+"""
+from __future__ import annotations
+
+import pytest
+import redis
+from django.conf import settings
+
+from config import task_names
+from orchestrator import pipeline
+from projects import runs, services
+from projects.models import PipelineRun, RunEvent, Stage, StageRun
+
+# Queries of claim + succeed of one stage, and of the first one (it also starts the run: one more
+# event, which happens once per run and is recorded under a savepoint of its own).
+STAGE_QUERIES = 7
+FIRST_STAGE_QUERIES = STAGE_QUERIES + 3
+SAVEPOINTS = 4  # the two atomic blocks (claim, succeed) inside the test's transaction
+
+
+def claim_and_succeed(run_id: int, stage: str) -> StageRun:
+    claim = runs.stage_claim(run_id=run_id, stage=stage, task_id=f"t-{stage}")
+    assert claim.state is runs.ClaimState.CLAIMED
+    row = claim.stage_run
+    assert runs.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output={"ok": stage}, claimed=row)
+    return row
+
+
+def engine_statements(captured) -> list[str]:
+    return [q["sql"] for q in captured if "SAVEPOINT" not in q["sql"]]
+
+
+def test_a_stage_claim_and_record_take_at_most_seven_queries(db, user, django_assert_max_num_queries):
+    _, run = services.project_create(owner=user, description="a web service that greets people by name")
+    with django_assert_max_num_queries(FIRST_STAGE_QUERIES + SAVEPOINTS):
+        claim_and_succeed(run.id, Stage.ARCHITECT)
+    for stage in (Stage.PREPARER, Stage.DEVELOPER, Stage.TESTER):
+        with django_assert_max_num_queries(STAGE_QUERIES + SAVEPOINTS) as captured:
+            claim_and_succeed(run.id, stage)
+        assert len(engine_statements(captured.captured_queries)) <= STAGE_QUERIES
+
+    # What those few queries did: the rows, the run and the events are all there.
+    rows = {r.stage: r for r in StageRun.objects.filter(run=run)}
+    for stage in (Stage.ARCHITECT, Stage.PREPARER, Stage.DEVELOPER, Stage.TESTER):
+        assert rows[stage].status == StageRun.Status.SUCCEEDED and rows[stage].attempt == 1
+        assert rows[stage].output == {"ok": stage} and rows[stage].finished_at is not None
+    assert rows[Stage.DEPLOYER].status == StageRun.Status.PENDING and rows[Stage.DEPLOYER].queued_at is not None
+    assert rows[Stage.NOTIFY].queued_at is None
+    run.refresh_from_db()
+    assert (run.status, run.current_stage) == (PipelineRun.Status.RUNNING, Stage.TESTER)
+    types = list(RunEvent.objects.filter(run=run).values_list("type", "stage"))
+    assert types == [("run.queued", ""), ("run.started", ""), ("stage.started", "architect"),
+                     ("stage.succeeded", "architect"), ("stage.started", "preparer"),
+                     ("stage.succeeded", "preparer"), ("stage.started", "developer"),
+                     ("stage.succeeded", "developer"), ("stage.started", "tester"), ("stage.succeeded", "tester")]
+
+
+def test_the_claim_returns_the_rows_as_written(db, user):
+    """The claim does not read its writes back: what it returns must be what the database holds."""
+    _, run = services.project_create(owner=user, description="a web service that greets people by name")
+    claim = runs.stage_claim(run_id=run.id, stage=Stage.ARCHITECT, task_id="t-1")
+    fresh = StageRun.objects.get(id=claim.stage_run.id)
+    for field in ("status", "attempt", "task_id", "started_at", "heartbeat_at", "finished_at", "error"):
+        assert getattr(claim.stage_run, field) == getattr(fresh, field), field
+    fresh_run = PipelineRun.objects.get(id=run.id)
+    for field in ("status", "current_stage", "started_at", "iteration"):
+        assert getattr(claim.run, field) == getattr(fresh_run, field), field
+    assert claim.run.project.description == "a web service that greets people by name"
+
+
+def test_a_claim_of_a_cancelled_run_sees_it_cancelled(db, user):
+    _, run = services.project_create(owner=user, description="a web service that greets people by name")
+    runs.run_cancel(run_id=run.id, user=user)
+    claim = runs.stage_claim(run_id=run.id, stage=Stage.NOTIFY, task_id="t-notify")
+    assert claim.state is runs.ClaimState.CLAIMED
+    assert claim.run.status == PipelineRun.Status.CANCELLED
+    assert claim.run.current_stage == ""  # a run that ended does not move to a stage
+
+
+def test_a_claim_for_a_run_that_does_not_exist_says_so(transactional_db):
+    assert runs.stage_claim(run_id=987654321, stage=Stage.ARCHITECT, task_id="t").state is runs.ClaimState.GONE
+    assert pipeline.execute(stage=Stage.ARCHITECT, run_id=987654321, task_id="t") is None
+
+
+def test_succeed_refuses_a_row_of_another_claim(db, user):
+    _, run = services.project_create(owner=user, description="a web service that greets people by name")
+    row = runs.stage_claim(run_id=run.id, stage=Stage.ARCHITECT, task_id="t-1").stage_run
+    with pytest.raises(ValueError):
+        runs.stage_succeed(stage_run_id=row.id, attempt=row.attempt + 1, output={}, claimed=row)
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the priority of a message is the Redis transport's")
+def test_a_new_runs_start_waits_behind_every_stage_of_runs_under_way(transactional_db, user):
+    """On Redis, priority N lives in the list ``pipeline:N``: a new run's start is below the Architect."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    key = f"pipeline:{task_names.PIPELINE_START_PRIORITY_NEW}"
+    before = client.llen(key)
+    project, _ = services.project_create(owner=user, description="a web service that greets people by name")
+    try:
+        assert client.llen(key) == before + 1
+        assert all(entry.priority < task_names.PIPELINE_START_PRIORITY_NEW for entry in pipeline.STAGES.values())
+    finally:
+        client.delete(key)
+        from orchestrator.maintenance import project_teardown
+
+        project_teardown(project_id=project.id)
