@@ -18,9 +18,10 @@ from projects import runs, services
 from projects.models import PipelineRun, RunEvent, Stage, StageRun
 
 # Queries of claim + succeed of one stage, and of the first one (it also starts the run: one more
-# event, which happens once per run and is recorded under a savepoint of its own).
+# event, which happens once per run and is recorded under a savepoint of its own; and the
+# fairness check: the person's row locked and their running runs counted).
 STAGE_QUERIES = 7
-FIRST_STAGE_QUERIES = STAGE_QUERIES + 3
+FIRST_STAGE_QUERIES = STAGE_QUERIES + 3 + 2
 SAVEPOINTS = 4  # the two atomic blocks (claim, succeed) inside the test's transaction
 
 
