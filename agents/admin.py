@@ -12,8 +12,17 @@ from config.errors import AppError
 
 @admin.register(AgentConfig)
 class AgentConfigAdmin(admin.ModelAdmin):
-    list_display = ["role", "backend", "model", "runtime", "time_limit_seconds", "idle_ttl_seconds",
-                    "pause_ttl_seconds", "budget_usd", "updated_at"]
+    list_display = [
+        "role",
+        "backend",
+        "model",
+        "runtime",
+        "time_limit_seconds",
+        "idle_ttl_seconds",
+        "pause_ttl_seconds",
+        "budget_usd",
+        "updated_at",
+    ]
 
 
 class TransitionInline(admin.TabularInline):
@@ -40,21 +49,42 @@ def _enqueue(task: str, label: str):
 
 @admin.register(WorkerSession)
 class WorkerSessionAdmin(admin.ModelAdmin):
-    list_display = ["id", "project", "role", "runtime", "state", "state_reason", "context_tokens",
-                    "last_activity_at", "owner_node"]
+    list_display = [
+        "id",
+        "project",
+        "role",
+        "runtime",
+        "state",
+        "state_reason",
+        "context_tokens",
+        "last_activity_at",
+        "owner_node",
+    ]
     list_filter = ["state", "runtime", "role"]
     readonly_fields = [f.name for f in WorkerSession._meta.fields if f.name != "api_token_hash"]
     exclude = ["api_token_hash"]
     inlines = [TransitionInline]
-    actions = [_enqueue(task_names.WORKERS_PAUSE_SESSION, "Pause"),
-               _enqueue(task_names.WORKERS_RESUME_SESSION, "Resume"),
-               _enqueue(task_names.WORKERS_TERMINATE_SESSION, "Terminate")]
+    actions = [
+        _enqueue(task_names.WORKERS_PAUSE_SESSION, "Pause"),
+        _enqueue(task_names.WORKERS_RESUME_SESSION, "Resume"),
+        _enqueue(task_names.WORKERS_TERMINATE_SESSION, "Terminate"),
+    ]
 
 
 @admin.register(Usage)
 class UsageAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "project", "role", "backend", "model", "input_tokens", "output_tokens",
-                    "cache_read_tokens", "cache_write_tokens", "cost_usd"]
+    list_display = [
+        "created_at",
+        "project",
+        "role",
+        "backend",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cost_usd",
+    ]
     list_filter = ["backend", "role", "model", "project"]
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in Usage._meta.fields]
@@ -86,8 +116,21 @@ class EscalationAdmin(admin.ModelAdmin):
     form = EscalationAnswerForm
     list_display = ["id", "run", "stage", "reason", "status", "deadline", "answered_by", "created_at"]
     list_filter = ["status", "reason"]
-    readonly_fields = ["run", "stage", "reason", "question", "context", "status", "deadline", "action", "answer",
-                       "budget_increase_usd", "answered_by", "answered_at", "created_at"]
+    readonly_fields = [
+        "run",
+        "stage",
+        "reason",
+        "question",
+        "context",
+        "status",
+        "deadline",
+        "action",
+        "answer",
+        "budget_increase_usd",
+        "answered_by",
+        "answered_at",
+        "created_at",
+    ]
 
     def get_fields(self, request, obj=None):
         answerable = obj is not None and obj.status == Escalation.Status.OPEN
@@ -101,8 +144,12 @@ class EscalationAdmin(admin.ModelAdmin):
         if not action:
             return
         try:
-            escalation_answer(escalation_id=obj.id, user=request.user, action=action,
-                              answer=form.cleaned_data.get("reply_text") or "",
-                              budget_increase_usd=form.cleaned_data.get("reply_budget"))
+            escalation_answer(
+                escalation_id=obj.id,
+                user=request.user,
+                action=action,
+                answer=form.cleaned_data.get("reply_text") or "",
+                budget_increase_usd=form.cleaned_data.get("reply_budget"),
+            )
         except AppError as exc:
             messages.error(request, exc.message)

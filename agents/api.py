@@ -3,6 +3,7 @@
 Authenticated by the worker's own short-lived token (``Authorization: Worker <token>``), which
 is scoped to one run: a token used on another run's URL is refused.
 """
+
 from __future__ import annotations
 
 from django.contrib.auth.models import AnonymousUser
@@ -46,9 +47,13 @@ class WorkerTokenScheme(OpenApiAuthenticationExtension):
     name = "workerToken"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "apiKey", "in": "header", "name": "Authorization",
-                "description": 'The worker\'s own token, with the prefix "Worker": `Worker <token>`. Valid only '
-                               "while its run is active and its worker is running, until it reports a result."}
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": 'The worker\'s own token, with the prefix "Worker": `Worker <token>`. Valid only '
+            "while its run is active and its worker is running, until it reports a result.",
+        }
 
 
 class IsWorkerOfThisRun(permissions.BasePermission):
@@ -112,8 +117,11 @@ class WorkerAskView(_WorkerView):
 class WorkerResultView(_WorkerView):
     model = AgentResult
 
-    @extend_schema(request=AgentResult, responses={202: ACCEPTED},
-                   summary="orchestrator-cli result (the worker's token ends with it)")
+    @extend_schema(
+        request=AgentResult,
+        responses={202: ACCEPTED},
+        summary="orchestrator-cli result (the worker's token ends with it)",
+    )
     def post(self, request: Request, run_id: int) -> Response:
         return super().post(request, run_id)
 

@@ -9,6 +9,7 @@ sent with the worker's short-lived token from the environment (FACTORY_API_URL,
 FACTORY_API_TOKEN, FACTORY_RUN_ID). Exit codes: 0 accepted, 1 refused by the factory or
 unreachable, 2 bad command or not inside a worker. Needs only the standard library and pydantic.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from typing import Sequence
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ValidationError
 
@@ -62,7 +63,9 @@ def send(endpoint: str, body: BaseModel, env: dict[str, str]) -> dict:
         raise CliError(f"not inside a worker: {', '.join(missing)} not set", EXIT_USAGE)
     url = f"{env['FACTORY_API_URL'].rstrip('/')}/api/runs/{env['FACTORY_RUN_ID']}/worker/{endpoint}/"
     request = urllib.request.Request(
-        url, method="POST", data=body.model_dump_json(exclude_none=True).encode(),
+        url,
+        method="POST",
+        data=body.model_dump_json(exclude_none=True).encode(),
         headers={"Content-Type": "application/json", "Authorization": f"Worker {env['FACTORY_API_TOKEN']}"},
     )
     try:

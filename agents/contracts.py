@@ -1,4 +1,5 @@
 """What agents hand back, validated at the edge: an agent's words are untrusted input."""
+
 from __future__ import annotations
 
 from typing import Literal

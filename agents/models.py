@@ -1,4 +1,5 @@
 """Agents: how each role is configured, the worker sessions they run in, and what they cost."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -64,9 +65,11 @@ class AgentConfig(models.Model):
             return None
         turns = self.TURNS_PER_STAGE.get(self.role, 1)
         most = max(1, (limit - self.STAGE_OVERHEAD_SECONDS) // turns)
-        return (f"The {self.role} time limit of {self.time_limit_seconds}s does not fit in a stage: "
-                f"{turns} turn(s) plus {self.STAGE_OVERHEAD_SECONDS}s of checkout need {needed}s, but "
-                f"STAGE_SOFT_TIME_LIMIT is {limit}s. Use at most {most}s, or raise STAGE_SOFT_TIME_LIMIT.")
+        return (
+            f"The {self.role} time limit of {self.time_limit_seconds}s does not fit in a stage: "
+            f"{turns} turn(s) plus {self.STAGE_OVERHEAD_SECONDS}s of checkout need {needed}s, but "
+            f"STAGE_SOFT_TIME_LIMIT is {limit}s. Use at most {most}s, or raise STAGE_SOFT_TIME_LIMIT."
+        )
 
     def clean(self) -> None:
         super().clean()

@@ -1,4 +1,5 @@
 """Reads over the ledger and worker sessions."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ def latest_guidance(*, run_id: int) -> str | None:
     """The newest guidance a person gave this run's agents, if any."""
     return (
         Escalation.objects.filter(run_id=run_id, status=Escalation.Status.ANSWERED, action="guidance")
-        .exclude(answer="").order_by("-answered_at").values_list("answer", flat=True).first()
+        .exclude(answer="")
+        .order_by("-answered_at")
+        .values_list("answer", flat=True)
+        .first()
     )
 
 
@@ -40,16 +44,26 @@ def escalation_for_reply(*, telegram_message_id: int, user_id: int):
     Found through the OutboundMessage that carried the question: the one with that Telegram
     message id sent to this person's account (message ids are per chat), in one query.
     """
-    return Escalation.objects.select_related("run__project").filter(
-        outbound_messages__telegram_message_id=telegram_message_id,
-        outbound_messages__account__user_id=user_id,
-        run__project__owner_id=user_id, status=Escalation.Status.OPEN).first()
+    return (
+        Escalation.objects.select_related("run__project")
+        .filter(
+            outbound_messages__telegram_message_id=telegram_message_id,
+            outbound_messages__account__user_id=user_id,
+            run__project__owner_id=user_id,
+            status=Escalation.Status.OPEN,
+        )
+        .first()
+    )
 
 
 def open_escalation_for_user(*, user_id: int):
     """The newest open question on any of this person's runs."""
-    return Escalation.objects.select_related("run__project").filter(
-        run__project__owner_id=user_id, status=Escalation.Status.OPEN).order_by("-created_at").first()
+    return (
+        Escalation.objects.select_related("run__project")
+        .filter(run__project__owner_id=user_id, status=Escalation.Status.OPEN)
+        .order_by("-created_at")
+        .first()
+    )
 
 
 def reclaimable_session(*, for_project_id: int) -> WorkerSession | None:

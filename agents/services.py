@@ -1,4 +1,5 @@
 """State changes of agent configs, worker sessions and the usage ledger."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,6 @@ import structlog
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
-
 from django.utils import timezone
 
 from agents.contracts import AgentResult
@@ -53,8 +53,11 @@ def agent_config_set(*, role: str, **fields) -> AgentConfig:
         config.full_clean()
     except DjangoValidationError as exc:
         problems = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
-        raise ValidationFailed(f"The {role} config is not valid: {problems}", code="agent_config_invalid",
-                               extra={"fields": exc.message_dict}) from exc
+        raise ValidationFailed(
+            f"The {role} config is not valid: {problems}",
+            code="agent_config_invalid",
+            extra={"fields": exc.message_dict},
+        ) from exc
     config.save()
     return config
 
@@ -72,7 +75,9 @@ def _quota_lock() -> None:
 
 
 @transaction.atomic
-def session_create(*, project_id: int, run_id: int | None, role: str, runtime: str, workspace_root: str) -> WorkerSession:
+def session_create(
+    *, project_id: int, run_id: int | None, role: str, runtime: str, workspace_root: str
+) -> WorkerSession:
     """Record a worker before it exists, so a crash mid-start leaves a row the reaper can find.
 
     Refused with WorkerQuotaExceeded when MAX_WORKERS sessions are live (paused ones count).
@@ -82,15 +87,23 @@ def session_create(*, project_id: int, run_id: int | None, role: str, runtime: s
     _quota_lock()
     live = WorkerSession.objects.filter(state__in=WorkerSession.LIVE).count()
     if live >= settings.MAX_WORKERS:
-        raise WorkerQuotaExceeded(f"{live} workers are live; the limit is {settings.MAX_WORKERS}.",
-                                  extra={"live": live, "limit": settings.MAX_WORKERS})
+        raise WorkerQuotaExceeded(
+            f"{live} workers are live; the limit is {settings.MAX_WORKERS}.",
+            extra={"live": live, "limit": settings.MAX_WORKERS},
+        )
     now = timezone.now()
     try:
         with transaction.atomic():
             session = WorkerSession.objects.create(
-                project_id=project_id, run_id=run_id, role=role, runtime=runtime,
-                state=State.STARTING, state_reason="created", state_changed_at=now,
-                last_activity_at=now, owner_node=current_node(),
+                project_id=project_id,
+                run_id=run_id,
+                role=role,
+                runtime=runtime,
+                state=State.STARTING,
+                state_reason="created",
+                state_changed_at=now,
+                last_activity_at=now,
+                owner_node=current_node(),
             )
     except IntegrityError as exc:
         raise Conflict(f"Project {project_id} already has a live {role} worker.", code="worker_exists") from exc
@@ -101,8 +114,9 @@ def session_create(*, project_id: int, run_id: int | None, role: str, runtime: s
 
 
 @transaction.atomic
-def session_set_state(*, session_id: int, state: str, reason: str, container_id: str | None = None,
-                      expect: tuple[str, ...] | None = None) -> bool:
+def session_set_state(
+    *, session_id: int, state: str, reason: str, container_id: str | None = None, expect: tuple[str, ...] | None = None
+) -> bool:
     """Move a session to ``state`` (only from one of ``expect``, if given); record the transition."""
     current = WorkerSession.objects.select_for_update().filter(id=session_id).values_list("state", flat=True).first()
     if current is None or (expect is not None and current not in expect):
@@ -162,7 +176,8 @@ def session_issue_token(*, session_id: int, run_id: int) -> str:
     """A fresh short-lived token for the worker, scoped to ``run_id``; only its hash is kept."""
     token = secrets.token_urlsafe(32)
     WorkerSession.objects.filter(id=session_id).update(
-        api_token_hash=_hash(token), run_id=run_id,
+        api_token_hash=_hash(token),
+        run_id=run_id,
         api_token_expires_at=timezone.now() + timedelta(seconds=settings.WORKER_TOKEN_TTL_SECONDS),
     )
     return token
@@ -175,8 +190,12 @@ def session_for_token(token: str) -> WorkerSession | None:
         return None
     return (
         WorkerSession.objects.select_related("run")
-        .filter(api_token_hash=_hash(token), state=State.RUNNING, api_token_expires_at__gt=timezone.now(),
-                run__status__in=PipelineRun.ACTIVE)
+        .filter(
+            api_token_hash=_hash(token),
+            state=State.RUNNING,
+            api_token_expires_at__gt=timezone.now(),
+            run__status__in=PipelineRun.ACTIVE,
+        )
         .first()
     )
 
@@ -185,16 +204,22 @@ def session_for_token(token: str) -> WorkerSession | None:
 def session_report_result(*, session_id: int, result: AgentResult) -> None:
     """The agent's result through channel 2; it is the worker's last word, so its token ends."""
     WorkerSession.objects.filter(id=session_id).update(
-        reported_result=result.model_dump(), last_activity_at=timezone.now(),
-        api_token_hash="", api_token_expires_at=None,
+        reported_result=result.model_dump(),
+        last_activity_at=timezone.now(),
+        api_token_hash="",
+        api_token_expires_at=None,
     )
 
 
 def session_take_result(*, session_id: int) -> AgentResult | None:
     """The result reported through the CLI, cleared so a later turn cannot reuse it."""
     with transaction.atomic():
-        raw = WorkerSession.objects.select_for_update().filter(id=session_id).values_list(
-            "reported_result", flat=True).first()
+        raw = (
+            WorkerSession.objects.select_for_update()
+            .filter(id=session_id)
+            .values_list("reported_result", flat=True)
+            .first()
+        )
         if raw is None:
             return None
         WorkerSession.objects.filter(id=session_id).update(reported_result=None)
@@ -212,8 +237,12 @@ def worker_progress(*, session: WorkerSession, message: str) -> None:
     """Channel 2: the agent says what it is doing; the worker keeps running."""
     _require_active_run(session)
     WorkerSession.objects.filter(id=session.id).update(last_activity_at=timezone.now())
-    event_record(run_id=session.run_id, type="agent.progress", stage=session.role,
-                 payload={"session_id": session.id, "message": message})
+    event_record(
+        run_id=session.run_id,
+        type="agent.progress",
+        stage=session.role,
+        payload={"session_id": session.id, "message": message},
+    )
 
 
 @transaction.atomic
@@ -221,16 +250,31 @@ def worker_ask(*, session: WorkerSession, question: str) -> None:
     """Channel 2: the agent asks a person. (Answers arrive with the escalation flow.)"""
     _require_active_run(session)
     WorkerSession.objects.filter(id=session.id).update(last_activity_at=timezone.now())
-    event_record(run_id=session.run_id, type="agent.question", stage=session.role,
-                 payload={"session_id": session.id, "question": question})
+    event_record(
+        run_id=session.run_id,
+        type="agent.question",
+        stage=session.role,
+        payload={"session_id": session.id, "question": question},
+    )
 
 
 # --- the ledger ----------------------------------------------------------------------
 @transaction.atomic
-def usage_record(*, project_id: int, stage_run_id: int | None, session_id: int | None, role: str, backend: str,
-                 model: str = "", input_tokens: int = 0, output_tokens: int = 0, cache_read_tokens: int = 0,
-                 cache_write_tokens: int = 0, cost_usd: Decimal | float | str = 0,
-                 stage_attempt: int | None = None) -> Usage:
+def usage_record(
+    *,
+    project_id: int,
+    stage_run_id: int | None,
+    session_id: int | None,
+    role: str,
+    backend: str,
+    model: str = "",
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    cost_usd: Decimal | float | str = 0,
+    stage_attempt: int | None = None,
+) -> Usage:
     """One agent turn's tokens and dollars; the run's running cost moves with it.
 
     A turn under a later claim of a stage run that already has turns of an earlier claim is a
@@ -239,13 +283,24 @@ def usage_record(*, project_id: int, stage_run_id: int | None, session_id: int |
     """
     cost = Decimal(str(cost_usd))
     rerun = bool(
-        stage_run_id is not None and stage_attempt is not None
+        stage_run_id is not None
+        and stage_attempt is not None
         and Usage.objects.filter(stage_run_id=stage_run_id, stage_attempt__lt=stage_attempt).exists()
     )
     usage = Usage.objects.create(
-        project_id=project_id, stage_run_id=stage_run_id, session_id=session_id, role=role, backend=backend,
-        model=model, input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read_tokens,
-        cache_write_tokens=cache_write_tokens, cost_usd=cost, stage_attempt=stage_attempt, rerun=rerun,
+        project_id=project_id,
+        stage_run_id=stage_run_id,
+        session_id=session_id,
+        role=role,
+        backend=backend,
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read_tokens,
+        cache_write_tokens=cache_write_tokens,
+        cost_usd=cost,
+        stage_attempt=stage_attempt,
+        rerun=rerun,
     )
     if stage_run_id is not None:
         runs.run_add_cost(stage_run_id=stage_run_id, cost_usd=cost)
@@ -257,8 +312,16 @@ ESCALATION_ACTIONS = {"guidance", "raise_budget", "cancel"}
 
 
 @transaction.atomic
-def escalation_raise(*, run_id: int, stage: str, reason: str, question: str, context: dict | None = None,
-                     stage_run_id: int | None = None, attempt: int | None = None) -> Escalation | None:
+def escalation_raise(
+    *,
+    run_id: int,
+    stage: str,
+    reason: str,
+    question: str,
+    context: dict | None = None,
+    stage_run_id: int | None = None,
+    attempt: int | None = None,
+) -> Escalation | None:
     """Stop the run and ask a person; the run waits (``waiting_human``) until answered.
 
     With ``stage_run_id``, that claimed stage is given back (fenced by ``attempt``, through the
@@ -267,30 +330,39 @@ def escalation_raise(*, run_id: int, stage: str, reason: str, question: str, con
     if not runs.run_wait_for_human(run_id=run_id, stage_run_id=stage_run_id, attempt=attempt):
         return None
     escalation = Escalation.objects.create(
-        run_id=run_id, stage=stage, reason=reason, question=question, context=context or {},
+        run_id=run_id,
+        stage=stage,
+        reason=reason,
+        question=question,
+        context=context or {},
         deadline=timezone.now() + timedelta(seconds=settings.ESCALATION_TTL_SECONDS),
     )
-    event_record(run_id=run_id, type="escalation.raised", stage=stage,
-                 payload={"escalation_id": escalation.id, "reason": reason, "question": question})
+    event_record(
+        run_id=run_id,
+        type="escalation.raised",
+        stage=stage,
+        payload={"escalation_id": escalation.id, "reason": reason, "question": question},
+    )
     return escalation
 
 
 @transaction.atomic
-def escalation_answer(*, escalation_id: int, user, action: str, answer: str = "",
-                      budget_increase_usd: Decimal | float | str | None = None) -> Escalation:
+def escalation_answer(
+    *, escalation_id: int, user, action: str, answer: str = "", budget_increase_usd: Decimal | float | str | None = None
+) -> Escalation:
     """A person answers: guidance (the agent's next prompt carries it), more budget, or cancel.
 
     Anything but cancel resumes the run from the stage that was waiting.
     """
-    escalation = Escalation.objects.select_for_update().select_related("run__project").filter(
-        id=escalation_id).first()
+    escalation = Escalation.objects.select_for_update().select_related("run__project").filter(id=escalation_id).first()
     if escalation is None or not (user.is_staff or escalation.run.project.owner_id == user.id):
         raise NotFound("No such question.", code="escalation_not_found")
     if escalation.status != Escalation.Status.OPEN:
         raise Conflict(f"This question is already {escalation.status}.", code="escalation_closed")
     if action not in ESCALATION_ACTIONS:
-        raise ValidationFailed(f"Unknown answer {action!r}; use one of {', '.join(sorted(ESCALATION_ACTIONS))}.",
-                               code="unknown_action")
+        raise ValidationFailed(
+            f"Unknown answer {action!r}; use one of {', '.join(sorted(ESCALATION_ACTIONS))}.", code="unknown_action"
+        )
     answer = (answer or "").strip()
     if action == "guidance" and not answer:
         raise ValidationFailed("Guidance needs some text for the agent.", code="guidance_required")
@@ -302,21 +374,31 @@ def escalation_answer(*, escalation_id: int, user, action: str, answer: str = ""
             raise ValidationFailed("The budget increase must be a number of dollars.", code="bad_budget") from exc
         if not increase.is_finite() or increase <= 0 or increase > Decimal(settings.MAX_BUDGET_INCREASE_USD):
             raise ValidationFailed(
-                f"The budget increase must be between $0 and ${settings.MAX_BUDGET_INCREASE_USD}.",
-                code="bad_budget")
+                f"The budget increase must be between $0 and ${settings.MAX_BUDGET_INCREASE_USD}.", code="bad_budget"
+            )
     Escalation.objects.filter(id=escalation.id).update(
-        status=Escalation.Status.ANSWERED, action=action, answer=answer[:4000], budget_increase_usd=increase,
-        answered_by=user if user.is_authenticated else None, answered_at=timezone.now(),
+        status=Escalation.Status.ANSWERED,
+        action=action,
+        answer=answer[:4000],
+        budget_increase_usd=increase,
+        answered_by=user if user.is_authenticated else None,
+        answered_at=timezone.now(),
     )
-    event_record(run_id=escalation.run_id, type="escalation.answered", stage=escalation.stage,
-                 payload={"escalation_id": escalation.id, "action": action,
-                          "by": getattr(user, "username", "") or "operator"})
+    event_record(
+        run_id=escalation.run_id,
+        type="escalation.answered",
+        stage=escalation.stage,
+        payload={"escalation_id": escalation.id, "action": action, "by": getattr(user, "username", "") or "operator"},
+    )
     run = escalation.run
     if action == "cancel":
         runs.run_cancel(run_id=run.id, user=user)
     else:
-        runs.run_resume(run_id=run.id, budget_increase_usd=increase,
-                        extra_iteration=escalation.reason == Escalation.Reason.TESTS_FAILING)
+        runs.run_resume(
+            run_id=run.id,
+            budget_increase_usd=increase,
+            extra_iteration=escalation.reason == Escalation.Reason.TESTS_FAILING,
+        )
     escalation.refresh_from_db()
     return escalation
 
@@ -327,12 +409,20 @@ def escalations_expire() -> list[int]:
     for escalation in Escalation.objects.filter(status=Escalation.Status.OPEN, deadline__lt=timezone.now()):
         with transaction.atomic():
             if not Escalation.objects.filter(id=escalation.id, status=Escalation.Status.OPEN).update(
-                    status=Escalation.Status.EXPIRED):
+                status=Escalation.Status.EXPIRED
+            ):
                 continue
-            event_record(run_id=escalation.run_id, type="escalation.expired", stage=escalation.stage,
-                         payload={"escalation_id": escalation.id})
-            runs.run_fail(run_id=escalation.run_id, code="escalation_expired",
-                          message=f"Nobody answered in time. The question was: {escalation.question}")
+            event_record(
+                run_id=escalation.run_id,
+                type="escalation.expired",
+                stage=escalation.stage,
+                payload={"escalation_id": escalation.id},
+            )
+            runs.run_fail(
+                run_id=escalation.run_id,
+                code="escalation_expired",
+                message=f"Nobody answered in time. The question was: {escalation.question}",
+            )
             runs.run_enqueue_notify(run_id=escalation.run_id)
         expired.append(escalation.run_id)
     return expired

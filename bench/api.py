@@ -16,6 +16,7 @@ Also measures one page of the list in process (Django's test client): ms, SQL ms
 Uses its own database (BENCH_DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/factory_bench2); its tables are emptied and seeded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,41 +84,88 @@ def seed(n: int):
     token, _ = Token.objects.get_or_create(user=user)
     now = timezone.now()
     projects = Project.objects.bulk_create(
-        Project(owner=user, description=f"a web service number {i} that greets people by name and remembers them",
-                name=f"Greeter {i}", slug=f"greeter-{i}", kind="web_service",
-                spec={"name": f"Greeter {i}", "slug": f"greeter-{i}", "kind": "web_service",
-                      "summary": "Greets people by name.",
-                      "features": [{"name": f"feature {k}", "summary": "does a thing", "params": {"k": k}}
-                                   for k in range(3)],
-                      "env": [{"name": "SECRET_KEY", "source": "generated_secret", "description": "signing"}],
-                      "acceptance": [{"name": "greets", "method": "GET", "path": "/greet?name=Ada",
-                                      "expect_status": 200, "expect_contains": "Hello, Ada!"}]})
+        Project(
+            owner=user,
+            description=f"a web service number {i} that greets people by name and remembers them",
+            name=f"Greeter {i}",
+            slug=f"greeter-{i}",
+            kind="web_service",
+            spec={
+                "name": f"Greeter {i}",
+                "slug": f"greeter-{i}",
+                "kind": "web_service",
+                "summary": "Greets people by name.",
+                "features": [{"name": f"feature {k}", "summary": "does a thing", "params": {"k": k}} for k in range(3)],
+                "env": [{"name": "SECRET_KEY", "source": "generated_secret", "description": "signing"}],
+                "acceptance": [
+                    {
+                        "name": "greets",
+                        "method": "GET",
+                        "path": "/greet?name=Ada",
+                        "expect_status": 200,
+                        "expect_contains": "Hello, Ada!",
+                    }
+                ],
+            },
+        )
         for i in range(n)
     )
     started = now - timedelta(minutes=10)
     runs = PipelineRun.objects.bulk_create(
-        PipelineRun(project=p, status=PipelineRun.Status.SUCCEEDED, current_stage="notify", cost_usd=Decimal("0.42"),
-                    result_message=f"Greeter {i} is live.", started_at=started, finished_at=now)
+        PipelineRun(
+            project=p,
+            status=PipelineRun.Status.SUCCEEDED,
+            current_stage="notify",
+            cost_usd=Decimal("0.42"),
+            result_message=f"Greeter {i} is live.",
+            started_at=started,
+            finished_at=now,
+        )
         for i, p in enumerate(projects)
     )
     stage_rows = StageRun.objects.bulk_create(
-        StageRun(run=r, stage=s, status=StageRun.Status.SUCCEEDED, attempt=1, started_at=started, finished_at=now,
-                 output={"stage": s, "notes": "done"})
-        for r in runs for s in STAGE_ORDER
+        StageRun(
+            run=r,
+            stage=s,
+            status=StageRun.Status.SUCCEEDED,
+            attempt=1,
+            started_at=started,
+            finished_at=now,
+            output={"stage": s, "notes": "done"},
+        )
+        for r in runs
+        for s in STAGE_ORDER
     )
     Usage.objects.bulk_create(
-        Usage(project_id=row.run.project_id, stage_run=row, role="developer", backend="scripted",
-              input_tokens=1000, output_tokens=200, cost_usd=Decimal("0.07"))
+        Usage(
+            project_id=row.run.project_id,
+            stage_run=row,
+            role="developer",
+            backend="scripted",
+            input_tokens=1000,
+            output_tokens=200,
+            cost_usd=Decimal("0.07"),
+        )
         for row in stage_rows
     )
     RunEvent.objects.bulk_create(
         RunEvent(run=r, type=t, stage=s, payload={"iteration": 1})
-        for r in runs for s in STAGE_ORDER for t in ("stage.started", "stage.succeeded")
+        for r in runs
+        for s in STAGE_ORDER
+        for t in ("stage.started", "stage.succeeded")
     )
     Deployment.objects.bulk_create(
-        Deployment(project=r.project, run=r, status=Deployment.Status.LIVE, port=20000 + i, commit_sha="0" * 40,
-                   url=f"http://greeter-{i}.localhost", live_at=now)
-        for i, r in enumerate(runs) if i % 2 == 0
+        Deployment(
+            project=r.project,
+            run=r,
+            status=Deployment.Status.LIVE,
+            port=20000 + i,
+            commit_sha="0" * 40,
+            url=f"http://greeter-{i}.localhost",
+            live_at=now,
+        )
+        for i, r in enumerate(runs)
+        if i % 2 == 0
     )
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")  # as autovacuum would have by now
@@ -129,7 +177,10 @@ def in_process(user, repeat: int = 20) -> dict:
     client = APIClient()
     client.force_authenticate(user)
     out = {}
-    for name, path in (("projects", PROJECTS), ("run", f"/api/runs/{PipelineRun.objects.filter(project__owner=user).first().id}/")):
+    for name, path in (
+        ("projects", PROJECTS),
+        ("run", f"/api/runs/{PipelineRun.objects.filter(project__owner=user).first().id}/"),
+    ):
         client.get(path)  # warm
         times, sql, counts = [], [], []
         for _ in range(repeat):
@@ -183,11 +234,18 @@ class Server:
         self.argv = [sys.executable, "-m", *argv]
 
     def start(self) -> None:
-        env = {**os.environ, "PRODUCTION": "true", "LOG_JSON": "true", "LOG_LEVEL": "INFO",
-               "DJANGO_SECRET_KEY": "bench-api-not-secret", "DJANGO_ALLOWED_HOSTS": "127.0.0.1"}
+        env = {
+            **os.environ,
+            "PRODUCTION": "true",
+            "LOG_JSON": "true",
+            "LOG_LEVEL": "INFO",
+            "DJANGO_SECRET_KEY": "bench-api-not-secret",
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+        }
         with open(self.home / "gunicorn.log", "ab") as log:
-            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -195,7 +253,9 @@ class Server:
                 return
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not start: {(self.home / 'gunicorn.log').read_text()[-3000:]}")
+                    raise RuntimeError(
+                        f"gunicorn did not start: {(self.home / 'gunicorn.log').read_text()[-3000:]}"
+                    ) from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -214,8 +274,10 @@ async def request(port: int, path: str, token: str, timeout: float) -> int | str
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token {token}\r\n"
-                         f"Connection: close\r\n\r\n".encode())
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token {token}\r\n"
+                f"Connection: close\r\n\r\n".encode()
+            )
             await writer.drain()
             data = await reader.read()
         return int(data[9:12]) if data.startswith(b"HTTP/1.") else "error"
@@ -248,10 +310,16 @@ async def open_loop(port: int, paths, token: str, rate: float, seconds: float, t
     sent_in = loop.time() - t0
     await asyncio.gather(*tasks)
     ok = [lat * 1000 for lat, status in results if status == 200]
-    return {"rate": rate, "sent": total, "sent_rate": total / sent_in if sent_in else rate, "ok": len(ok),
-            "timeouts": sum(1 for _, s in results if s == "timeout"),
-            "errors": sum(1 for _, s in results if s not in (200, "timeout")),
-            "p50": percentile(ok, 50) if ok else None, "p99": percentile(ok, 99) if ok else None}
+    return {
+        "rate": rate,
+        "sent": total,
+        "sent_rate": total / sent_in if sent_in else rate,
+        "ok": len(ok),
+        "timeouts": sum(1 for _, s in results if s == "timeout"),
+        "errors": sum(1 for _, s in results if s not in (200, "timeout")),
+        "p50": percentile(ok, 50) if ok else None,
+        "p99": percentile(ok, 99) if ok else None,
+    }
 
 
 async def busy_after(port: int, path: str, token: str, limit: float) -> float | None:
@@ -278,10 +346,12 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
 
 
-def report(when: str, server_argv: list[str], inproc: dict, steps: list[dict], seconds: float, timeout: float,
-           n: int) -> str:
+def report(
+    when: str, server_argv: list[str], inproc: dict, steps: list[dict], seconds: float, timeout: float, n: int
+) -> str:
     lines = [
-        f"Measured {when}; load average {load_now()} at the end. Produced by `bench/api.py`: {n} projects of one person (each with a finished run:",
+        f"Measured {when}; load average {load_now()} at the end. Produced by `bench/api.py`: "
+        f"{n} projects of one person (each with a finished run:",
         "six stage rows with usage, 12 events, half of them live); gunicorn as compose.yaml runs it "
         f"(`{' '.join(server_argv[2:])}`), PostgreSQL, all on loopback on the same 2 cores as the load generator.",
         f"Open loop, {seconds:.0f} s per step after a warm-up, a new connection per request, clients give up after "
@@ -302,8 +372,10 @@ def report(when: str, server_argv: list[str], inproc: dict, steps: list[dict], s
         busy = "–" if s["busy"] is None else f"{s['busy']:.1f}"
         if s["busy"] is None:
             busy = f"> {s['busy_limit']:.0f} (restarted)"
-        lines.append(f"| {s['endpoint']} | {s['rate']:.0f} | {s['sent']} | {s['ok']} | {s['timeouts']} | {s['errors']} | "
-                     f"{_ms(s['p50'])} | {_ms(s['p99'])} | {busy} |")
+        lines.append(
+            f"| {s['endpoint']} | {s['rate']:.0f} | {s['sent']} | {s['ok']} | {s['timeouts']} | {s['errors']} | "
+            f"{_ms(s['p50'])} | {_ms(s['p99'])} | {busy} |"
+        )
     lines += [
         "",
         "- p50 / p99 over the requests answered 200, from the moment each was due to leave.",
@@ -332,8 +404,10 @@ def main() -> None:
     print(inproc, flush=True)
     server = Server(home)
     rng = random.Random(7)
-    endpoints = {"projects": ("GET /api/projects/", lambda: PROJECTS),
-                 "runs": ("GET /api/runs/<id>/", lambda: f"/api/runs/{rng.choice(run_ids)}/")}
+    endpoints = {
+        "projects": ("GET /api/projects/", lambda: PROJECTS),
+        "runs": ("GET /api/runs/<id>/", lambda: f"/api/runs/{rng.choice(run_ids)}/"),
+    }
     server.start()
     asyncio.run(warm(server.port, endpoints, token))
     steps = []

@@ -8,6 +8,7 @@ rows, in the same process: queries issued and wall milliseconds (median of 5 swe
 shapes: history (almost every row terminated, 10 live workers with real process groups) and
 all-live (every row a live session owned by another node, so the sweep must read them all).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,13 +50,31 @@ def setup_rows(n: int, shape: str) -> list[Project]:
     for i in range(n - (10 if shape == "history" else 0)):
         project = Project(id=projects[i % 10].id)
         if shape == "history":
-            rows.append(WorkerSession(project=project, role="developer", runtime="process", container_id=str(10**7 + i),
-                                      state="terminated", owner_node="bench@here", last_activity_at=now,
-                                      state_changed_at=now))
+            rows.append(
+                WorkerSession(
+                    project=project,
+                    role="developer",
+                    runtime="process",
+                    container_id=str(10**7 + i),
+                    state="terminated",
+                    owner_node="bench@here",
+                    last_activity_at=now,
+                    state_changed_at=now,
+                )
+            )
         else:  # live sessions owned by another node: read by the sweep, acted on by none of its checks
-            rows.append(WorkerSession(project=project, role=["architect", "developer", "tester"][i % 3],
-                                      runtime="process", container_id=str(10**7 + i), state="paused",
-                                      owner_node="other@elsewhere", last_activity_at=now, state_changed_at=now))
+            rows.append(
+                WorkerSession(
+                    project=project,
+                    role=["architect", "developer", "tester"][i % 3],
+                    runtime="process",
+                    container_id=str(10**7 + i),
+                    state="paused",
+                    owner_node="other@elsewhere",
+                    last_activity_at=now,
+                    state_changed_at=now,
+                )
+            )
     # The partial unique constraint allows one live session per project and role: spread the
     # all-live rows over enough projects.
     if shape == "live":
@@ -109,7 +128,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section(ROOT / "docs" / "BENCHMARKS.md", f"Beat sweep over WorkerSession rows ({connection.vendor})", table)
+        write_section(
+            ROOT / "docs" / "BENCHMARKS.md", f"Beat sweep over WorkerSession rows ({connection.vendor})", table
+        )
 
 
 def write_section(path: Path, heading: str, body: str) -> None:
@@ -120,7 +141,7 @@ def write_section(path: Path, heading: str, body: str) -> None:
     if marker in text:
         start = text.index(marker)
         end = text.find("\n## ", start + len(marker))
-        text = text[:start] + section + (text[end + 1:] if end != -1 else "")
+        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)

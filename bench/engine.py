@@ -20,6 +20,7 @@ It uses its own database (BENCH_DATABASE_URL, default
 postgres://postgres@127.0.0.1:5432/factory_bench2; its tables are emptied) and starts its own
 redis-server on a free loopback port (or uses BENCH_REDIS_URL, whose db it flushes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,11 @@ def _private_redis() -> tuple[str, subprocess.Popen | None]:
     if os.environ.get("BENCH_REDIS_URL"):
         return os.environ["BENCH_REDIS_URL"], None
     port = _free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -67,8 +71,12 @@ def _private_redis() -> tuple[str, subprocess.Popen | None]:
 
 REDIS_URL, REDIS_PROC = _private_redis()
 os.environ.update(
-    DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL, DJANGO_SETTINGS_MODULE="config.settings",
-    BENCH_STAGE_MODULE="bench.noop_stage", PROJECT_CREATE_LIMIT="0", LOG_LEVEL="WARNING",
+    DATABASE_URL=DATABASE_URL,
+    REDIS_URL=REDIS_URL,
+    DJANGO_SETTINGS_MODULE="config.settings",
+    BENCH_STAGE_MODULE="bench.noop_stage",
+    PROJECT_CREATE_LIMIT="0",
+    LOG_LEVEL="WARNING",
 )
 os.environ.pop("CELERY_BROKER_URL", None)
 os.environ.setdefault("FACTORY_HOME", tempfile.mkdtemp(prefix="factory-bench-engine-"))
@@ -165,10 +173,29 @@ class Worker:
         self.log = home / "worker.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", "worker", "-I", "bench.engine_tasks",
-                 "-Q", "pipeline", f"--concurrency={CONCURRENCY}", "--loglevel=INFO", "--without-gossip",
-                 "--without-mingle", "-n", f"bench-engine-{os.getpid()}@%h"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "-I",
+                    "bench.engine_tasks",
+                    "-Q",
+                    "pipeline",
+                    f"--concurrency={CONCURRENCY}",
+                    "--loglevel=INFO",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "-n",
+                    f"bench-engine-{os.getpid()}@%h",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 60
         while " ready." not in self.log.read_text(errors="replace"):
@@ -208,13 +235,20 @@ def raw_celery(client: redis.Redis, chains: int) -> dict:
     client.delete(DONE_KEY)
     started = time.time()
     for i in range(chains):
-        chain(*(signature("bench.noop", immutable=True) for _ in range(4)),
-              signature("bench.chain_done", args=(i,), immutable=True)).apply_async()
+        chain(
+            *(signature("bench.noop", immutable=True) for _ in range(4)),
+            signature("bench.chain_done", args=(i,), immutable=True),
+        ).apply_async()
     wait_until(lambda: client.llen(DONE_KEY) >= chains, 600, "the raw chains")
     done = [float(item.split()[1]) - started for item in client.lrange(DONE_KEY, 0, -1)]
     elapsed = max(done)
-    return {"chains": chains, "tasks": 5 * chains, "seconds": elapsed, "tasks_per_s": 5 * chains / elapsed,
-            "latency": done}
+    return {
+        "chains": chains,
+        "tasks": 5 * chains,
+        "seconds": elapsed,
+        "tasks_per_s": 5 * chains / elapsed,
+        "latency": done,
+    }
 
 
 def _finished(ids: list[int]) -> bool:
@@ -226,13 +260,18 @@ def engine_runs(user, runs: int) -> dict:
     started = time.time()
     ids = [services.project_create(owner=user, description=f"bench throughput {i}")[1].id for i in range(runs)]
     wait_until(lambda: _finished(ids), 900, "the engine's runs")
-    finished = [f.timestamp() - started for f in
-                PipelineRun.objects.filter(id__in=ids).values_list("finished_at", flat=True)]
+    finished = [
+        f.timestamp() - started for f in PipelineRun.objects.filter(id__in=ids).values_list("finished_at", flat=True)
+    ]
     elapsed = max(finished)
     opened = db_sessions() - sessions_before
     assert PipelineRun.objects.filter(id__in=ids, status=PipelineRun.Status.SUCCEEDED).count() == runs
-    return {"runs": runs, "seconds": elapsed, "stage_tasks_per_s": STAGES_PER_RUN * runs / elapsed,
-            "connections_per_task": opened / (TASKS_PER_RUN * runs)}
+    return {
+        "runs": runs,
+        "seconds": elapsed,
+        "stage_tasks_per_s": STAGES_PER_RUN * runs / elapsed,
+        "connections_per_task": opened / (TASKS_PER_RUN * runs),
+    }
 
 
 def engine_batch(user, runs: int) -> dict:
@@ -240,11 +279,16 @@ def engine_batch(user, runs: int) -> dict:
         ids = [services.project_create(owner=user, description=f"bench batch {i}")[1].id for i in range(runs)]
     submitted = time.time()
     wait_until(lambda: _finished(ids), 900, "the batch")
-    latency = [f.timestamp() - submitted for f in
-               PipelineRun.objects.filter(id__in=ids).values_list("finished_at", flat=True)]
+    latency = [
+        f.timestamp() - submitted for f in PipelineRun.objects.filter(id__in=ids).values_list("finished_at", flat=True)
+    ]
     assert PipelineRun.objects.filter(id__in=ids, status=PipelineRun.Status.SUCCEEDED).count() == runs
-    return {"runs": runs, "latency": latency, "all": max(latency),
-            "stage_tasks_per_s": STAGES_PER_RUN * runs / max(latency)}
+    return {
+        "runs": runs,
+        "latency": latency,
+        "all": max(latency),
+        "stage_tasks_per_s": STAGES_PER_RUN * runs / max(latency),
+    }
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -288,8 +332,10 @@ def report(queries: dict, raw: dict, engine: dict, batch: dict, redis_per_event:
         if stage != "notify":
             engine_only.append(statistics.median(c["execute"] + c["claim"] + c["record"] for c in counters))
             told.append(statistics.median(c["notifications"] for c in counters))
-        lines.append(f"| {stage} | " + " | ".join(f"{c:g}" for c in cells) + f" | {total_q:g} | "
-                     f"{statistics.median(ms[stage]):.1f} | {queries['sql_ms'][stage]:.1f} |")
+        lines.append(
+            f"| {stage} | " + " | ".join(f"{c:g}" for c in cells) + f" | {total_q:g} | "
+            f"{statistics.median(ms[stage]):.1f} | {queries['sql_ms'][stage]:.1f} |"
+        )
     lines += [
         "",
         f"Engine queries per stage (execute + claim + record, events included), architect to deployer: "

@@ -5,6 +5,7 @@ take the stage tasks' options (late ack, no result, the same time limits), so th
 the engine differ only by what the engine does in a task. The last task of a chain records when
 it ran, so the benchmark knows each chain's latency.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,12 @@ from celery import shared_task
 from django.conf import settings
 
 DONE_KEY = "bench:raw:done"
-OPTIONS = {"acks_late": True, "ignore_result": True, "soft_time_limit": settings.STAGE_SOFT_TIME_LIMIT,
-           "time_limit": settings.STAGE_TIME_LIMIT}
+OPTIONS = {
+    "acks_late": True,
+    "ignore_result": True,
+    "soft_time_limit": settings.STAGE_SOFT_TIME_LIMIT,
+    "time_limit": settings.STAGE_TIME_LIMIT,
+}
 _client: redis.Redis | None = None
 
 

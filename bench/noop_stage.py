@@ -4,6 +4,7 @@ Every stage does nothing, so what is measured is the engine alone: the real clai
 record of the outcome, the real events. Notify is the real Notify stage: it reads and writes
 only the database, and it is what ends a run.
 """
+
 from __future__ import annotations
 
 from orchestrator.stages import Outcome, StageContext, notify

@@ -1,4 +1,5 @@
 """Shared by the benchmarks: percentiles, and replacing one section of docs/BENCHMARKS.md."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,10 @@ def percentile(values: list[float], p: float) -> float:
 
 def machine() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{date.today().isoformat()}, {os.cpu_count()} CPUs (shared with other work: load average {load} "
-            f"at the start), {platform.system()} {platform.release()}, Python {platform.python_version()}")
+    return (
+        f"{date.today().isoformat()}, {os.cpu_count()} CPUs (shared with other work: load average {load} "
+        f"at the start), {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
 
 
 def load_now() -> str:

@@ -11,6 +11,7 @@ The Docker runtime needs an engine (scripts/dockerd) and WORKER_IMAGE (default t
 scripts/worker-image); without an engine its row says so. --write replaces only the
 "Worker lifecycle" section of docs/BENCHMARKS.md, creating the file if it is missing.
 """
+
 from __future__ import annotations
 
 import argparse

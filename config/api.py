@@ -4,6 +4,7 @@ Wired in ``REST_FRAMEWORK`` (config/settings.py), so every view gets it without 
 schema's side is config/schema.py: this module is imported while DRF's views load, and
 drf-spectacular imports them.)
 """
+
 from __future__ import annotations
 
 import re
@@ -21,9 +22,11 @@ def parse_whole_number(raw: str, *, name: str, minimum: int, maximum: int) -> in
     """A query or header value as a bounded whole number, or a 400 naming the parameter."""
     value = int(raw) if _DIGITS.fullmatch(raw) else None
     if value is None or not minimum <= value <= maximum:
-        raise ValidationFailed(f"{name} must be a whole number from {minimum} to {maximum}.",
-                               code="bad_parameter", extra={"parameter": name, "minimum": minimum,
-                                                            "maximum": maximum})
+        raise ValidationFailed(
+            f"{name} must be a whole number from {minimum} to {maximum}.",
+            code="bad_parameter",
+            extra={"parameter": name, "minimum": minimum, "maximum": maximum},
+        )
     return value
 
 
@@ -58,12 +61,20 @@ class Pagination(LimitOffsetPagination):
 
     def get_schema_operation_parameters(self, view):
         return [
-            {"name": self.limit_query_param, "required": False, "in": "query",
-             "description": f"Number of results to return per page (default {self.default_limit}).",
-             "schema": {"type": "integer", "minimum": 1, "maximum": self.max_limit}},
-            {"name": self.offset_query_param, "required": False, "in": "query",
-             "description": "The initial index from which to return the results.",
-             "schema": {"type": "integer", "minimum": 0, "maximum": self.max_offset}},
+            {
+                "name": self.limit_query_param,
+                "required": False,
+                "in": "query",
+                "description": f"Number of results to return per page (default {self.default_limit}).",
+                "schema": {"type": "integer", "minimum": 1, "maximum": self.max_limit},
+            },
+            {
+                "name": self.offset_query_param,
+                "required": False,
+                "in": "query",
+                "description": "The initial index from which to return the results.",
+                "schema": {"type": "integer", "minimum": 0, "maximum": self.max_offset},
+            },
         ]
 
     def get_paginated_response_schema(self, schema):
@@ -71,6 +82,10 @@ class Pagination(LimitOffsetPagination):
         return {
             "type": "object",
             "required": ["count", "next", "previous", "results"],
-            "properties": {"count": {"type": "integer", "minimum": 0}, "next": link, "previous": link,
-                           "results": schema},
+            "properties": {
+                "count": {"type": "integer", "minimum": 0},
+                "next": link,
+                "previous": link,
+                "results": schema,
+            },
         }

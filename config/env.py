@@ -3,6 +3,7 @@
 Every setting is read once, in ``config/settings.py``. A value that cannot be parsed fails
 loudly at start-up with the variable's name, instead of surfacing later as a strange error.
 """
+
 from __future__ import annotations
 
 import os

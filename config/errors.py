@@ -6,6 +6,7 @@ person. Everything under ``/api/`` that is not a success answers ``{"error": {"c
 ``ApiEnvelopeMiddleware`` covers what never reaches a DRF view (unknown paths, a foreign Host, a
 body over the size limit, a crash).
 """
+
 from __future__ import annotations
 
 from http import HTTPStatus
@@ -126,21 +127,34 @@ def _flatten(detail: Any, prefix: str = "") -> str:
 # --- the envelope for what never reaches a DRF view ----------------------------------------
 API_PREFIX = "/api/"
 _STATUS_CODES = {
-    400: "bad_request", 401: "not_authenticated", 403: "permission_denied", 404: "not_found",
-    405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large", 415: "unsupported_media_type",
-    429: "too_many_requests", 500: "server_error",
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    500: "server_error",
 }
 
 
-def envelope(status: int, *, code: str | None = None, message: str | None = None,
-             extra: dict[str, Any] | None = None) -> JsonResponse:
+def envelope(
+    status: int, *, code: str | None = None, message: str | None = None, extra: dict[str, Any] | None = None
+) -> JsonResponse:
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
     return JsonResponse(
-        {"error": {"code": code or _STATUS_CODES.get(status, "error"), "message": message or f"{phrase}.",
-                   "extra": extra or {}}},
+        {
+            "error": {
+                "code": code or _STATUS_CODES.get(status, "error"),
+                "message": message or f"{phrase}.",
+                "extra": extra or {},
+            }
+        },
         status=status,
     )
 
@@ -168,9 +182,12 @@ class ApiEnvelopeMiddleware:
             return envelope(400, message="The Content-Length header is not a number.")
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         if limit is not None and int(length) > limit:
-            return envelope(413, code="payload_too_large",
-                            message=f"The request body is larger than the limit of {limit} bytes.",
-                            extra={"limit": limit})
+            return envelope(
+                413,
+                code="payload_too_large",
+                message=f"The request body is larger than the limit of {limit} bytes.",
+                extra={"limit": limit},
+            )
         response = self.get_response(request)
         if response.status_code >= 400 and not response.get("Content-Type", "").startswith("application/json"):
             log.info("api_error_enveloped", path=request.path_info, status=response.status_code)

@@ -10,6 +10,7 @@ only what its threads can start soon (its threads plus as many kept-alive client
 kernel queue, excess clients wait or retry in the kernel instead, and the server works only
 on requests that are still fresh. bench/api.py measures it.
 """
+
 bind = "0.0.0.0:8000"
 workers = 2
 worker_class = "gthread"

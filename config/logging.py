@@ -3,6 +3,7 @@
 Pipeline code binds ``run_id``, ``stage`` and ``task_id`` with structlog's contextvars, so every
 line logged while a stage works carries them.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """The OpenAPI schema (drf-spectacular): the error envelope documented on every operation."""
+
 from __future__ import annotations
 
 from drf_spectacular import openapi
@@ -47,8 +48,10 @@ class AutoSchema(openapi.AutoSchema):
         for status in self._error_statuses():
             if status not in responses:
                 responses[status] = self._get_response_for_code(
-                    OpenApiResponse(ErrorSerializer, description=ERROR_DESCRIPTIONS[status]), status,
-                    media_types=["application/json"], direction=direction,
+                    OpenApiResponse(ErrorSerializer, description=ERROR_DESCRIPTIONS[status]),
+                    status,
+                    media_types=["application/json"],
+                    direction=direction,
                 )
         return responses
 
@@ -56,7 +59,6 @@ class AutoSchema(openapi.AutoSchema):
 def error_response(status: int) -> OpenApiResponse:
     """For ``@extend_schema(responses={...})``: one more documented error status."""
     return OpenApiResponse(ErrorSerializer, description=ERROR_DESCRIPTIONS[str(status)])
-
 
 
 def any_value_stays_any(result, generator, request, public):

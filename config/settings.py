@@ -4,6 +4,7 @@ The embedded default needs no services: SQLite, Celery's filesystem transport, t
 runtime, the scripted agent, a local bare git remote and local deploys on loopback.
 ``DATABASE_URL`` and ``CELERY_BROKER_URL`` / ``REDIS_URL`` switch to PostgreSQL and Redis.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -77,8 +78,9 @@ WSGI_APPLICATION = "config.wsgi.application"
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{FACTORY_HOME / 'db.sqlite3'}")
 # Persistent connections (seconds; 0 closes one after each request or task): a stage task or a
 # request does not pay for a new connection. Health checks drop a connection the server closed.
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
-                                              conn_health_checks=True)}
+DATABASES = {
+    "default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60), conn_health_checks=True)
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (web, worker, beat) share the file: WAL lets readers run beside the
     # writer, IMMEDIATE transactions take the write lock up front instead of failing mid-way.
@@ -124,7 +126,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Service factory API",
     "DESCRIPTION": "Describe a service; the factory plans, builds, tests and deploys it. Every error is "
-                   '`{"error": {"code", "message", "extra"}}` as JSON.',
+    '`{"error": {"code", "message", "extra"}}` as JSON.',
     "VERSION": "0.1.0",
     # 3.1: the schema is JSON Schema (null is a type), which the worker API's pydantic models emit.
     "OAS_VERSION": "3.1.0",
@@ -220,10 +222,12 @@ STAGE_SOFT_TIME_LIMIT = env_int("STAGE_SOFT_TIME_LIMIT", 1900)
 STAGE_TIME_LIMIT = env_int("STAGE_TIME_LIMIT", 1960)
 if not STAGE_SOFT_TIME_LIMIT < STAGE_TIME_LIMIT:
     raise ImproperlyConfigured(
-        f"STAGE_SOFT_TIME_LIMIT ({STAGE_SOFT_TIME_LIMIT}) must be below STAGE_TIME_LIMIT ({STAGE_TIME_LIMIT}).")
+        f"STAGE_SOFT_TIME_LIMIT ({STAGE_SOFT_TIME_LIMIT}) must be below STAGE_TIME_LIMIT ({STAGE_TIME_LIMIT})."
+    )
 if CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", STAGE_TIME_LIMIT + 1) <= STAGE_TIME_LIMIT:
-    raise ImproperlyConfigured("CELERY_VISIBILITY_TIMEOUT must be above STAGE_TIME_LIMIT, or a slow stage is "
-                               "delivered twice.")
+    raise ImproperlyConfigured(
+        "CELERY_VISIBILITY_TIMEOUT must be above STAGE_TIME_LIMIT, or a slow stage is delivered twice."
+    )
 
 # Fairness: at most this many runs of one person run at once (0: no cap); the rest wait queued
 # and start as the person's earlier runs end.

@@ -3,6 +3,7 @@
 Domain apps never import the engine: they enqueue its work by these names once their
 transaction commits. ``tests/test_task_names.py`` checks that each one is a registered task.
 """
+
 from __future__ import annotations
 
 PIPELINE_START = "pipeline.start"

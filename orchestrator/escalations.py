@@ -3,6 +3,7 @@
 Which failures escalate, and the question each one asks, rendered by code from what the stage
 reported (an agent's own question is quoted as such).
 """
+
 from __future__ import annotations
 
 from django.db import transaction
@@ -40,12 +41,16 @@ def question_for(ctx: StageContext, exc: StageFailed) -> str:
         return f"The developer agent is stuck and asks:\n«{exc.message}»\nReply with your answer."
     if reason == Escalation.Reason.TESTS_FAILING:
         failing = ", ".join(t["name"] for t in (exc.output or {}).get("report", {}).get("failing", [])[:5])
-        return (f"The tests still fail after {ctx.run.iteration} tries ({failing or 'see the report'}). "
-                "Reply with guidance for the developer (e.g. \"try a different library\"), or /cancel.")
+        return (
+            f"The tests still fail after {ctx.run.iteration} tries ({failing or 'see the report'}). "
+            'Reply with guidance for the developer (e.g. "try a different library"), or /cancel.'
+        )
     if reason == Escalation.Reason.BUDGET:
         out = exc.output or {}
-        return (f"The {out.get('scope', 'run')} budget is spent (${out.get('spent_usd', 0):.2f} of "
-                f"${out.get('budget_usd', 0):.2f}). Reply /budget <dollars> to raise it, or /cancel.")
+        return (
+            f"The {out.get('scope', 'run')} budget is spent (${out.get('spent_usd', 0):.2f} of "
+            f"${out.get('budget_usd', 0):.2f}). Reply /budget <dollars> to raise it, or /cancel."
+        )
     return f"The {ctx.stage_run.stage} stage failed: {exc.message}\nReply with guidance to try again, or /cancel."
 
 
@@ -53,15 +58,27 @@ def question_for(ctx: StageContext, exc: StageFailed) -> str:
 def escalate(ctx: StageContext, exc: StageFailed) -> Escalation | None:
     row = ctx.stage_run
     question = question_for(ctx, exc)
-    context = {"code": exc.code, "message": exc.message[:2000], "iteration": ctx.run.iteration,
-               "output": exc.output or {}}
+    context = {
+        "code": exc.code,
+        "message": exc.message[:2000],
+        "iteration": ctx.run.iteration,
+        "output": exc.output or {},
+    }
     if exc.code == "tests_failed":
         # Close this iteration's tests; the next iteration's Developer waits for the answer.
-        if not runs.stage_loop_back(stage_run_id=row.id, attempt=row.attempt, output=exc.output or {},
-                                    message=exc.message, announce=False):
+        if not runs.stage_loop_back(
+            stage_run_id=row.id, attempt=row.attempt, output=exc.output or {}, message=exc.message, announce=False
+        ):
             return None
-        return agent_services.escalation_raise(run_id=ctx.run.id, stage=Stage.DEVELOPER,
-                                               reason=ESCALATING[exc.code], question=question, context=context)
-    return agent_services.escalation_raise(run_id=ctx.run.id, stage=row.stage, stage_run_id=row.id,
-                                           attempt=row.attempt, reason=ESCALATING[exc.code],
-                                           question=question, context=context)
+        return agent_services.escalation_raise(
+            run_id=ctx.run.id, stage=Stage.DEVELOPER, reason=ESCALATING[exc.code], question=question, context=context
+        )
+    return agent_services.escalation_raise(
+        run_id=ctx.run.id,
+        stage=row.stage,
+        stage_run_id=row.id,
+        attempt=row.attempt,
+        reason=ESCALATING[exc.code],
+        question=question,
+        context=context,
+    )

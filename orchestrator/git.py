@@ -1,4 +1,5 @@
 """Git on the factory's side (bare remotes, scaffolds, releases), through the real git binary."""
+
 from __future__ import annotations
 
 import os
@@ -9,13 +10,25 @@ from django.conf import settings
 
 from config.errors import PermanentError
 
-_IDENTITY = ["-c", "user.name=Service Factory", "-c", "user.email=factory@factory.invalid",
-             "-c", "init.defaultBranch=main", "-c", "advice.detachedHead=false"]
+_IDENTITY = [
+    "-c",
+    "user.name=Service Factory",
+    "-c",
+    "user.email=factory@factory.invalid",
+    "-c",
+    "init.defaultBranch=main",
+    "-c",
+    "advice.detachedHead=false",
+]
 
 
 def git(*args: str, cwd: Path | str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_TERMINAL_PROMPT": "0", "LANG": "C.UTF-8",
-           "HOME": str(settings.FACTORY_HOME)}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GIT_TERMINAL_PROMPT": "0",
+        "LANG": "C.UTF-8",
+        "HOME": str(settings.FACTORY_HOME),
+    }
     proc = subprocess.run(["git", *_IDENTITY, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     if check and proc.returncode != 0:
         raise PermanentError(f"git {' '.join(args[:2])} failed: {proc.stderr.strip()[-500:]}", code="git_failed")

@@ -1,4 +1,5 @@
 """Clean-up the engine does on schedule (beat) or on request: the worker lifecycle sweeps."""
+
 from __future__ import annotations
 
 import socket
@@ -84,7 +85,8 @@ def workers_reap() -> ReapReport:
     )
     for session in expired:
         if session.state == State.PAUSED and session.state_changed_at < now - timedelta(
-                seconds=_ttl(configs, session.role, "pause_ttl_seconds")):
+            seconds=_ttl(configs, session.role, "pause_ttl_seconds")
+        ):
             reason = "paused past pause_ttl"
         elif session.created_at < now - timedelta(seconds=_ttl(configs, session.role, "max_lifetime_seconds")):
             reason = "past max lifetime"
@@ -121,8 +123,11 @@ def _listing(runtime_name: str):
 
 
 def _live_sessions() -> list[tuple]:
-    return list(WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list(
-        "id", "runtime", "container_id", "owner_node", "created_at", "state_changed_at"))
+    return list(
+        WorkerSession.objects.filter(state__in=WorkerSession.LIVE).values_list(
+            "id", "runtime", "container_id", "owner_node", "created_at", "state_changed_at"
+        )
+    )
 
 
 def _reconcile_runtime(runtime_name: str, report: ReapReport) -> None:
@@ -177,8 +182,9 @@ def _fail_vanished(runtime_name: str, found: list, live: list[tuple], listed_at,
             continue  # started (or changed) after the listing: judged by the next sweep
         if handle in handles or (not handle and created > listed_at - STARTING_GRACE):
             continue
-        if agent_services.session_set_state(session_id=session_id, state=State.FAILED, reason=reason,
-                                            expect=WorkerSession.LIVE):
+        if agent_services.session_set_state(
+            session_id=session_id, state=State.FAILED, reason=reason, expect=WorkerSession.LIVE
+        ):
             failed.append(session_id)
     return failed
 

@@ -9,6 +9,7 @@ heartbeat and outside any transaction, record the outcome.
 ``STAGES`` is the one registry: stage → its module → its task's name → its priority. Chains are
 built from task names, so this module never imports the tasks (they import it).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,17 @@ from agents.services import WorkerQuotaExceeded
 from config import task_names
 from config.errors import AppError, TransientError
 from orchestrator import escalations
-from orchestrator.stages import Next, StageContext, StageFailed, architect, deployer, developer, notify, preparer, tester
+from orchestrator.stages import (
+    Next,
+    StageContext,
+    StageFailed,
+    architect,
+    deployer,
+    developer,
+    notify,
+    preparer,
+    tester,
+)
 from projects import runs
 from projects.models import PipelineRun, Stage
 from projects.runs import STAGE_ORDER, ClaimState
@@ -73,7 +84,7 @@ def chain_from(run_id: int, stage: str = Stage.ARCHITECT, until: str | None = No
     ``delay`` lowers the first stage's priority: a new run of a person who already has runs
     under way goes behind other people's new runs, so queued work from different people
     interleaves."""
-    stages = STAGE_ORDER[STAGE_ORDER.index(stage): (STAGE_ORDER.index(until) + 1) if until else None]
+    stages = STAGE_ORDER[STAGE_ORDER.index(stage) : (STAGE_ORDER.index(until) + 1) if until else None]
     return chain(*(stage_signature(run_id, s, delay if i == 0 else 0) for i, s in enumerate(stages)))
 
 
@@ -95,7 +106,7 @@ class _Heartbeat:
         finally:
             connection.close()
 
-    def __enter__(self) -> "_Heartbeat":
+    def __enter__(self) -> _Heartbeat:
         self._thread.start()
         return self
 
@@ -128,8 +139,10 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
         return Next.WAIT
     row, run = claim.stage_run, claim.run
     ctx = StageContext(run=run, stage_run=row, project=run.project, task_id=task_id)
-    with structlog.contextvars.bound_contextvars(run_id=run_id, stage=stage, task_id=task_id), \
-            _Heartbeat(run_id, row.id, row.attempt):
+    with (
+        structlog.contextvars.bound_contextvars(run_id=run_id, stage=stage, task_id=task_id),
+        _Heartbeat(run_id, row.id, row.attempt),
+    ):
         try:
             outcome = _stage_module(stage).run(ctx)
         except WorkerQuotaExceeded as exc:
@@ -143,8 +156,12 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
             # waits and reconciler requeues, which are not failures).
             failures = row.transient_failures + 1
             if failures >= settings.STAGE_MAX_ATTEMPTS:
-                runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code,
-                                message=f"{exc.message} (gave up after {failures} attempts)")
+                runs.stage_fail(
+                    stage_run_id=row.id,
+                    attempt=row.attempt,
+                    code=exc.code,
+                    message=f"{exc.message} (gave up after {failures} attempts)",
+                )
                 return Next.CONTINUE
             log.warning("stage_transient_error", reason=exc.message, failures=failures)
             runs.stage_release(stage_run_id=row.id, attempt=row.attempt, reason=exc.message, transient=True)
@@ -154,12 +171,14 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
             if escalations.should_escalate(stage, exc.code):
                 escalations.escalate(ctx, exc)  # the run waits for a person instead of failing
                 return Next.CONTINUE
-            runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code=exc.code,
-                                        message=exc.message, output=exc.output)
+            runs.stage_fail(
+                stage_run_id=row.id, attempt=row.attempt, code=exc.code, message=exc.message, output=exc.output
+            )
             return Next.CONTINUE
         except SoftTimeLimitExceeded:
-            exc = StageFailed(f"The {stage} stage ran past its time limit ({settings.STAGE_SOFT_TIME_LIMIT}s).",
-                              code="stage_timeout")
+            exc = StageFailed(
+                f"The {stage} stage ran past its time limit ({settings.STAGE_SOFT_TIME_LIMIT}s).", code="stage_timeout"
+            )
             if escalations.should_escalate(stage, exc.code):
                 escalations.escalate(ctx, exc)  # like other agent failures, a person decides
                 return Next.CONTINUE
@@ -172,17 +191,25 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
         except Exception as exc:
             # A bug: the run must not vanish silently. Fail it with what happened, keep the trace.
             log.exception("stage_crashed")
-            runs.stage_fail(stage_run_id=row.id, attempt=row.attempt, code="internal_error",
-                            message=f"The {stage} stage crashed: {type(exc).__name__}: {exc}")
+            runs.stage_fail(
+                stage_run_id=row.id,
+                attempt=row.attempt,
+                code="internal_error",
+                message=f"The {stage} stage crashed: {type(exc).__name__}: {exc}",
+            )
             return Next.CONTINUE
-    if settings.CHAOS_CRASH_POINT == f"{stage}:after_work":
+    if f"{stage}:after_work" == settings.CHAOS_CRASH_POINT:
         chaos_crash_point()
     if outcome.next is Next.LOOP:
         report = outcome.output.get("report", {})
-        what = "the release failed its checks" if stage == Stage.DEPLOYER else \
-            f"{report.get('failed', 0)} failed, {report.get('errors', 0)} errors"
-        if not runs.stage_loop_back(stage_run_id=row.id, attempt=row.attempt, output=outcome.output,
-                                    message=f"{what}; back to the developer"):
+        what = (
+            "the release failed its checks"
+            if stage == Stage.DEPLOYER
+            else f"{report.get('failed', 0)} failed, {report.get('errors', 0)} errors"
+        )
+        if not runs.stage_loop_back(
+            stage_run_id=row.id, attempt=row.attempt, output=outcome.output, message=f"{what}; back to the developer"
+        ):
             return None  # the claim was lost: whoever holds it now drives the run
         return Next.LOOP
     if not runs.stage_succeed(stage_run_id=row.id, attempt=row.attempt, output=outcome.output, claimed=row):

@@ -1,4 +1,5 @@
 """Small, careful helpers for processes we started (workers and local releases)."""
+
 from __future__ import annotations
 
 import os
@@ -53,7 +54,7 @@ def pids_with_marker(name: str, value: str | None = None) -> list[int]:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
         for item in environ.split(b"\0"):
-            if item.startswith(prefix) and (value is None or item[len(prefix):] == value.encode()):
+            if item.startswith(prefix) and (value is None or item[len(prefix) :] == value.encode()):
                 if process_alive(int(entry.name)):
                     found.append(int(entry.name))
                 break

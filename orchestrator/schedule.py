@@ -1,6 +1,7 @@
 """Every beat entry, in one place. django-celery-beat copies them into its tables at start-up,
 where operators can change them in admin. Each entry expires at 1.5× its interval: a message
 that waited that long is superseded by the next one, but a slightly late one still runs."""
+
 from __future__ import annotations
 
 from django.conf import settings

@@ -1,5 +1,6 @@
 """Celery tasks: thin adapters with stable names (``config.task_names``). Each calls one service
 and maps its outcome."""
+
 from __future__ import annotations
 
 import structlog
@@ -122,8 +123,15 @@ def terminate_session(session_id: int) -> None:
     workers.operator_action(session_id=session_id, action="terminate")
 
 
-@shared_task(name=names.NOTIFY_SEND_MESSAGE, bind=True, acks_late=True, ignore_result=True,
-             soft_time_limit=delivery.TASK_SOFT_TIME_LIMIT, time_limit=delivery.TASK_TIME_LIMIT, max_retries=None)
+@shared_task(
+    name=names.NOTIFY_SEND_MESSAGE,
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    soft_time_limit=delivery.TASK_SOFT_TIME_LIMIT,
+    time_limit=delivery.TASK_TIME_LIMIT,
+    max_retries=None,
+)
 def send_message(self, message_id: int) -> None:
     """Deliver an OutboundMessage's chat, in order; Telegram's rate limit and hiccups are waited
     out by retrying (countdown, never sleep).
@@ -137,5 +145,8 @@ def send_message(self, message_id: int) -> None:
 
 @shared_task(name=names.NOTIFY_REQUEUE_STALE, acks_late=True, ignore_result=True, soft_time_limit=60, time_limit=90)
 def requeue_stale_messages() -> int:
-    return len(notifications.messages_requeue_stale(older_than_seconds=settings.OUTBOUND_REQUEUE_SECONDS,
-                                                    sending_stale_seconds=delivery.SENDING_STALE_SECONDS))
+    return len(
+        notifications.messages_requeue_stale(
+            older_than_seconds=settings.OUTBOUND_REQUEUE_SECONDS, sending_stale_seconds=delivery.SENDING_STALE_SECONDS
+        )
+    )

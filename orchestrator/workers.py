@@ -1,4 +1,5 @@
 """A worker's life, joining the runtime (where it runs) and WorkerSession (the truth about it)."""
+
 from __future__ import annotations
 
 import os
@@ -67,15 +68,22 @@ def session_acquire(*, project_id: int, run_id: int, role: str, config: AgentCon
     session = _create_within_quota(project_id=project_id, run_id=run_id, role=role, runtime=runtime)
     workspace = Path(session.workspace)
     try:
-        handle = runtime.create(WorkerSpec(
-            session_id=session.id, workspace=workspace, env=worker_env(runtime, workspace, session.id),
-            labels={"factory.instance": factory_instance(), "factory.session": str(session.id),
+        handle = runtime.create(
+            WorkerSpec(
+                session_id=session.id,
+                workspace=workspace,
+                env=worker_env(runtime, workspace, session.id),
+                labels={
+                    "factory.instance": factory_instance(),
+                    "factory.session": str(session.id),
                     "factory.project": str(project_id),
-                    "factory.node": session.owner_node},
-            cpu_limit=config.cpu_limit if config else None,
-            memory_limit_mb=config.memory_limit_mb if config else None,
-            shared_dirs=(_git_remotes(),),
-        ))
+                    "factory.node": session.owner_node,
+                },
+                cpu_limit=config.cpu_limit if config else None,
+                memory_limit_mb=config.memory_limit_mb if config else None,
+                shared_dirs=(_git_remotes(),),
+            )
+        )
     except (OSError, WorkerGone) as exc:
         agent_services.session_set_state(session_id=session.id, state=State.FAILED, reason=f"start failed: {exc}")
         raise StageFailed(f"Could not start a {runtime.name} worker: {exc}", code="worker_start_failed") from exc
@@ -89,8 +97,13 @@ def _create_within_quota(*, project_id: int, run_id: int, role: str, runtime: Wo
     """Record a new session; when the quota is full, end a paused worker that no active work
     needs (``reclaimable_session``) to make room: paused workers are kept only for cheap reuse.
     Still full: WorkerQuotaExceeded, and the stage waits."""
-    create = dict(project_id=project_id, run_id=run_id, role=role, runtime=runtime.name,
-                  workspace_root=str(Path(settings.FACTORY_HOME) / "workspaces"))
+    create = dict(
+        project_id=project_id,
+        run_id=run_id,
+        role=role,
+        runtime=runtime.name,
+        workspace_root=str(Path(settings.FACTORY_HOME) / "workspaces"),
+    )
     try:
         return agent_services.session_create(**create)
     except WorkerQuotaExceeded:
@@ -111,20 +124,29 @@ def _resume(runtime: WorkerRuntime, session: WorkerSession) -> bool:
     try:
         if session.state == State.PAUSED:
             runtime.unpause(session.container_id)
-        probe = runtime.exec(session.container_id, ["true"], cwd=workspace,
-                             env=worker_env(runtime, workspace, session.id), timeout=10)
+        probe = runtime.exec(
+            session.container_id, ["true"], cwd=workspace, env=worker_env(runtime, workspace, session.id), timeout=10
+        )
     except WorkerGone:
         return False
     return probe.ok
 
 
-def session_exec(session: WorkerSession, argv: list[str], *, cwd: Path | None = None, timeout: float | None = None,
-                 env: dict[str, str] | None = None) -> ExecResult:
+def session_exec(
+    session: WorkerSession,
+    argv: list[str],
+    *,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+) -> ExecResult:
     runtime = runtime_of(session)
     workspace = Path(session.workspace)
     try:
         return runtime.exec(
-            session.container_id, argv, cwd=cwd or workspace,
+            session.container_id,
+            argv,
+            cwd=cwd or workspace,
             env={**(env or {}), **worker_env(runtime, workspace, session.id)},
             timeout=timeout or settings.WORKER_EXEC_TIMEOUT,
         )
@@ -136,8 +158,9 @@ def session_exec(session: WorkerSession, argv: list[str], *, cwd: Path | None = 
 def session_idle(*, session: WorkerSession, reason: str) -> None:
     """Channel 1, "I stopped": the agent is done for now; pause the worker at once."""
     runtime = runtime_of(session)
-    agent_services.session_set_state(session_id=session.id, state=State.IDLE, reason=reason,
-                                     expect=(State.RUNNING, State.STARTING))
+    agent_services.session_set_state(
+        session_id=session.id, state=State.IDLE, reason=reason, expect=(State.RUNNING, State.STARTING)
+    )
     try:
         runtime.pause(session.container_id)
     except WorkerGone:
@@ -151,7 +174,9 @@ def session_terminate(*, session: WorkerSession, reason: str, failed: bool = Fal
     if session.container_id:
         runtime.terminate(session.container_id)
     agent_services.session_set_state(
-        session_id=session.id, state=State.FAILED if failed else State.TERMINATED, reason=reason,
+        session_id=session.id,
+        state=State.FAILED if failed else State.TERMINATED,
+        reason=reason,
         expect=WorkerSession.LIVE,
     )
 
@@ -182,8 +207,9 @@ def workspace_checkout(session: WorkerSession, *, remote: str, branch: str, comm
     for argv in steps:
         result = session_exec(session, argv, cwd=Path(session.workspace), timeout=120)
         if not result.ok:
-            raise StageFailed(f"{' '.join(argv[:4])} failed in the worker: {result.stderr.strip()[-300:]}",
-                              code="workspace_failed")
+            raise StageFailed(
+                f"{' '.join(argv[:4])} failed in the worker: {result.stderr.strip()[-300:]}", code="workspace_failed"
+            )
     return repo
 
 
@@ -203,5 +229,6 @@ def operator_action(*, session_id: int, action: str) -> None:
         except WorkerGone:
             agent_services.session_set_state(session_id=session.id, state=State.FAILED, reason="worker gone")
             return
-        agent_services.session_set_state(session_id=session.id, state=State.RUNNING, reason="resumed by an operator",
-                                         expect=(State.PAUSED,))
+        agent_services.session_set_state(
+            session_id=session.id, state=State.RUNNING, reason="resumed by an operator", expect=(State.PAUSED,)
+        )

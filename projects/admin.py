@@ -94,14 +94,21 @@ class TelegramAccountAdmin(admin.ModelAdmin):
     actions = ["unblock"]
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else ["user", "telegram_user_id", "chat_id", "username", "blocked_at",
-                                       "blocked_reason", "created_at"]
+        return (
+            []
+            if obj is None
+            else ["user", "telegram_user_id", "chat_id", "username", "blocked_at", "blocked_reason", "created_at"]
+        )
 
     def save_model(self, request, obj, form, change):
         if change:
             return  # nothing on an existing link is edited by hand
-        account = people.account_link(user=form.cleaned_data["user"], telegram_user_id=obj.telegram_user_id,
-                                      chat_id=obj.chat_id, username=obj.username)
+        account = people.account_link(
+            user=form.cleaned_data["user"],
+            telegram_user_id=obj.telegram_user_id,
+            chat_id=obj.chat_id,
+            username=obj.username,
+        )
         obj.pk, obj.created_at = account.pk, account.created_at
 
     @admin.action(description="Allow messages again (the person unblocked the bot)")
@@ -143,15 +150,21 @@ class InviteAdmin(admin.ModelAdmin):
         return ["user", "valid_for_days"] if obj is None else self.get_readonly_fields(request, obj)
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else ["start_command", "user", "created_by", "expires_at", "redeemed_at",
-                                       "redeemed_by", "created_at"]
+        return (
+            []
+            if obj is None
+            else ["start_command", "user", "created_by", "expires_at", "redeemed_at", "redeemed_by", "created_at"]
+        )
 
     def save_model(self, request, obj, form, change):
         if change:
             return
         try:
-            invite = people.invite_create(created_by=request.user, user=form.cleaned_data.get("user"),
-                                          ttl_seconds=form.cleaned_data["valid_for_days"] * 24 * 3600)
+            invite = people.invite_create(
+                created_by=request.user,
+                user=form.cleaned_data.get("user"),
+                ttl_seconds=form.cleaned_data["valid_for_days"] * 24 * 3600,
+            )
         except AppError as exc:
             messages.error(request, exc.message)
             return

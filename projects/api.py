@@ -1,4 +1,5 @@
 """The HTTP API for projects and runs: parse, call one service or selector, render."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,19 @@ class StageRunSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = StageRun
-        fields = ["id", "stage", "iteration", "status", "attempt", "started_at", "finished_at",
-                  "duration_seconds", "error", "output", "cost_usd"]
+        fields = [
+            "id",
+            "stage",
+            "iteration",
+            "status",
+            "attempt",
+            "started_at",
+            "finished_at",
+            "duration_seconds",
+            "error",
+            "output",
+            "cost_usd",
+        ]
 
     def get_cost_usd(self, obj: StageRun) -> str:
         total = getattr(obj, "usage_cost_usd", None)  # annotated by selectors.run_detail_queryset
@@ -55,8 +67,22 @@ class RunEventSerializer(serializers.ModelSerializer):
 class RunSummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = PipelineRun
-        fields = ["id", "project", "kind", "status", "current_stage", "iteration", "max_iterations", "cost_usd",
-                  "error_code", "error_message", "result_message", "created_at", "started_at", "finished_at"]
+        fields = [
+            "id",
+            "project",
+            "kind",
+            "status",
+            "current_stage",
+            "iteration",
+            "max_iterations",
+            "cost_usd",
+            "error_code",
+            "error_message",
+            "result_message",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
 
 
 class RunDetailSerializer(RunSummarySerializer):
@@ -88,8 +114,18 @@ class ProjectSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Project
-        fields = ["id", "name", "slug", "kind", "description", "spec", "created_at", "latest_run", "live_url",
-                  "cost_usd"]
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "kind",
+            "description",
+            "spec",
+            "created_at",
+            "latest_run",
+            "live_url",
+            "cost_usd",
+        ]
 
     @cached_property
     def _run_summary(self) -> RunSummarySerializer:
@@ -104,12 +140,16 @@ class ProjectSerializer(serializers.ModelSerializer):
         return obj.live_deployments[0].url if obj.live_deployments else None
 
 
-@extend_schema_field({
-    "type": "string", "minLength": 1, "maxLength": settings.PROJECT_DESCRIPTION_MAX_CHARS,
-    # Some character that is not white space, and no NUL (the database cannot store it).
-    "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$",
-    "description": "What the service should do, in a sentence (white space around it is trimmed).",
-})
+@extend_schema_field(
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": settings.PROJECT_DESCRIPTION_MAX_CHARS,
+        # Some character that is not white space, and no NUL (the database cannot store it).
+        "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$",
+        "description": "What the service should do, in a sentence (white space around it is trimmed).",
+    }
+)
 class DescriptionField(serializers.CharField):
     """Text only (DRF's CharField takes the number 12 as "12"), at most
     PROJECT_DESCRIPTION_MAX_CHARS characters as sent; DRF refuses blanks, NUL and lone surrogates."""
@@ -119,8 +159,11 @@ class DescriptionField(serializers.CharField):
             self.fail("invalid")
         limit = settings.PROJECT_DESCRIPTION_MAX_CHARS
         if len(data) > limit:  # the service's rule and message, applied before trimming
-            raise ValidationFailed(f"The description is {len(data)} characters long; the limit is {limit}.",
-                                   code="description_too_long", extra={"length": len(data), "limit": limit})
+            raise ValidationFailed(
+                f"The description is {len(data)} characters long; the limit is {limit}.",
+                code="description_too_long",
+                extra={"length": len(data), "limit": limit},
+            )
         return super().to_internal_value(data)
 
 
@@ -139,10 +182,13 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def get_queryset(self):
         return selectors.project_list_queryset(self.request.user)
 
-    @extend_schema(request=ProjectCreateSerializer, responses={201: ProjectSerializer, 429: error_response(429)},
-                   description="Create a project from a description; its first run starts at once. One person "
-                               "may start PROJECT_CREATE_LIMIT projects per PROJECT_CREATE_WINDOW_SECONDS "
-                               "(429 `project_rate_limited` beyond).")
+    @extend_schema(
+        request=ProjectCreateSerializer,
+        responses={201: ProjectSerializer, 429: error_response(429)},
+        description="Create a project from a description; its first run starts at once. One person "
+        "may start PROJECT_CREATE_LIMIT projects per PROJECT_CREATE_WINDOW_SECONDS "
+        "(429 `project_rate_limited` beyond).",
+    )
     def create(self, request: Request, *args, **kwargs) -> Response:  # kwargs: the router's ?format suffix
         """Create a project from a description; its first run starts at once."""
         body = ProjectCreateSerializer(data=request.data)
@@ -188,8 +234,9 @@ class EventStream:
     subscription and the stream's lease, even if it never started.
     """
 
-    def __init__(self, run_id: int, after: int, *, subscription: events.Subscription | None,
-                 lease: events.StreamLease | None):
+    def __init__(
+        self, run_id: int, after: int, *, subscription: events.Subscription | None, lease: events.StreamLease | None
+    ):
         self.run_id, self.after = run_id, after
         self.subscription, self.lease = subscription, lease
         self._events = self._generate()
@@ -247,8 +294,11 @@ def _go_live(run_id: int, user_id: int) -> tuple[events.Subscription | None, eve
         lease.acquire()
     except events.StreamLimitReached as exc:
         who = "you have" if exc.scope == "user" else "the server has"
-        raise RateLimited(f"Too many open event streams: {who} {exc.limit}. Close one, or try again later.",
-                              code="too_many_streams", extra={"scope": exc.scope, "limit": exc.limit}) from exc
+        raise RateLimited(
+            f"Too many open event streams: {who} {exc.limit}. Close one, or try again later.",
+            code="too_many_streams",
+            extra={"scope": exc.scope, "limit": exc.limit},
+        ) from exc
     except redis.RedisError as exc:
         log.warning("event_stream_not_live", run_id=run_id, error=str(exc))
         return None, None
@@ -267,8 +317,11 @@ SSE_EVENT = {
     "properties": {
         "id": {"type": "string", "pattern": "^[0-9]+$"},
         "event": {"type": "string"},
-        "data": {"type": "string", "contentMediaType": "application/json",
-                 "contentSchema": {"$ref": "#/components/schemas/RunEvent"}},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/RunEvent"},
+        },
         "retry": {"type": "integer", "minimum": 0},
     },
 }
@@ -287,14 +340,23 @@ class RunEventStreamView(APIView):
             "hint: reconnect with `Last-Event-ID` to go on. Open streams are capped per user (429)."
         ),
         parameters=[
-            OpenApiParameter("Last-Event-ID", {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID},
-                             OpenApiParameter.HEADER, description="Send the events after this one."),
-            OpenApiParameter("after", {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID},
-                             OpenApiParameter.QUERY, description="Like Last-Event-ID (the header wins)."),
+            OpenApiParameter(
+                "Last-Event-ID",
+                {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID},
+                OpenApiParameter.HEADER,
+                description="Send the events after this one.",
+            ),
+            OpenApiParameter(
+                "after",
+                {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID},
+                OpenApiParameter.QUERY,
+                description="Like Last-Event-ID (the header wins).",
+            ),
         ],
         responses={
-            (200, "text/event-stream"): OpenApiResponse(SSE_EVENT, description="The event stream; the schema is "
-                                                                               "that of one event."),
+            (200, "text/event-stream"): OpenApiResponse(
+                SSE_EVENT, description="The event stream; the schema is that of one event."
+            ),
             (429, "application/json"): error_response(429),
         },
     )
@@ -302,13 +364,19 @@ class RunEventStreamView(APIView):
         run = selectors.runs_visible_to(request.user).filter(id=pk).first()
         if run is None:
             raise NotFound("No such run.", code="run_not_found")
-        given = {name: parse_whole_number(raw, name=name, minimum=0, maximum=MAX_EVENT_ID)
-                 for name, raw in (("Last-Event-ID", request.headers.get("Last-Event-ID")),
-                                   ("after", request.query_params.get("after"))) if raw is not None}
+        given = {
+            name: parse_whole_number(raw, name=name, minimum=0, maximum=MAX_EVENT_ID)
+            for name, raw in (
+                ("Last-Event-ID", request.headers.get("Last-Event-ID")),
+                ("after", request.query_params.get("after")),
+            )
+            if raw is not None
+        }
         after = given.get("Last-Event-ID", given.get("after", 0))  # each is checked; the header wins
         subscription, lease = _go_live(run.id, request.user.id)
-        response = StreamingHttpResponse(EventStream(run.id, after, subscription=subscription, lease=lease),
-                                         content_type="text/event-stream")
+        response = StreamingHttpResponse(
+            EventStream(run.id, after, subscription=subscription, lease=lease), content_type="text/event-stream"
+        )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response

@@ -1,4 +1,5 @@
 """Releases of a project: ports, going live, stopping. The Deployer's record of what runs."""
+
 from __future__ import annotations
 
 import socket
@@ -24,9 +25,11 @@ def _port_bindable(port: int) -> bool:
 
 def _current(run_id: int) -> Deployment | None:
     """The run's release being started or live; a failed one is history (the next try is new)."""
-    return Deployment.objects.filter(
-        run_id=run_id, status__in=[Deployment.Status.STARTING, Deployment.Status.LIVE]
-    ).order_by("-id").first()
+    return (
+        Deployment.objects.filter(run_id=run_id, status__in=[Deployment.Status.STARTING, Deployment.Status.LIVE])
+        .order_by("-id")
+        .first()
+    )
 
 
 def deployment_allocate(*, project_id: int, run_id: int, commit_sha: str) -> Deployment:
@@ -40,8 +43,14 @@ def deployment_allocate(*, project_id: int, run_id: int, commit_sha: str) -> Dep
         return existing
     for _ in range(50):
         taken = set(Deployment.objects.filter(status__in=Deployment.HOLDS_PORT).values_list("port", flat=True))
-        port = next((p for p in range(settings.DEPLOY_PORT_MIN, settings.DEPLOY_PORT_MAX + 1)
-                     if p not in taken and _port_bindable(p)), None)
+        port = next(
+            (
+                p
+                for p in range(settings.DEPLOY_PORT_MIN, settings.DEPLOY_PORT_MAX + 1)
+                if p not in taken and _port_bindable(p)
+            ),
+            None,
+        )
         if port is None:
             raise Conflict("Every deploy port is in use.", code="no_free_port")
         try:
@@ -69,8 +78,12 @@ def deployment_go_live(*, deployment_id: int, url: str) -> list[Deployment]:
     )
     Deployment.objects.filter(id__in=[d.id for d in previous]).update(status=Deployment.Status.STOPPING)
     Deployment.objects.filter(id=new.id).update(status=Deployment.Status.LIVE, url=url, live_at=timezone.now())
-    event_record(run_id=new.run_id, type=RunEvent.Type.DEPLOYED, stage=Stage.DEPLOYER,
-                 payload={"deployment_id": new.id, "url": url, "replaces": [d.id for d in previous]})
+    event_record(
+        run_id=new.run_id,
+        type=RunEvent.Type.DEPLOYED,
+        stage=Stage.DEPLOYER,
+        payload={"deployment_id": new.id, "url": url, "replaces": [d.id for d in previous]},
+    )
     return previous
 
 

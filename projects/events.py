@@ -4,6 +4,7 @@ The database is the record; pub/sub only wakes listeners (the SSE stream) the mo
 is committed. Without Redis (the embedded default) nothing is published and listeners fall back
 to the database (see projects/api.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -96,10 +97,16 @@ def event_record(*, run_id: int, type: str, stage: str = "", payload: dict[str, 
     else:
         event = RunEvent.objects.create(run_id=run_id, type=type, stage=stage, payload=payload or {})
     log.info("run_event", run_id=run_id, type=type, stage=stage or None, payload=payload or {})
-    transaction.on_commit(lambda: publish(
-        run_id=run_id, event_id=event.id, type=str(type), stage=str(stage), payload=event.payload,
-        created_at=event.created_at.isoformat(),
-    ))
+    transaction.on_commit(
+        lambda: publish(
+            run_id=run_id,
+            event_id=event.id,
+            type=str(type),
+            stage=str(stage),
+            payload=event.payload,
+            created_at=event.created_at.isoformat(),
+        )
+    )
     transaction.on_commit(lambda: notifications.run_event_notify(event.id), robust=True)
     return event
 

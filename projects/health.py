@@ -3,6 +3,7 @@
 The Deployer's own checks (with backoff, before going live) are in the engine; this is a single
 look at the live release's health URL with a short timeout, never a wait.
 """
+
 from __future__ import annotations
 
 import urllib.error

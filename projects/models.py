@@ -1,4 +1,5 @@
 """Projects and their pipeline runs: the truth about what the factory is doing."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -170,8 +171,7 @@ class RunEvent(models.Model):
 
     # Events that happen at most once in a run's life: a rerun of the stage that records one
     # (after a crash) finds it there instead of telling the person twice.
-    ONCE = (Type.RUN_QUEUED, Type.RUN_STARTED, Type.RUN_SUCCEEDED, Type.RUN_FAILED, Type.RUN_CANCELLED,
-            Type.NOTIFIED)
+    ONCE = (Type.RUN_QUEUED, Type.RUN_STARTED, Type.RUN_SUCCEEDED, Type.RUN_FAILED, Type.RUN_CANCELLED, Type.NOTIFIED)
 
     class Meta:
         ordering = ["id"]
@@ -179,8 +179,16 @@ class RunEvent(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["run", "type"],
-                condition=Q(type__in=["run.queued", "run.started", "run.succeeded", "run.failed", "run.cancelled",
-                                      "run.notified"]),
+                condition=Q(
+                    type__in=[
+                        "run.queued",
+                        "run.started",
+                        "run.succeeded",
+                        "run.failed",
+                        "run.cancelled",
+                        "run.notified",
+                    ]
+                ),
                 name="runevent_once_per_run",
             ),
         ]
@@ -224,8 +232,9 @@ class Deployment(models.Model):
             ),
             # A run may deploy more than once (a release that failed its checks goes back to the
             # Developer), but only one of its releases is being started at a time.
-            models.UniqueConstraint(fields=["run"], condition=Q(status="starting"),
-                                    name="deployment_one_starting_per_run"),
+            models.UniqueConstraint(
+                fields=["run"], condition=Q(status="starting"), name="deployment_one_starting_per_run"
+            ),
             models.UniqueConstraint(
                 fields=["project"], condition=Q(status="live"), name="deployment_one_live_per_project"
             ),
@@ -256,10 +265,12 @@ class Invite(models.Model):
 
     code = models.CharField(max_length=40, unique=True)
     # The person it is for; empty: redeeming creates a new user.
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True,
-                             related_name="invites")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                   related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="invites"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     expires_at = models.DateTimeField()
     redeemed_at = models.DateTimeField(null=True, blank=True)
     redeemed_by = models.BigIntegerField(null=True, blank=True, help_text="Telegram user id")
@@ -287,15 +298,18 @@ class OutboundMessage(models.Model):
     UNFINISHED = (Status.PENDING, Status.SENDING)
 
     # The person's account; empty for an answer to someone we do not know (a refusal).
-    account = models.ForeignKey(TelegramAccount, on_delete=models.CASCADE, null=True, blank=True,
-                                related_name="outbound_messages")
+    account = models.ForeignKey(
+        TelegramAccount, on_delete=models.CASCADE, null=True, blank=True, related_name="outbound_messages"
+    )
     # The chat it goes to; messages to one chat go out in the order of their ids.
     chat_id = models.BigIntegerField()
-    run = models.ForeignKey(PipelineRun, on_delete=models.SET_NULL, null=True, blank=True,
-                            related_name="outbound_messages")
+    run = models.ForeignKey(
+        PipelineRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="outbound_messages"
+    )
     # The question this message carries: a reply to it is the answer.
-    escalation = models.ForeignKey("agents.Escalation", on_delete=models.SET_NULL, null=True, blank=True,
-                                   related_name="outbound_messages")
+    escalation = models.ForeignKey(
+        "agents.Escalation", on_delete=models.SET_NULL, null=True, blank=True, related_name="outbound_messages"
+    )
     # The run event it tells of (one message per event and person: telling twice is a no-op).
     event = models.ForeignKey(RunEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     text = models.TextField()
@@ -315,8 +329,9 @@ class OutboundMessage(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["event", "account"], name="outbound_one_per_event_and_account"),
             models.CheckConstraint(condition=~Q(text=""), name="outbound_text_not_empty"),
-            models.CheckConstraint(condition=~Q(status="sending") | Q(claimed_at__isnull=False),
-                                   name="outbound_sending_is_claimed"),
+            models.CheckConstraint(
+                condition=~Q(status="sending") | Q(claimed_at__isnull=False), name="outbound_sending_is_claimed"
+            ),
         ]
         indexes = [
             models.Index(fields=["account", "status", "id"], name="outbound_account_status"),

@@ -13,6 +13,7 @@ each attempt with the ``message_*`` functions here.
   requeued, agent progress) are left to ``/status`` and the event stream, and a failure is told
   once, by the run's final message, in words for the person (``run_ended_text``).
 """
+
 from __future__ import annotations
 
 import html as html_lib
@@ -43,15 +44,33 @@ STAGE_DOING = {
     Stage.DEPLOYER: "deploying",
 }
 # The events a person may hear about; any other is decided without reading anything else.
-TOLD = frozenset({RunEvent.Type.RUN_STARTED, RunEvent.Type.STAGE_STARTED, RunEvent.Type.TESTS_FAILED,
-                  RunEvent.Type.AGENT_QUESTION, RunEvent.Type.ESCALATION_RAISED, RunEvent.Type.NOTIFIED})
+TOLD = frozenset(
+    {
+        RunEvent.Type.RUN_STARTED,
+        RunEvent.Type.STAGE_STARTED,
+        RunEvent.Type.TESTS_FAILED,
+        RunEvent.Type.AGENT_QUESTION,
+        RunEvent.Type.ESCALATION_RAISED,
+        RunEvent.Type.NOTIFIED,
+    }
+)
 # Failures whose recorded reason is about what the person asked or did, so it is theirs to read.
 # Any other reason is about the installation (backends, workers, Docker, tokens): the person
 # hears that the problem is on our side, not advice meant for an operator.
-PERSON_REASONS = frozenset({"description_not_understood", "description_required", "description_too_long",
-                            "escalation_expired", "budget_exceeded", "tests_failed"})
-OUR_SIDE = ("It is a problem on our side, not with your description; the operator can see what happened. "
-            "Please try again later.")
+PERSON_REASONS = frozenset(
+    {
+        "description_not_understood",
+        "description_required",
+        "description_too_long",
+        "escalation_expired",
+        "budget_exceeded",
+        "tests_failed",
+    }
+)
+OUR_SIDE = (
+    "It is a problem on our side, not with your description; the operator can see what happened. "
+    "Please try again later."
+)
 
 
 def shorten(text: str, limit: int) -> str:
@@ -83,8 +102,15 @@ def _enqueue(message_id: int) -> None:
 
 
 @transaction.atomic
-def notify_person(*, user_id: int, text: str, html: bool = False, run_id: int | None = None,
-                  escalation_id: int | None = None, event_id: int | None = None) -> OutboundMessage | None:
+def notify_person(
+    *,
+    user_id: int,
+    text: str,
+    html: bool = False,
+    run_id: int | None = None,
+    escalation_id: int | None = None,
+    event_id: int | None = None,
+) -> OutboundMessage | None:
     """Queue a message to a person; None when they have no reachable Telegram chat.
 
     With ``event_id``, one message per event and person: a second call returns the first message
@@ -96,8 +122,15 @@ def notify_person(*, user_id: int, text: str, html: bool = False, run_id: int | 
     return _queue(account, text=text, html=html, run_id=run_id, escalation_id=escalation_id, event_id=event_id)
 
 
-def _queue(account: TelegramAccount, *, text: str, html: bool, run_id: int | None, escalation_id: int | None,
-           event_id: int | None) -> OutboundMessage:
+def _queue(
+    account: TelegramAccount,
+    *,
+    text: str,
+    html: bool,
+    run_id: int | None,
+    escalation_id: int | None,
+    event_id: int | None,
+) -> OutboundMessage:
     if event_id is not None:
         existing = OutboundMessage.objects.filter(event_id=event_id, account=account).first()
         if existing is not None:
@@ -105,8 +138,13 @@ def _queue(account: TelegramAccount, *, text: str, html: bool, run_id: int | Non
     try:
         with transaction.atomic():
             message = OutboundMessage.objects.create(
-                account=account, chat_id=account.chat_id, run_id=run_id, escalation_id=escalation_id,
-                event_id=event_id, text=_fit(text), html=html,
+                account=account,
+                chat_id=account.chat_id,
+                run_id=run_id,
+                escalation_id=escalation_id,
+                event_id=event_id,
+                text=_fit(text),
+                html=html,
             )
     except IntegrityError:  # the same event, told concurrently
         return OutboundMessage.objects.filter(event_id=event_id, account=account).first()
@@ -148,8 +186,9 @@ def run_event_notify(event_id: int) -> OutboundMessage | None:
         return None
     text, html, escalation_id = rendered
     with transaction.atomic():
-        return _queue(account, text=text, html=html, run_id=event.run_id, escalation_id=escalation_id,
-                      event_id=event.id)
+        return _queue(
+            account, text=text, html=html, run_id=event.run_id, escalation_id=escalation_id, event_id=event.id
+        )
 
 
 def _name(run: PipelineRun) -> str:
@@ -178,8 +217,10 @@ def render_event(event: RunEvent) -> tuple[str, bool, int | None] | None:
         question = str(payload.get("question") or "").strip()
         if not question:
             return None
-        text = (f"<b>{html_lib.escape(_name(run))} · run #{run.id}</b>: the {html_lib.escape(event.stage or 'agent')} "
-                f"agent asks:\n<blockquote>{html_lib.escape(shorten(question, 2000))}</blockquote>")
+        text = (
+            f"<b>{html_lib.escape(_name(run))} · run #{run.id}</b>: the {html_lib.escape(event.stage or 'agent')} "
+            f"agent asks:\n<blockquote>{html_lib.escape(shorten(question, 2000))}</blockquote>"
+        )
         return text, True, payload.get("escalation_id")
     if kind == RunEvent.Type.ESCALATION_RAISED:
         question = str(payload.get("question") or "").strip()
@@ -187,8 +228,10 @@ def render_event(event: RunEvent) -> tuple[str, bool, int | None] | None:
             return None
         # The question is rendered by code (orchestrator/escalations.py) and says how to answer;
         # a reply to this very message is the answer.
-        text = (f"<b>{html_lib.escape(_name(run))} · run #{run.id} needs you.</b>\n"
-                f"{html_lib.escape(shorten(question, 3000))}")
+        text = (
+            f"<b>{html_lib.escape(_name(run))} · run #{run.id} needs you.</b>\n"
+            f"{html_lib.escape(shorten(question, 3000))}"
+        )
         return text, True, payload.get("escalation_id")
     if kind == RunEvent.Type.NOTIFIED:
         if run.status in (PipelineRun.Status.FAILED, PipelineRun.Status.CANCELLED):
@@ -219,8 +262,10 @@ def run_ended_text(run: PipelineRun) -> str:
     if run.status == PipelineRun.Status.CANCELLED:
         return f"{name} is cancelled. {run_reason_for_person(run)}"
     if run.error_code == "description_not_understood":
-        return (f"{name}: I could not plan this. {run_reason_for_person(run)}\n"
-                "Send /examples to see what I can build, then describe it again.")
+        return (
+            f"{name}: I could not plan this. {run_reason_for_person(run)}\n"
+            "Send /examples to see what I can build, then describe it again."
+        )
     doing = STAGE_DOING.get(run.current_stage, "working on it")
     return f"{name} stopped while {doing}. {run_reason_for_person(run)}"
 
@@ -249,26 +294,41 @@ def message_claim(*, message_id: int, attempts_seen: int) -> int | None:
     now = timezone.now()
     done = OutboundMessage.objects.filter(
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
-        id=message_id, status=OutboundMessage.Status.PENDING, attempts=attempts_seen,
+        id=message_id,
+        status=OutboundMessage.Status.PENDING,
+        attempts=attempts_seen,
     ).update(status=OutboundMessage.Status.SENDING, attempts=attempts_seen + 1, claimed_at=now)
     return attempts_seen + 1 if done else None
 
 
 def message_release(*, message_id: int, attempt: int, error: str, retry_in: float) -> bool:
     """The attempt failed in a way that may pass: pending again, due in ``retry_in`` seconds."""
-    return bool(OutboundMessage.objects.filter(
-        id=message_id, status=OutboundMessage.Status.SENDING, attempts=attempt,
-    ).update(status=OutboundMessage.Status.PENDING, error=error[:2000],
-             next_attempt_at=timezone.now() + timedelta(seconds=retry_in)))
+    return bool(
+        OutboundMessage.objects.filter(
+            id=message_id,
+            status=OutboundMessage.Status.SENDING,
+            attempts=attempt,
+        ).update(
+            status=OutboundMessage.Status.PENDING,
+            error=error[:2000],
+            next_attempt_at=timezone.now() + timedelta(seconds=retry_in),
+        )
+    )
 
 
 def message_take_over(*, message_id: int, attempt: int, claimed_before) -> bool:
     """An attempt that never finished (claimed before ``claimed_before``, past any live attempt's
     time limit): pending again, so it is sent once more. Telegram may have it already."""
     done = OutboundMessage.objects.filter(
-        id=message_id, status=OutboundMessage.Status.SENDING, attempts=attempt, claimed_at__lt=claimed_before,
-    ).update(status=OutboundMessage.Status.PENDING, next_attempt_at=None,
-             error=f"Attempt {attempt} did not finish; sent again (Telegram may have had it).")
+        id=message_id,
+        status=OutboundMessage.Status.SENDING,
+        attempts=attempt,
+        claimed_at__lt=claimed_before,
+    ).update(
+        status=OutboundMessage.Status.PENDING,
+        next_attempt_at=None,
+        error=f"Attempt {attempt} did not finish; sent again (Telegram may have had it).",
+    )
     if done:
         log.warning("telegram_send_uncertain", message_id=message_id, attempt=attempt)
     return bool(done)
@@ -284,15 +344,23 @@ def _fence(message_id: int, attempt: int | None):
 def message_mark_sent(*, message_id: int, telegram_message_id: int) -> bool:
     """Telegram accepted it. Whichever attempt learns that first records it: a late report of
     an attempt taken over still stops the message from going out again."""
-    return bool(OutboundMessage.objects.filter(id=message_id, status__in=OutboundMessage.UNFINISHED).update(
-        status=OutboundMessage.Status.SENT, telegram_message_id=telegram_message_id, sent_at=timezone.now(),
-        next_attempt_at=None, error="",
-    ))
+    return bool(
+        OutboundMessage.objects.filter(id=message_id, status__in=OutboundMessage.UNFINISHED).update(
+            status=OutboundMessage.Status.SENT,
+            telegram_message_id=telegram_message_id,
+            sent_at=timezone.now(),
+            next_attempt_at=None,
+            error="",
+        )
+    )
 
 
 def message_mark_failed(*, message_id: int, error: str, attempt: int | None = None) -> bool:
-    return bool(_fence(message_id, attempt).update(status=OutboundMessage.Status.FAILED, error=error[:2000],
-                                                  next_attempt_at=None))
+    return bool(
+        _fence(message_id, attempt).update(
+            status=OutboundMessage.Status.FAILED, error=error[:2000], next_attempt_at=None
+        )
+    )
 
 
 @transaction.atomic
@@ -301,8 +369,9 @@ def message_mark_blocked(*, message_id: int, error: str, attempt: int | None = N
     message = OutboundMessage.objects.filter(id=message_id).first()
     if message is None:
         return False
-    done = _fence(message_id, attempt).update(status=OutboundMessage.Status.BLOCKED, error=error[:2000],
-                                              next_attempt_at=None)
+    done = _fence(message_id, attempt).update(
+        status=OutboundMessage.Status.BLOCKED, error=error[:2000], next_attempt_at=None
+    )
     if message.account_id is not None:
         account_mark_blocked(account_id=message.account_id, reason=error)
     return bool(done)
@@ -325,11 +394,15 @@ def account_mark_blocked(*, account_id: int, reason: str) -> None:
 def message_resend(*, message_id: int) -> bool:
     """An operator sends a failed message again (not a blocked one: unblock the account first)."""
     message = OutboundMessage.objects.select_related("account").filter(id=message_id).first()
-    if message is None or message.status != OutboundMessage.Status.FAILED or (
-            message.account is not None and message.account.blocked_at):
+    if (
+        message is None
+        or message.status != OutboundMessage.Status.FAILED
+        or (message.account is not None and message.account.blocked_at)
+    ):
         return False
-    OutboundMessage.objects.filter(id=message_id).update(status=OutboundMessage.Status.PENDING, attempts=0, error="",
-                                                         next_attempt_at=None)
+    OutboundMessage.objects.filter(id=message_id).update(
+        status=OutboundMessage.Status.PENDING, attempts=0, error="", next_attempt_at=None
+    )
     _enqueue(message_id)
     return True
 
@@ -343,12 +416,15 @@ def messages_requeue_stale(*, older_than_seconds: float, sending_stale_seconds: 
     over: taking it over earlier could send it twice). Returns the ids the tasks were sent for.
     """
     now = timezone.now()
-    stale = Q(status=OutboundMessage.Status.PENDING) & Q(
-        due__lt=now - timedelta(seconds=older_than_seconds))
+    stale = Q(status=OutboundMessage.Status.PENDING) & Q(due__lt=now - timedelta(seconds=older_than_seconds))
     if sending_stale_seconds is not None:
         stale |= Q(status=OutboundMessage.Status.SENDING, claimed_at__lt=now - timedelta(seconds=sending_stale_seconds))
-    rows = (OutboundMessage.objects.annotate(due=Coalesce(F("next_attempt_at"), F("created_at")))
-            .filter(stale).order_by("id").values_list("chat_id", "id")[:500])
+    rows = (
+        OutboundMessage.objects.annotate(due=Coalesce(F("next_attempt_at"), F("created_at")))
+        .filter(stale)
+        .order_by("id")
+        .values_list("chat_id", "id")[:500]
+    )
     first_per_chat: dict[int, int] = {}
     for chat_id, message_id in rows:
         first_per_chat.setdefault(chat_id, message_id)

@@ -3,6 +3,7 @@
 A Telegram user is let in only through a TelegramAccount, made by an operator (``account_link``)
 or by redeeming an invite (``invite_redeem``). Everything else is refused (fail closed).
 """
+
 from __future__ import annotations
 
 import re
@@ -37,7 +38,9 @@ def invite_create(*, created_by=None, user=None, ttl_seconds: int | None = None)
     if user is not None and TelegramAccount.objects.filter(user=user).exists():
         raise Conflict(f"{user} is already linked to a Telegram account.", code="invite_user_linked")
     return Invite.objects.create(
-        code=secrets.token_urlsafe(15), user=user, created_by=created_by,
+        code=secrets.token_urlsafe(15),
+        user=user,
+        created_by=created_by,
         expires_at=timezone.now() + timedelta(seconds=ttl),
     )
 
@@ -50,22 +53,28 @@ def invite_redeem(*, code: str, telegram_user_id: int, chat_id: int | None, user
         raise Conflict("This Telegram account is already linked; the invite was not used.", code="already_linked")
     invite = Invite.objects.select_for_update().filter(code=code).first() if CODE_PATTERN.match(code) else None
     if invite is None:
-        raise ValidationFailed("That invite code is not valid. Check it, or ask an operator for a new one.",
-                               code="invite_invalid")
+        raise ValidationFailed(
+            "That invite code is not valid. Check it, or ask an operator for a new one.", code="invite_invalid"
+        )
     if invite.redeemed_at is not None:
-        raise ValidationFailed("That invite code has already been used. Ask an operator for a new one.",
-                               code="invite_used")
+        raise ValidationFailed(
+            "That invite code has already been used. Ask an operator for a new one.", code="invite_used"
+        )
     if invite.expires_at <= timezone.now():
         raise ValidationFailed("That invite code has expired. Ask an operator for a new one.", code="invite_expired")
     user = invite.user or _new_user(telegram_user_id)
     try:
         with transaction.atomic():
             account = TelegramAccount.objects.create(
-                user=user, telegram_user_id=telegram_user_id, chat_id=chat_id, username=(username or "")[:100],
+                user=user,
+                telegram_user_id=telegram_user_id,
+                chat_id=chat_id,
+                username=(username or "")[:100],
             )
     except IntegrityError as exc:
-        raise Conflict("The invited person is already linked to another Telegram account.",
-                       code="invite_user_linked") from exc
+        raise Conflict(
+            "The invited person is already linked to another Telegram account.", code="invite_user_linked"
+        ) from exc
     Invite.objects.filter(id=invite.id, redeemed_at__isnull=True).update(
         redeemed_at=timezone.now(), redeemed_by=telegram_user_id
     )
@@ -96,8 +105,9 @@ def account_link(*, user, telegram_user_id: int, chat_id: int | None = None, use
         raise Conflict(f"Telegram user {telegram_user_id} is already linked.", code="already_linked")
     if TelegramAccount.objects.filter(user=user).exists():
         raise Conflict(f"{user} is already linked to a Telegram account.", code="user_linked")
-    return TelegramAccount.objects.create(user=user, telegram_user_id=telegram_user_id, chat_id=chat_id,
-                                          username=(username or "")[:100])
+    return TelegramAccount.objects.create(
+        user=user, telegram_user_id=telegram_user_id, chat_id=chat_id, username=(username or "")[:100]
+    )
 
 
 def account_seen(*, account_id: int, chat_id: int, username: str = "") -> None:
@@ -114,8 +124,11 @@ def account_unblock(*, account_id: int) -> None:
 
 # --- reads: what a person may see -----------------------------------------------------
 def account_for_telegram_user(*, telegram_user_id: int) -> TelegramAccount | None:
-    return TelegramAccount.objects.select_related("user").filter(
-        telegram_user_id=telegram_user_id, user__is_active=True).first()
+    return (
+        TelegramAccount.objects.select_related("user")
+        .filter(telegram_user_id=telegram_user_id, user__is_active=True)
+        .first()
+    )
 
 
 def projects_of(*, user, limit: int = 20) -> list[Project]:
@@ -132,8 +145,7 @@ def project_for(*, user, ref: str) -> Project:
     else:
         project = visible.filter(slug=ref[:60]).first()
     if project is None:
-        raise NotFound(f"I can't find a project “{ref[:60]}” of yours. /projects lists them.",
-                       code="project_not_found")
+        raise NotFound(f"I can't find a project “{ref[:60]}” of yours. /projects lists them.", code="project_not_found")
     return project
 
 
@@ -152,8 +164,12 @@ def run_active(*, user, ref: str | None = None) -> PipelineRun:
         if run is None:
             raise NotFound(f"Nothing is running for {project}.", code="run_not_found")
         return run
-    run = (selectors.runs_visible_to(user).filter(project__owner=user, status__in=PipelineRun.ACTIVE)
-           .order_by("-created_at", "-id").first())
+    run = (
+        selectors.runs_visible_to(user)
+        .filter(project__owner=user, status__in=PipelineRun.ACTIVE)
+        .order_by("-created_at", "-id")
+        .first()
+    )
     if run is None:
         raise NotFound("Nothing of yours is running.", code="run_not_found")
     return run
@@ -176,7 +192,9 @@ def project_status(*, user, ref: str | None = None) -> ProjectStatus:
     project = project_for(user=user, ref=ref) if ref else project_latest(user=user)
     run = PipelineRun.objects.filter(project=project).order_by("-created_at", "-id").first()
     return ProjectStatus(
-        project=project, run=run, cost_usd=Decimal(str(selectors.project_cost(project_id=project.id))),
+        project=project,
+        run=run,
+        cost_usd=Decimal(str(selectors.project_cost(project_id=project.id))),
         live=selectors.live_deployment(project_id=project.id),
         last_deployment=Deployment.objects.filter(project=project).order_by("-created_at", "-id").first(),
     )

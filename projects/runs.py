@@ -6,6 +6,7 @@ claim (the reconciler gave the stage to another worker) cannot overwrite anythin
 (escalations in ``agents``, the engine in ``orchestrator``) change a run only through the
 functions here.
 """
+
 from __future__ import annotations
 
 import enum
@@ -45,8 +46,9 @@ DONE_STATUSES = (StageRun.Status.SUCCEEDED, StageRun.Status.FAILED, StageRun.Sta
 def _send_start(run_id: int, *, new: bool = False) -> None:
     # A new run starts after every stage of the runs already under way (see PIPELINE_START_*).
     priority = task_names.PIPELINE_START_PRIORITY_NEW if new else task_names.PIPELINE_START_PRIORITY
-    transaction.on_commit(lambda: current_app.send_task(task_names.PIPELINE_START, kwargs={"run_id": run_id},
-                                                        priority=priority))
+    transaction.on_commit(
+        lambda: current_app.send_task(task_names.PIPELINE_START, kwargs={"run_id": run_id}, priority=priority)
+    )
 
 
 # --- creating a run -------------------------------------------------------------------
@@ -55,7 +57,9 @@ def run_create(*, project: Project, kind: str) -> PipelineRun:
     try:
         with transaction.atomic():
             run = PipelineRun.objects.create(
-                project=project, kind=kind, max_iterations=settings.PIPELINE_MAX_ITERATIONS,
+                project=project,
+                kind=kind,
+                max_iterations=settings.PIPELINE_MAX_ITERATIONS,
                 budget_usd=settings.RUN_BUDGET_USD,
             )
     except IntegrityError as exc:
@@ -112,8 +116,7 @@ def first_open_stage(run: PipelineRun) -> str:
     if run.is_finished:
         return Stage.NOTIFY
     rows = current_stage_runs(run)
-    return next((r.stage for r in rows if r.status in (StageRun.Status.PENDING, StageRun.Status.RUNNING)),
-                Stage.NOTIFY)
+    return next((r.stage for r in rows if r.status in (StageRun.Status.PENDING, StageRun.Status.RUNNING)), Stage.NOTIFY)
 
 
 def _fenced(stage_run_id: int, attempt: int, **fields: Any) -> bool:
@@ -147,29 +150,41 @@ def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
     if any(r.status not in (StageRun.Status.SUCCEEDED, StageRun.Status.SKIPPED) for r in earlier):
         return Claim(ClaimState.BUSY, row, run)
     now = timezone.now()
-    claimed = {"status": StageRun.Status.RUNNING, "attempt": row.attempt + 1, "task_id": task_id or "",
-               "started_at": now, "heartbeat_at": now, "finished_at": None, "error": ""}
+    claimed = {
+        "status": StageRun.Status.RUNNING,
+        "attempt": row.attempt + 1,
+        "task_id": task_id or "",
+        "started_at": now,
+        "heartbeat_at": now,
+        "finished_at": None,
+        "error": "",
+    }
     with transaction.atomic():
         if run.status == PipelineRun.Status.QUEUED and not _person_may_start(run):
             # Touch the row so the reconciler does not take the wait for a lost message.
             StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING).update(queued_at=now)
             return Claim(ClaimState.WAIT, row, run)
         if not StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING, attempt=row.attempt).update(
-                **claimed):
+            **claimed
+        ):
             return Claim(ClaimState.BUSY, row, run)
         for field, value in claimed.items():
             setattr(row, field, value)
         if run.status == PipelineRun.Status.QUEUED and PipelineRun.objects.filter(
-                id=run_id, status=PipelineRun.Status.QUEUED).update(
-                status=PipelineRun.Status.RUNNING, started_at=now, current_stage=stage):
+            id=run_id, status=PipelineRun.Status.QUEUED
+        ).update(status=PipelineRun.Status.RUNNING, started_at=now, current_stage=stage):
             run.status, run.started_at, run.current_stage = PipelineRun.Status.RUNNING, now, stage
             event_record(run_id=run_id, type=RunEvent.Type.RUN_STARTED)
         elif PipelineRun.objects.filter(id=run_id, status=PipelineRun.Status.RUNNING).update(current_stage=stage):
             run.status, run.current_stage = PipelineRun.Status.RUNNING, stage
         elif not run.is_finished:
             run.refresh_from_db()  # it ended or stopped meanwhile: the stage sees it as it is
-        event_record(run_id=run_id, type=RunEvent.Type.STAGE_STARTED, stage=stage,
-                     payload={"iteration": row.iteration, "attempt": row.attempt})
+        event_record(
+            run_id=run_id,
+            type=RunEvent.Type.STAGE_STARTED,
+            stage=stage,
+            payload={"iteration": row.iteration, "attempt": row.attempt},
+        )
     return Claim(ClaimState.CLAIMED, row, run)
 
 
@@ -194,8 +209,12 @@ def _start_next_queued(run_id: int) -> None:
     if not settings.RUNS_PER_PERSON:
         return
     owner_id = PipelineRun.objects.filter(id=run_id).values_list("project__owner_id", flat=True).first()
-    waiting = (PipelineRun.objects.filter(project__owner_id=owner_id, status=PipelineRun.Status.QUEUED)
-               .order_by("created_at", "id").values_list("id", flat=True).first())
+    waiting = (
+        PipelineRun.objects.filter(project__owner_id=owner_id, status=PipelineRun.Status.QUEUED)
+        .order_by("created_at", "id")
+        .values_list("id", flat=True)
+        .first()
+    )
     if waiting is not None:
         _send_start(waiting)
 
@@ -204,7 +223,8 @@ def queued_ahead(*, run: PipelineRun) -> int:
     """How many of this person's runs are queued or running ahead of this one (for priority:
     a person with many runs waiting does not hold back another person's first one)."""
     return PipelineRun.objects.filter(
-        project__owner_id=run.project.owner_id, status__in=(PipelineRun.Status.QUEUED, PipelineRun.Status.RUNNING),
+        project__owner_id=run.project.owner_id,
+        status__in=(PipelineRun.Status.QUEUED, PipelineRun.Status.RUNNING),
         id__lt=run.id,
     ).count()
 
@@ -231,8 +251,7 @@ def _mark_next_queued(row: StageRun, now) -> None:
 
 
 @transaction.atomic
-def stage_succeed(*, stage_run_id: int, attempt: int, output: dict[str, Any],
-                  claimed: StageRun | None = None) -> bool:
+def stage_succeed(*, stage_run_id: int, attempt: int, output: dict[str, Any], claimed: StageRun | None = None) -> bool:
     """The claimed stage succeeded. ``claimed`` is the row as ``stage_claim`` returned it (its
     run, stage, iteration and start are fixed while the claim holds), which saves reading it again."""
     if claimed is not None and (claimed.id, claimed.attempt) != (stage_run_id, attempt):
@@ -245,22 +264,36 @@ def stage_succeed(*, stage_run_id: int, attempt: int, output: dict[str, Any],
     row = claimed if claimed is not None else StageRun.objects.get(id=stage_run_id)
     _mark_next_queued(row, now)
     seconds = (now - row.started_at).total_seconds() if row.started_at else None
-    event_record(run_id=row.run_id, type=RunEvent.Type.STAGE_SUCCEEDED, stage=row.stage,
-                 payload={"iteration": row.iteration, "seconds": seconds})
+    event_record(
+        run_id=row.run_id,
+        type=RunEvent.Type.STAGE_SUCCEEDED,
+        stage=row.stage,
+        payload={"iteration": row.iteration, "seconds": seconds},
+    )
     return True
 
 
 @transaction.atomic
-def stage_fail(*, stage_run_id: int, attempt: int, code: str, message: str,
-               output: dict[str, Any] | None = None, fail_run: bool = True) -> bool:
+def stage_fail(
+    *,
+    stage_run_id: int,
+    attempt: int,
+    code: str,
+    message: str,
+    output: dict[str, Any] | None = None,
+    fail_run: bool = True,
+) -> bool:
     """The stage failed; unless told otherwise, the run fails with the stage's reason."""
     now = timezone.now()
-    if not _fenced(stage_run_id, attempt, status=StageRun.Status.FAILED, output=output, error=message,
-                   finished_at=now):
+    if not _fenced(stage_run_id, attempt, status=StageRun.Status.FAILED, output=output, error=message, finished_at=now):
         return False
     row = StageRun.objects.get(id=stage_run_id)
-    event_record(run_id=row.run_id, type=RunEvent.Type.STAGE_FAILED, stage=row.stage,
-                 payload={"iteration": row.iteration, "code": code, "message": message[:2000]})
+    event_record(
+        run_id=row.run_id,
+        type=RunEvent.Type.STAGE_FAILED,
+        stage=row.stage,
+        payload={"iteration": row.iteration, "code": code, "message": message[:2000]},
+    )
     if fail_run:
         run_fail(run_id=row.run_id, code=code, message=message)
         # The stages between are skipped; Notify must still tell the person.
@@ -295,8 +328,9 @@ def stage_skip(*, stage_run_id: int) -> None:
 
 
 @transaction.atomic
-def stage_loop_back(*, stage_run_id: int, attempt: int, output: dict[str, Any], message: str,
-                    announce: bool = True) -> bool:
+def stage_loop_back(
+    *, stage_run_id: int, attempt: int, output: dict[str, Any], message: str, announce: bool = True
+) -> bool:
     """The Tester (or the Deployer's health check) found failures: close this row and open the
     next iteration of Developer and Tester, in one step.
 
@@ -306,22 +340,42 @@ def stage_loop_back(*, stage_run_id: int, attempt: int, output: dict[str, Any], 
     stage = StageRun.objects.filter(id=stage_run_id).values_list("stage", flat=True).first()
     if stage == Stage.DEPLOYER:
         # The release failed its checks: the Deployer runs again once the next iteration's tests pass.
-        closed = _fenced(stage_run_id, attempt, status=StageRun.Status.PENDING, output=output, error=message,
-                         started_at=None, queued_at=None)
+        closed = _fenced(
+            stage_run_id,
+            attempt,
+            status=StageRun.Status.PENDING,
+            output=output,
+            error=message,
+            started_at=None,
+            queued_at=None,
+        )
     else:
-        closed = _fenced(stage_run_id, attempt, status=StageRun.Status.FAILED, output=output, error=message,
-                         finished_at=now)
+        closed = _fenced(
+            stage_run_id, attempt, status=StageRun.Status.FAILED, output=output, error=message, finished_at=now
+        )
     if not closed:
         return False
     row = StageRun.objects.select_related("run").get(id=stage_run_id)
     nxt = row.run.iteration + 1
     PipelineRun.objects.filter(id=row.run_id, iteration=row.run.iteration).update(iteration=nxt)
     for iterated in ITERATED_STAGES:
-        StageRun.objects.get_or_create(run_id=row.run_id, stage=iterated, iteration=nxt,
-                                       defaults={"queued_at": now if iterated == Stage.DEVELOPER else None})
-    event_record(run_id=row.run_id, type=RunEvent.Type.TESTS_FAILED, stage=row.stage,
-                 payload={"iteration": nxt - 1, "next_iteration": nxt, "message": message[:2000],
-                          "waits_for_person": not announce})
+        StageRun.objects.get_or_create(
+            run_id=row.run_id,
+            stage=iterated,
+            iteration=nxt,
+            defaults={"queued_at": now if iterated == Stage.DEVELOPER else None},
+        )
+    event_record(
+        run_id=row.run_id,
+        type=RunEvent.Type.TESTS_FAILED,
+        stage=row.stage,
+        payload={
+            "iteration": nxt - 1,
+            "next_iteration": nxt,
+            "message": message[:2000],
+            "waits_for_person": not announce,
+        },
+    )
     return True
 
 
@@ -330,8 +384,9 @@ def stage_loop_back(*, stage_run_id: int, attempt: int, output: dict[str, Any], 
 def run_wait_for_human(*, run_id: int, stage_run_id: int | None = None, attempt: int | None = None) -> bool:
     """The run stops until a person answers. With ``stage_run_id``, that claimed stage is given
     back (pending, fenced by ``attempt``) so the answer resumes it; False if the claim was lost."""
-    if stage_run_id is not None and not _fenced(stage_run_id, attempt, status=StageRun.Status.PENDING,
-                                                  started_at=None, queued_at=None):
+    if stage_run_id is not None and not _fenced(
+        stage_run_id, attempt, status=StageRun.Status.PENDING, started_at=None, queued_at=None
+    ):
         return False
     PipelineRun.objects.filter(id=run_id, status=PipelineRun.Status.RUNNING).update(
         status=PipelineRun.Status.WAITING_HUMAN
@@ -365,7 +420,9 @@ def run_cancel(*, run_id: int, user) -> PipelineRun:
         raise Conflict(f"Run #{run.id} has already {run.status}.", code="run_finished")
     who = getattr(user, "username", "") or f"user {user.id}"
     PipelineRun.objects.filter(id=run.id).update(
-        status=PipelineRun.Status.CANCELLED, error_code="cancelled", error_message=f"Cancelled by {who}.",
+        status=PipelineRun.Status.CANCELLED,
+        error_code="cancelled",
+        error_message=f"Cancelled by {who}.",
         finished_at=timezone.now(),
     )
     event_record(run_id=run.id, type=RunEvent.Type.RUN_CANCELLED, payload={"by": who})
@@ -442,17 +499,22 @@ def runs_requeue_stuck() -> list[Requeue]:
     stale_before = now - timedelta(seconds=settings.STAGE_STALE_SECONDS)
     pickup_before = now - timedelta(seconds=settings.STAGE_PICKUP_SECONDS)
     found: list[Requeue] = []
-    candidates = StageRun.objects.select_related("run").filter(
-        status__in=[StageRun.Status.RUNNING, StageRun.Status.PENDING]
-    ).exclude(run__status__in=[PipelineRun.Status.WAITING_HUMAN])
+    candidates = (
+        StageRun.objects.select_related("run")
+        .filter(status__in=[StageRun.Status.RUNNING, StageRun.Status.PENDING])
+        .exclude(run__status__in=[PipelineRun.Status.WAITING_HUMAN])
+    )
     for row in candidates.filter(status=StageRun.Status.RUNNING, heartbeat_at__lt=stale_before):
         with transaction.atomic():
-            if StageRun.objects.filter(id=row.id, status=StageRun.Status.RUNNING, attempt=row.attempt,
-                                       heartbeat_at__lt=stale_before).update(
-                status=StageRun.Status.PENDING, queued_at=now
-            ):
-                event_record(run_id=row.run_id, type=RunEvent.Type.STAGE_REQUEUED, stage=row.stage,
-                             payload={"reason": "worker_lost", "attempt": row.attempt})
+            if StageRun.objects.filter(
+                id=row.id, status=StageRun.Status.RUNNING, attempt=row.attempt, heartbeat_at__lt=stale_before
+            ).update(status=StageRun.Status.PENDING, queued_at=now):
+                event_record(
+                    run_id=row.run_id,
+                    type=RunEvent.Type.STAGE_REQUEUED,
+                    stage=row.stage,
+                    payload={"reason": "worker_lost", "attempt": row.attempt},
+                )
                 found.append(Requeue(row.run_id, row.stage, "worker_lost"))
     for row in candidates.filter(status=StageRun.Status.PENDING, queued_at__lt=pickup_before):
         run = row.run
@@ -465,8 +527,13 @@ def runs_requeue_stuck() -> list[Requeue]:
             if current is None or current.id != row.id:
                 continue
         if StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING, queued_at=row.queued_at).update(
-                queued_at=now):
-            event_record(run_id=row.run_id, type=RunEvent.Type.STAGE_REQUEUED, stage=row.stage,
-                         payload={"reason": "message_lost"})
+            queued_at=now
+        ):
+            event_record(
+                run_id=row.run_id,
+                type=RunEvent.Type.STAGE_REQUEUED,
+                stage=row.stage,
+                payload={"reason": "message_lost"},
+            )
             found.append(Requeue(row.run_id, row.stage, "message_lost"))
     return found

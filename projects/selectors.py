@@ -1,4 +1,5 @@
 """Reads. The only place with non-trivial queries over projects and runs."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -22,16 +23,27 @@ def project_list_queryset(user) -> QuerySet[Project]:
     """
     money = DecimalField(max_digits=14, decimal_places=6)
     run_costs = (
-        PipelineRun.objects.filter(project=OuterRef("pk")).order_by().values("project")
-        .annotate(total=Sum("cost_usd")).values("total")
+        PipelineRun.objects.filter(project=OuterRef("pk"))
+        .order_by()
+        .values("project")
+        .annotate(total=Sum("cost_usd"))
+        .values("total")
     )
     # Not the owner: a summary does not show it (the join and the user objects cost more than the rows).
-    return projects_visible_to(user).select_related(None).annotate(
-        total_cost_usd=Coalesce(Subquery(run_costs, output_field=money), Value(Decimal(0)), output_field=money),
-    ).prefetch_related(
-        Prefetch("runs", queryset=PipelineRun.objects.order_by("-id")[:1], to_attr="latest_runs"),
-        Prefetch("deployments", queryset=Deployment.objects.filter(status=Deployment.Status.LIVE),
-                 to_attr="live_deployments"),
+    return (
+        projects_visible_to(user)
+        .select_related(None)
+        .annotate(
+            total_cost_usd=Coalesce(Subquery(run_costs, output_field=money), Value(Decimal(0)), output_field=money),
+        )
+        .prefetch_related(
+            Prefetch("runs", queryset=PipelineRun.objects.order_by("-id")[:1], to_attr="latest_runs"),
+            Prefetch(
+                "deployments",
+                queryset=Deployment.objects.filter(status=Deployment.Status.LIVE),
+                to_attr="live_deployments",
+            ),
+        )
     )
 
 

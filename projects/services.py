@@ -3,6 +3,7 @@
 The run state machine is ``projects.runs``; releases are ``projects.deployments``; events are
 ``projects.events``; people are ``projects.people``.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -26,8 +27,10 @@ SLUG_ATTEMPTS = 20
 
 def _clean_description(description: Any) -> str:
     if not isinstance(description, str) or not description.strip():
-        raise ValidationFailed("Describe the service you want, e.g. 'a web service that greets people by name'.",
-                               code="description_required")
+        raise ValidationFailed(
+            "Describe the service you want, e.g. 'a web service that greets people by name'.",
+            code="description_required",
+        )
     text = description.strip()
     limit = settings.PROJECT_DESCRIPTION_MAX_CHARS
     if len(text) > limit:
@@ -51,7 +54,8 @@ def _check_create_rate(owner) -> None:
         raise RateLimited(
             f"You have started {recent} projects in the last {minutes} minutes; the limit is {limit}. "
             "Please wait a little before starting another.",
-            code="project_rate_limited", extra={"limit": limit, "window_seconds": window},
+            code="project_rate_limited",
+            extra={"limit": limit, "window_seconds": window},
         )
 
 
@@ -69,7 +73,8 @@ def _free_slug(base: str, project_id: int) -> str:
     """The base slug, or the lowest free ``base-N``: every taken candidate is read in one query."""
     stem = base[:36]
     taken = set(
-        Project.objects.filter(Q(slug=base) | Q(slug__startswith=f"{stem}-")).exclude(id=project_id)
+        Project.objects.filter(Q(slug=base) | Q(slug__startswith=f"{stem}-"))
+        .exclude(id=project_id)
         .values_list("slug", flat=True)
     )
     if base not in taken:

@@ -1,4 +1,5 @@
 """The Architect's output: what is to be built, validated before anything acts on it."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Secret metadata only: names, kinds and whether they are filled. Values live in a store."""
+
 from __future__ import annotations
 
 from django.core.validators import RegexValidator

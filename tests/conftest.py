@@ -1,4 +1,5 @@
 """Shared fixtures: people and API clients, a private factory home, real Celery processes."""
+
 from __future__ import annotations
 
 import os
@@ -8,13 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-import docker
 import pytest
 import requests
 from django.conf import settings
 from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+import docker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,7 +121,11 @@ class CeleryProcesses:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "config", *argv, "--loglevel=INFO"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         proc.log = log  # type: ignore[attr-defined]
         self.procs.append(proc)
@@ -134,9 +140,19 @@ class CeleryProcesses:
     def worker(self, concurrency: int = 2, **env: str) -> subprocess.Popen:
         return self._spawn(
             "worker",
-            ["worker", "-Q", "pipeline,agents,maintenance,notify", f"--concurrency={concurrency}",
-             "-n", f"test-{len(self.procs)}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            "ready.", child_env(**env),
+            [
+                "worker",
+                "-Q",
+                "pipeline,agents,maintenance,notify",
+                f"--concurrency={concurrency}",
+                "-n",
+                f"test-{len(self.procs)}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            "ready.",
+            child_env(**env),
         )
 
     def beat(self, **env: str) -> subprocess.Popen:
@@ -212,8 +228,13 @@ def engine():
 
 @pytest.fixture(scope="session")
 def worker_image(engine) -> str:
-    proc = subprocess.run([str(ROOT / "scripts" / "worker-image")], env={**os.environ, "WORKER_IMAGE": TEST_IMAGE},
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "worker-image")],
+        env={**os.environ, "WORKER_IMAGE": TEST_IMAGE},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if proc.returncode != 0:
         pytest.fail(f"scripts/worker-image failed:\n{proc.stdout}\n{proc.stderr}")
     return TEST_IMAGE

@@ -11,6 +11,7 @@ token, so the rest of the result operation's cases are refused with 401, as docu
 Unknown headers and query parameters are not generated as invalid input: HTTP clients and
 proxies add them freely, and the API ignores them by design.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ pytestmark = pytest.mark.timeout(240)
 
 def _worker(owner, endpoint: str) -> tuple[int, str]:
     project, run = services.project_create(owner=owner, description=f"a web service for the {endpoint} test")
-    session = agent_services.session_create(project_id=project.id, run_id=run.id, role="developer",
-                                            runtime="process", workspace_root="/nonexistent")
+    session = agent_services.session_create(
+        project_id=project.id, run_id=run.id, role="developer", runtime="process", workspace_root="/nonexistent"
+    )
     agent_services.session_set_state(session_id=session.id, state="running", reason="schemathesis")
     return run.id, agent_services.session_issue_token(session_id=session.id, run_id=run.id)
 
@@ -60,8 +62,9 @@ def _config(token: str, workers: dict[str, tuple[int, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_schemathesis_finds_no_server_error_and_no_schema_violation(live_server, transactional_db,
-                                                                      django_user_model, settings, tmp_path):
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(
+    live_server, transactional_db, django_user_model, settings, tmp_path
+):
     settings.PROJECT_CREATE_LIMIT = 0  # the limit has its own tests; here the logic behind it is fuzzed
     settings.SSE_MAX_SECONDS = 0.05  # a stream of a run still going ends at once, with its retry hint
     settings.SSE_KEEPALIVE_SECONDS = 0.2
@@ -78,24 +81,52 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(live_server,
     report = tmp_path / "report.json"
 
     done = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
-         f"{live_server.url}/api/schema/?format=json", "--checks", "all", "--max-response-time", "15",
-         "--phases", "examples,coverage,fuzzing,stateful", "--workers", "1", "--request-timeout", "20",
-         "--no-color", "--report", "json", "--report-json-path", str(report)],
-        check=False, capture_output=True, text=True, timeout=200, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            str(config),
+            "run",
+            f"{live_server.url}/api/schema/?format=json",
+            "--checks",
+            "all",
+            "--max-response-time",
+            "15",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "20",
+            "--no-color",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=tmp_path,
     )
 
     summary = done.stdout[-6000:]
     assert report.exists(), summary + done.stderr[-3000:]
     result = json.loads(report.read_text())
-    print(f"schemathesis: {result['test_cases']['generated']} test cases over {result['operations']['tested']} "
-          f"operations in {result['running_time']:.1f}s, {len(result['failures'])} failures")
+    print(
+        f"schemathesis: {result['test_cases']['generated']} test cases over {result['operations']['tested']} "
+        f"operations in {result['running_time']:.1f}s, {len(result['failures'])} failures"
+    )
     assert result["failures"] == [] and result["errors"] == [], summary
     assert result["test_cases"]["with_failures"] == 0 and result["test_cases"]["errored"] == 0, summary
     assert done.returncode == 0, summary
     assert result["complete"] and result["operations"]["tested"] == result["operations"]["total"] >= 9, summary
     assert all(result["phases"][phase]["status"] == "success" for phase in ("coverage", "fuzzing", "stateful")), (
-        result["phases"], summary)
+        result["phases"],
+        summary,
+    )
     assert result["test_cases"]["generated"] >= 300, summary  # it really tried
     # Only the result operation runs out of credentials (its first accepted result ends its token).
     assert set(result["warnings"]["missing_auth"]) <= {"POST /api/runs/{run_id}/worker/result/"}, summary

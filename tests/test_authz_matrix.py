@@ -16,6 +16,7 @@ The principals stand for the credentials each kind of route takes:
   every view but login and logout in its staff check: people who are not staff are sent to the
   login page, staff are not.
 """
+
 from __future__ import annotations
 
 import json
@@ -122,8 +123,9 @@ def _settle(run) -> None:
 
 
 def _worker_session(project, run):
-    session = agent_services.session_create(project_id=project.id, run_id=run.id, role="developer",
-                                            runtime="process", workspace_root="/nonexistent")
+    session = agent_services.session_create(
+        project_id=project.id, run_id=run.id, role="developer", runtime="process", workspace_root="/nonexistent"
+    )
     agent_services.session_set_state(session_id=session.id, state="running", reason="test")
     return session
 
@@ -144,9 +146,17 @@ def world(request, db, django_user_model, settings) -> World:
     _settle(run)  # its event stream ends at once
     worker_project, worker_run = services.project_create(owner=users["owner"], description="a service that echoes")
     other_project, other_run = services.project_create(owner=users["other"], description="a service that counts")
-    return World(users=users, tokens=tokens, project=project, run=run, worker_run=worker_run,
-                 worker_sessions={"owner": _worker_session(worker_project, worker_run),
-                                  "other": _worker_session(other_project, other_run)})
+    return World(
+        users=users,
+        tokens=tokens,
+        project=project,
+        run=run,
+        worker_run=worker_run,
+        worker_sessions={
+            "owner": _worker_session(worker_project, worker_run),
+            "other": _worker_session(other_project, other_run),
+        },
+    )
 
 
 def _url(route: Route, world: World) -> str:
@@ -195,8 +205,9 @@ def _client_for(kind: str, principal: str, world: World) -> Client:
 
 
 def _call(client, method: str, url: str, body: dict | None):
-    response = client.generic(method, url, data=json.dumps(body) if body is not None else "",
-                              content_type="application/json")
+    response = client.generic(
+        method, url, data=json.dumps(body) if body is not None else "", content_type="application/json"
+    )
     if response.streaming:
         response.content_seen = b"".join(response.streaming_content)  # a settled run's stream ends
     return response
@@ -223,8 +234,10 @@ def test_route_answers_each_principal_as_the_matrix_says(route, world, telegram_
         for principal in PRINCIPALS:
             response = _call(_client_for(kind, principal, world), method, url, body)
             if response.status_code != expected[principal]:
-                problems.append(f"{method} {url} as {principal}: {response.status_code}, expected "
-                                f"{expected[principal]}: {getattr(response, 'content', b'')[:200]!r}")
+                problems.append(
+                    f"{method} {url} as {principal}: {response.status_code}, expected "
+                    f"{expected[principal]}: {getattr(response, 'content', b'')[:200]!r}"
+                )
             elif response.status_code >= 400 and url.startswith("/api/") and not _is_envelope(response):
                 problems.append(f"{method} {url} as {principal}: {response.status_code} not in the envelope")
             elif lists and method == "GET" and response.status_code == 200:

@@ -1,4 +1,5 @@
 """The README's first command, on the embedded default: no PostgreSQL, no Redis, no Docker."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,9 @@ SERVICE_VARS = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_BROKER
 def run_demo(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
     env["FACTORY_HOME"] = str(home)
-    return subprocess.run([sys.executable, "manage.py", "demo", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "manage.py", "demo", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
 
 
 def test_demo_builds_deploys_and_stops_a_greeting_service(tmp_path):

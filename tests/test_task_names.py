@@ -4,6 +4,7 @@ A name is sent by name when a domain app enqueues engine work (``send_task``, ad
 ``on_commit`` enqueues): a typo there would be silently dropped by the broker. The source scan
 catches literal names that bypass ``config.task_names``.
 """
+
 from __future__ import annotations
 
 import ast

@@ -1,4 +1,5 @@
 """Agent backends: one protocol, chosen per role by AgentConfig.backend."""
+
 from __future__ import annotations
 
 from agents.backends.base import AgentBackend, AgentTurn, ArchitectResult, DevelopTask, TurnUsage, parse_agent_result
@@ -26,4 +27,12 @@ def get_backend(config: AgentConfig) -> AgentBackend:
     )
 
 
-__all__ = ["AgentBackend", "AgentTurn", "ArchitectResult", "DevelopTask", "TurnUsage", "get_backend", "parse_agent_result"]
+__all__ = [
+    "AgentBackend",
+    "AgentTurn",
+    "ArchitectResult",
+    "DevelopTask",
+    "TurnUsage",
+    "get_backend",
+    "parse_agent_result",
+]

@@ -1,10 +1,12 @@
 """The AgentBackend protocol and the pieces every backend shares."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Callable, Protocol
+from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -101,7 +103,13 @@ Finish it, make `python -m pytest` pass, commit, and push to the branch {branch}
 
 # Placeholders a prompt template (AgentConfig.prompt_template) may use, as {name}.
 PROMPT_PLACEHOLDERS = (
-    "spec_name", "run_id", "iteration", "branch", "spec_path", "failing_tests", "report",
+    "spec_name",
+    "run_id",
+    "iteration",
+    "branch",
+    "spec_path",
+    "failing_tests",
+    "report",
 )
 
 
@@ -109,8 +117,9 @@ def failing_tests_text(report: TestReport | None, limit: int = 20) -> str:
     """What the tester found last time, for the agent to fix; empty if there is nothing."""
     if report is None or report.ok:
         return ""
-    lines = [f"The last test run failed ({report.passed} passed, {report.failed} failed, "
-             f"{report.errors} errors). Fix these:"]
+    lines = [
+        f"The last test run failed ({report.passed} passed, {report.failed} failed, {report.errors} errors). Fix these:"
+    ]
     lines += [f"- {t.name}" + (f": {t.message}" if t.message else "") for t in report.failing[:limit]]
     if len(report.failing) > limit:
         lines.append(f"- ... and {len(report.failing) - limit} more")
@@ -131,11 +140,18 @@ def develop_prompt(task: DevelopTask, *, template: str, report: str, continuing:
     else:
         text = template.strip() or DEFAULT_DEVELOP_PROMPT
         if task.resume:
-            text = ("A previous attempt at this task stopped without reporting a result; continue "
-                    "from the state of the working copy.\n\n" + text)
+            text = (
+                "A previous attempt at this task stopped without reporting a result; continue "
+                "from the state of the working copy.\n\n" + text
+            )
     values = {
-        "spec_name": task.spec.name, "run_id": str(task.run_id), "iteration": str(task.iteration),
-        "branch": task.branch, "spec_path": task.spec_path, "failing_tests": failing, "report": report,
+        "spec_name": task.spec.name,
+        "run_id": str(task.run_id),
+        "iteration": str(task.iteration),
+        "branch": task.branch,
+        "spec_path": task.spec_path,
+        "failing_tests": failing,
+        "report": report,
     }
     missing = [name for name in ("failing_tests", "report") if "{" + name + "}" not in text]
     for name in PROMPT_PLACEHOLDERS:

@@ -7,6 +7,7 @@ last JSON line of its final message (``result``). ``--resume <session_id>`` cont
 conversation when the task carries one. The API key reaches the worker as an environment
 variable only, never on the command line.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,6 @@ from agents.backends.base import AgentTurn, ArchitectResult, DevelopTask, TurnUs
 from agents.contracts import AgentResult
 from agents.models import AgentConfig
 from config.errors import PermanentError
-from projects.specs import ProjectSpec
 
 REPORT_INSTRUCTIONS = (
     "When you stop (done, blocked or failed), end your final message with exactly one line of JSON "
@@ -153,16 +153,22 @@ class ClaudeCodeBackend:
     def develop(self, task: DevelopTask, run: WorkerExec) -> AgentTurn:
         session_id = task.agent_session_id or (self._last_session_id if task.resume else None)
         report = REPORT_INSTRUCTIONS
-        prompt = develop_prompt(task, template=self.config.prompt_template, report=report,
-                                continuing=bool(session_id) and task.resume)
+        prompt = develop_prompt(
+            task, template=self.config.prompt_template, report=report, continuing=bool(session_id) and task.resume
+        )
         code, out, err = run(self.argv(prompt, session_id), self.env())
         log = err[-4000:]
         cli, problem = parse_cli_output(out)
         if cli is None:
             detail = f"exit code {code}" + (", killed: the time limit?" if code in (-9, 137) else "")
             detail += f": {err.strip()[-500:]}" if err.strip() else ""
-            return AgentTurn(result=None, usage=TurnUsage(model=self.config.model), log=log,
-                             problem=f"{problem} ({detail})", agent_session_id=session_id)
+            return AgentTurn(
+                result=None,
+                usage=TurnUsage(model=self.config.model),
+                log=log,
+                problem=f"{problem} ({detail})",
+                agent_session_id=session_id,
+            )
         self._last_session_id = cli.session_id or session_id
         usage = self._usage(cli)
         log = ((cli.result or "")[-4000:] + ("\n" + log if log else "")).strip()

@@ -8,6 +8,7 @@ executes in the worker through the WorkerExec callable. ``AgentConfig.options``:
 ``max_turns`` (30), ``input_per_mtok`` / ``cached_input_per_mtok`` / ``output_per_mtok`` (USD per
 million tokens, 0), ``request_timeout`` (seconds, 120), ``temperature`` (unset).
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,7 +17,6 @@ import inspect
 import json
 import posixpath
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -60,37 +60,66 @@ ARCHITECT_PROMPT = (
 )
 
 TOOLS: list[dict[str, Any]] = [
-    {"type": "function", "function": {
-        "name": "run_shell",
-        "description": "Run a shell command (sh -c) in the working copy; returns exit code, stdout and stderr.",
-        "parameters": {"type": "object", "properties": {"command": {"type": "string"}},
-                       "required": ["command"], "additionalProperties": False},
-    }},
-    {"type": "function", "function": {
-        "name": "read_file",
-        "description": "Read a text file of the working copy.",
-        "parameters": {"type": "object", "properties": {
-            "path": {"type": "string", "description": "relative to the working copy"}},
-            "required": ["path"], "additionalProperties": False},
-    }},
-    {"type": "function", "function": {
-        "name": "write_file",
-        "description": "Create or overwrite a file of the working copy (parent folders are created).",
-        "parameters": {"type": "object", "properties": {
-            "path": {"type": "string", "description": "relative to the working copy"},
-            "content": {"type": "string"}},
-            "required": ["path", "content"], "additionalProperties": False},
-    }},
-    {"type": "function", "function": {
-        "name": "report_result",
-        "description": "Report the outcome when you stop. Call it once, last.",
-        "parameters": {"type": "object", "properties": {
-            "status": {"type": "string", "enum": ["complete", "blocked", "failed"]},
-            "commit": {"type": ["string", "null"], "description": "full sha of the pushed commit"},
-            "summary": {"type": "string"},
-            "question": {"type": ["string", "null"], "description": "what you need, if blocked"}},
-            "required": ["status", "summary"], "additionalProperties": False},
-    }},
+    {
+        "type": "function",
+        "function": {
+            "name": "run_shell",
+            "description": "Run a shell command (sh -c) in the working copy; returns exit code, stdout and stderr.",
+            "parameters": {
+                "type": "object",
+                "properties": {"command": {"type": "string"}},
+                "required": ["command"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "read_file",
+            "description": "Read a text file of the working copy.",
+            "parameters": {
+                "type": "object",
+                "properties": {"path": {"type": "string", "description": "relative to the working copy"}},
+                "required": ["path"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "write_file",
+            "description": "Create or overwrite a file of the working copy (parent folders are created).",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "relative to the working copy"},
+                    "content": {"type": "string"},
+                },
+                "required": ["path", "content"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "report_result",
+            "description": "Report the outcome when you stop. Call it once, last.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "status": {"type": "string", "enum": ["complete", "blocked", "failed"]},
+                    "commit": {"type": ["string", "null"], "description": "full sha of the pushed commit"},
+                    "summary": {"type": "string"},
+                    "question": {"type": ["string", "null"], "description": "what you need, if blocked"},
+                },
+                "required": ["status", "summary"],
+                "additionalProperties": False,
+            },
+        },
+    },
 ]
 
 # Inside the worker: resolve the path against the working copy (symlinks too) and refuse escapes.
@@ -168,9 +197,14 @@ class _UsageTotal:
     def __init__(self, model: str, options: dict):
         self.model = model
         self.uncached = self.cached = self.output = 0
-        self.prices = {key: Decimal(str(options.get(key, default) or 0)) for key, default in (
-            ("input_per_mtok", 0), ("output_per_mtok", 0),
-            ("cached_input_per_mtok", options.get("input_per_mtok", 0)))}
+        self.prices = {
+            key: Decimal(str(options.get(key, default) or 0))
+            for key, default in (
+                ("input_per_mtok", 0),
+                ("output_per_mtok", 0),
+                ("cached_input_per_mtok", options.get("input_per_mtok", 0)),
+            )
+        }
 
     def add(self, completion: _Completion) -> None:
         if completion.model:
@@ -185,11 +219,19 @@ class _UsageTotal:
         self.output += u.completion_tokens
 
     def usage(self) -> TurnUsage:
-        cost = (self.uncached * self.prices["input_per_mtok"] + self.cached * self.prices["cached_input_per_mtok"]
-                + self.output * self.prices["output_per_mtok"]) / Decimal(1_000_000)
+        cost = (
+            self.uncached * self.prices["input_per_mtok"]
+            + self.cached * self.prices["cached_input_per_mtok"]
+            + self.output * self.prices["output_per_mtok"]
+        ) / Decimal(1_000_000)
         # Input tokens exclude cache reads, as Claude Code counts them: the four counts add up.
-        return TurnUsage(model=self.model, input_tokens=self.uncached, output_tokens=self.output,
-                         cache_read_tokens=self.cached, cost_usd=cost.quantize(Decimal("0.000001")))
+        return TurnUsage(
+            model=self.model,
+            input_tokens=self.uncached,
+            output_tokens=self.output,
+            cache_read_tokens=self.cached,
+            cost_usd=cost.quantize(Decimal("0.000001")),
+        )
 
 
 class OpenAICompatibleBackend:
@@ -207,11 +249,16 @@ class OpenAICompatibleBackend:
     def _endpoint(self) -> str:
         base = settings.LLM_BASE_URL.rstrip("/")
         if not base:
-            raise PermanentError("The OpenAI-compatible backend needs LLM_BASE_URL (for example "
-                                 "http://127.0.0.1:11434/v1 for a local server).", code="agent_not_configured")
+            raise PermanentError(
+                "The OpenAI-compatible backend needs LLM_BASE_URL (for example "
+                "http://127.0.0.1:11434/v1 for a local server).",
+                code="agent_not_configured",
+            )
         if not self.model:
-            raise PermanentError("The OpenAI-compatible backend needs a model: set it on the role's "
-                                 "Agent config or in LLM_MODEL.", code="agent_not_configured")
+            raise PermanentError(
+                "The OpenAI-compatible backend needs a model: set it on the role's Agent config or in LLM_MODEL.",
+                code="agent_not_configured",
+            )
         return f"{base}/chat/completions"
 
     def _complete(self, body: dict[str, Any]) -> _Completion:
@@ -232,13 +279,18 @@ class OpenAICompatibleBackend:
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
                 if retry_after:
                     extra["retry_after"] = retry_after
-                raise TransientError(f"The LLM endpoint answered {exc.code}: {detail}", code="llm_unavailable",
-                                     extra=extra) from exc
-            raise PermanentError(f"The LLM endpoint refused the request ({exc.code}): {detail}",
-                                 code="llm_refused", extra={"status": exc.code}) from exc
-        except (TimeoutError, socket.timeout) as exc:
-            raise TransientError(f"The LLM endpoint did not answer within {timeout:g}s.",
-                                 code="llm_unavailable") from exc
+                raise TransientError(
+                    f"The LLM endpoint answered {exc.code}: {detail}", code="llm_unavailable", extra=extra
+                ) from exc
+            raise PermanentError(
+                f"The LLM endpoint refused the request ({exc.code}): {detail}",
+                code="llm_refused",
+                extra={"status": exc.code},
+            ) from exc
+        except TimeoutError as exc:
+            raise TransientError(
+                f"The LLM endpoint did not answer within {timeout:g}s.", code="llm_unavailable"
+            ) from exc
         except urllib.error.URLError as exc:
             raise TransientError(f"The LLM endpoint is unreachable: {exc.reason}", code="llm_unavailable") from exc
         except (OSError, http.client.HTTPException) as exc:
@@ -250,8 +302,10 @@ class OpenAICompatibleBackend:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
-            raise PermanentError(f"The LLM endpoint's answer is not a chat completion ({where}: {first['msg']}).",
-                                 code="llm_bad_response") from exc
+            raise PermanentError(
+                f"The LLM endpoint's answer is not a chat completion ({where}: {first['msg']}).",
+                code="llm_bad_response",
+            ) from exc
 
     def _body(self, messages: list[dict], **extra: Any) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, **extra}
@@ -278,18 +332,22 @@ class OpenAICompatibleBackend:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "the answer"
-            raise PermanentError(f"The architect model's spec is not valid: {where}: {first['msg']}.",
-                                 code="spec_invalid") from exc
+            raise PermanentError(
+                f"The architect model's spec is not valid: {where}: {first['msg']}.", code="spec_invalid"
+            ) from exc
 
     # --- Developer ----------------------------------------------------------------------------
     def develop(self, task: DevelopTask, run: WorkerExec) -> AgentTurn:
         max_turns = int(self.options.get("max_turns", DEFAULT_MAX_TURNS))
         deadline = time.monotonic() + self.config.time_limit_seconds
         total = _UsageTotal(self.model, self.options)
-        prompt = develop_prompt(task, template=self.config.prompt_template, report=REPORT_INSTRUCTIONS,
-                                continuing=False)
-        messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT},
-                                          {"role": "user", "content": prompt}]
+        prompt = develop_prompt(
+            task, template=self.config.prompt_template, report=REPORT_INSTRUCTIONS, continuing=False
+        )
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": prompt},
+        ]
         log: list[str] = []
         tools = _Tools(task, run)
 
@@ -298,8 +356,9 @@ class OpenAICompatibleBackend:
 
         for number in range(1, max_turns + 1):
             if time.monotonic() > deadline:
-                return turn(problem=f"the agent ran out of time after {number - 1} turns "
-                                    f"({self.config.time_limit_seconds}s)")
+                return turn(
+                    problem=f"the agent ran out of time after {number - 1} turns ({self.config.time_limit_seconds}s)"
+                )
             completion = self._complete(self._body(messages, tools=TOOLS))
             total.add(completion)
             message = completion.choices[0].message
@@ -307,8 +366,9 @@ class OpenAICompatibleBackend:
             if message.content:
                 log.append(f"[{number}] {message.content.strip()[:500]}")
             if not message.tool_calls:
-                messages.append({"role": "user", "content": "Use the tools to continue; when you stop, call "
-                                                            "report_result."})
+                messages.append(
+                    {"role": "user", "content": "Use the tools to continue; when you stop, call report_result."}
+                )
                 continue
             for call in message.tool_calls:
                 name = call.function.name
@@ -359,8 +419,9 @@ class _Tools:
         rel, refusal = self.confine(path)
         if refusal:
             return refusal
-        code, out, err = self.run([self.task.python, "-c", READ_SCRIPT],
-                                  {"FACTORY_TOOL_PATH": rel, "FACTORY_TOOL_LIMIT": str(MAX_READ_BYTES)})
+        code, out, err = self.run(
+            [self.task.python, "-c", READ_SCRIPT], {"FACTORY_TOOL_PATH": rel, "FACTORY_TOOL_LIMIT": str(MAX_READ_BYTES)}
+        )
         if code != 0:
             return f"error: cannot read {rel}: {_last_line(err)}"
         return _clip(out)
@@ -374,7 +435,7 @@ class _Tools:
         data = content.encode("utf-8")
         if len(data) > MAX_WRITE_BYTES:
             return f"error: the content is {len(data)} bytes; write files of at most {MAX_WRITE_BYTES} bytes."
-        chunks = [data[i:i + ENV_CHUNK_BYTES] for i in range(0, len(data), ENV_CHUNK_BYTES)] or [b""]
+        chunks = [data[i : i + ENV_CHUNK_BYTES] for i in range(0, len(data), ENV_CHUNK_BYTES)] or [b""]
         env = {"FACTORY_TOOL_PATH": rel, "FACTORY_TOOL_CHUNKS": str(len(chunks))}
         env.update({f"FACTORY_TOOL_CONTENT_{i}": base64.b64encode(c).decode("ascii") for i, c in enumerate(chunks)})
         code, out, err = self.run([self.task.python, "-c", WRITE_SCRIPT], env)
@@ -417,10 +478,16 @@ def _assistant_message(message: _Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": "assistant", "content": message.content}
     if message.tool_calls:
         out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {
-                "name": c.function.name,
-                "arguments": c.function.arguments if isinstance(c.function.arguments, str)
-                else json.dumps(c.function.arguments)}}
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {
+                    "name": c.function.name,
+                    "arguments": c.function.arguments
+                    if isinstance(c.function.arguments, str)
+                    else json.dumps(c.function.arguments),
+                },
+            }
             for c in message.tool_calls
         ]
     return out

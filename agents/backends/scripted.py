@@ -5,6 +5,7 @@ SCRIPTED_FAIL_TIMES setting) makes the first N developer iterations write wrong 
 ``options["broken_release_times"]`` makes the first N iterations pass their tests but fail the
 Deployer's health check.
 """
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -13,7 +14,6 @@ from agents.backends.base import AgentTurn, ArchitectResult, DevelopTask, TurnUs
 from agents.models import AgentConfig
 from agents.scripted.catalogue import ScriptedPlanError, plan
 from config.errors import PermanentError
-from projects.specs import ProjectSpec
 
 
 class ScriptedBackend:
@@ -34,14 +34,24 @@ class ScriptedBackend:
 
     def develop(self, task: DevelopTask, run: WorkerExec) -> AgentTurn:
         argv = [
-            task.python, "-m", "agents.scripted.agent", "develop",
-            "--spec", task.spec_path,
-            "--iteration", str(task.iteration),
-            "--fail-times", str(self.fail_times),
-            "--branch", task.branch,
-            "--remote", "origin",
-            "--work-seconds", str(float(self.config.options.get("work_seconds", 0))),
-            "--broken-release-times", str(int(self.config.options.get("broken_release_times", 0))),
+            task.python,
+            "-m",
+            "agents.scripted.agent",
+            "develop",
+            "--spec",
+            task.spec_path,
+            "--iteration",
+            str(task.iteration),
+            "--fail-times",
+            str(self.fail_times),
+            "--branch",
+            task.branch,
+            "--remote",
+            "origin",
+            "--work-seconds",
+            str(float(self.config.options.get("work_seconds", 0))),
+            "--broken-release-times",
+            str(int(self.config.options.get("broken_release_times", 0))),
         ]
         # options["ask"]: the agent is blocked with this question until a person gives guidance.
         if self.config.options.get("ask"):

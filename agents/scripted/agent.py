@@ -20,6 +20,7 @@ same inputs changes nothing and makes no second commit.
 Git identity comes from -c user.name/user.email on each command (GIT_AUTHOR_* and
 GIT_COMMITTER_* in the environment take precedence), so no global git config is needed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,7 @@ def greet(request: Request) -> tuple[int, Any]:
         routes=(("GET", "/greet", "greet"),),
         bug=('f"Hello, {name}!"', 'f"Hallo, {name}!"'),
         test_imports=(),
-        tests='''
+        tests="""
 def test_greet_uses_the_given_name(client):
     assert client.get("/greet?name=Ada") == (200, {"message": "Hello, Ada!"})
 
@@ -75,7 +76,7 @@ def test_greet_decodes_the_name(client):
 
 def test_greet_defaults_to_world(client):
     assert client.get("/greet") == (200, {"message": "Hello, world!"})
-''',
+""",
     ),
     "echo": FeatureCode(
         imports=(),
@@ -92,10 +93,9 @@ def echo_json(request: Request) -> tuple[int, Any]:
     return 200, request.json
 ''',
         routes=(("GET", "/echo", "echo_text"), ("POST", "/echo", "echo_json")),
-        bug=('{"text": request.query.get("text", "")}',
-             '{"text": request.query.get("text", "").upper()}'),
+        bug=('{"text": request.query.get("text", "")}', '{"text": request.query.get("text", "").upper()}'),
         test_imports=(),
-        tests='''
+        tests="""
 def test_echo_returns_the_text(client):
     assert client.get("/echo?text=hi") == (200, {"text": "hi"})
 
@@ -111,7 +111,7 @@ def test_echo_post_returns_the_same_json(client):
 
 def test_echo_post_without_body_is_a_400(client):
     assert client.post("/echo")[0] == 400
-''',
+""",
     ),
     "time": FeatureCode(
         imports=("from datetime import datetime, timezone",),
@@ -123,14 +123,14 @@ def current_time(request: Request) -> tuple[int, Any]:
         routes=(("GET", "/time", "current_time"),),
         bug=("datetime.now(timezone.utc)", "datetime.now()"),
         test_imports=("from datetime import datetime, timedelta, timezone",),
-        tests='''
+        tests="""
 def test_time_is_the_current_utc_time_in_iso_8601(client):
     status, body = client.get("/time")
     assert status == 200
     stamp = datetime.fromisoformat(body["utc"])
     assert stamp.utcoffset() == timedelta(0)
     assert abs(datetime.now(timezone.utc) - stamp) < timedelta(minutes=1)
-''',
+""",
     ),
     "counter": FeatureCode(
         imports=("import threading",),
@@ -155,7 +155,7 @@ def counter_increment(request: Request) -> tuple[int, Any]:
         routes=(("GET", "/counter", "counter_get"), ("POST", "/counter", "counter_increment")),
         bug=("_count += 1", "_count += 2"),
         test_imports=(),
-        tests='''
+        tests="""
 def test_counter_post_adds_one_and_get_reads_it(client):
     status, body = client.get("/counter")
     assert status == 200
@@ -163,7 +163,7 @@ def test_counter_post_adds_one_and_get_reads_it(client):
     assert client.post("/counter") == (200, {"count": before + 1})
     assert client.post("/counter") == (200, {"count": before + 2})
     assert client.get("/counter") == (200, {"count": before + 2})
-''',
+""",
     ),
     "notes": FeatureCode(
         imports=("import threading",),
@@ -192,7 +192,7 @@ def notes_create(request: Request) -> tuple[int, Any]:
         routes=(("GET", "/notes", "notes_list"), ("POST", "/notes", "notes_create")),
         bug=("return 201, note", "return 200, note"),
         test_imports=(),
-        tests='''
+        tests="""
 def test_notes_post_creates_a_note_that_get_lists(client):
     status, note = client.post("/notes", json={"text": "buy milk"})
     assert status == 201
@@ -214,7 +214,7 @@ def test_notes_without_text_is_a_400(client):
     assert client.post("/notes", json={"title": "no text"})[0] == 400
     assert client.post("/notes", json={"text": "  "})[0] == 400
     assert client.post("/notes")[0] == 400
-''',
+""",
     ),
     "calculator": FeatureCode(
         imports=("import math",),
@@ -250,7 +250,7 @@ def multiply(request: Request) -> tuple[int, Any]:
         routes=(("GET", "/add", "add"), ("GET", "/multiply", "multiply")),
         bug=("_number(operands[0] + operands[1])", "_number(operands[0] + operands[1] + 1)"),
         test_imports=(),
-        tests='''
+        tests="""
 def test_add_adds_two_numbers(client):
     assert client.get("/add?a=2&b=3") == (200, {"result": 5})
     assert client.get("/add?a=1.5&b=2") == (200, {"result": 3.5})
@@ -266,7 +266,7 @@ def test_calculator_rejects_missing_or_bad_operands(client):
     assert client.get("/add?a=2")[0] == 400
     assert client.get("/add?a=two&b=3")[0] == 400
     assert client.get("/multiply?a=inf&b=3")[0] == 400
-''',
+""",
     ),
     "dice": FeatureCode(
         imports=("import random",),
@@ -284,7 +284,7 @@ def roll(request: Request) -> tuple[int, Any]:
         routes=(("GET", "/roll", "roll"),),
         bug=("random.randint(1, sides)", "random.randint(1, sides) + sides"),
         test_imports=(),
-        tests='''
+        tests="""
 def test_roll_stays_within_the_sides(client):
     rolls = set()
     for _ in range(60):
@@ -305,7 +305,7 @@ def test_roll_defaults_to_six_sides(client):
 def test_roll_rejects_bad_sides(client):
     assert client.get("/roll?sides=abc")[0] == 400
     assert client.get("/roll?sides=1")[0] == 400
-''',
+""",
     ),
 }
 
@@ -313,14 +313,14 @@ def test_roll_rejects_bad_sides(client):
 def render_handlers(names: Sequence[str], faulty: bool) -> str:
     """handlers.py implementing exactly `names`; `faulty` plants each feature's bug."""
     features = [FEATURES[name] for name in names]
-    imports = sorted({line for feature in features for line in feature.imports},
-                     key=lambda line: (line.startswith("from"), line))
+    imports = sorted(
+        {line for feature in features for line in feature.imports}, key=lambda line: (line.startswith("from"), line)
+    )
     parts = [
         f'"""Feature routes: {", ".join(names)}. Written by the scripted developer agent."""\n'
         "from __future__ import annotations\n\n",
         *(line + "\n" for line in imports),
-        "from typing import TYPE_CHECKING, Any, Callable\n\n"
-        "if TYPE_CHECKING:\n    from app import Request\n",
+        "from typing import TYPE_CHECKING, Any, Callable\n\nif TYPE_CHECKING:\n    from app import Request\n",
     ]
     for feature in features:
         code = feature.code
@@ -331,12 +331,10 @@ def render_handlers(names: Sequence[str], faulty: bool) -> str:
         parts.append("\n" + code)
     table = "".join(
         f'    ("{method}", "{path}"): {function},\n'
-        for feature in features for method, path, function in feature.routes
+        for feature in features
+        for method, path, function in feature.routes
     )
-    parts.append(
-        "\n\nROUTES: dict[tuple[str, str], Callable[[Request], tuple[int, Any]]] = {\n"
-        f"{table}}}\n"
-    )
+    parts.append(f"\n\nROUTES: dict[tuple[str, str], Callable[[Request], tuple[int, Any]]] = {{\n{table}}}\n")
     return "".join(parts)
 
 
@@ -344,8 +342,10 @@ def render_tests(names: Sequence[str]) -> str:
     """tests/test_features.py: each feature's tests, through the conftest `client` fixture."""
     features = [FEATURES[name] for name in names]
     imports = sorted({line for feature in features for line in feature.test_imports})
-    header = (f'"""Feature tests: {", ".join(names)}, through a real server (conftest.client)."""\n'
-              "from __future__ import annotations\n")
+    header = (
+        f'"""Feature tests: {", ".join(names)}, through a real server (conftest.client)."""\n'
+        "from __future__ import annotations\n"
+    )
     if imports:
         header += "\n" + "".join(line + "\n" for line in imports)
     return header + "".join("\n" + feature.tests for feature in features)
@@ -356,15 +356,16 @@ def feature_names(spec: Any) -> list[str]:
     if not isinstance(spec, dict) or not isinstance(spec.get("features"), list):
         raise AgentError("the spec is not a ProjectSpec: it has no features list")
     if spec.get("kind") != "web_service":
-        raise AgentError(f"the scripted developer builds web_service projects only, "
-                         f"not {spec.get('kind')!r}")
+        raise AgentError(f"the scripted developer builds web_service projects only, not {spec.get('kind')!r}")
     names: list[str] = []
     for feature in spec["features"]:
         name = feature.get("name") if isinstance(feature, dict) else None
         if name not in FEATURES:
-            raise AgentError(f"unknown feature {name!r}: the scripted developer implements "
-                             f"only {', '.join(FEATURES)}; anything else needs an LLM backend "
-                             "for the developer role")
+            raise AgentError(
+                f"unknown feature {name!r}: the scripted developer implements "
+                f"only {', '.join(FEATURES)}; anything else needs an LLM backend "
+                "for the developer role"
+            )
         if name not in names:
             names.append(name)
     if not names:
@@ -374,8 +375,16 @@ def feature_names(spec: Any) -> list[str]:
 
 def git(*args: str) -> str:
     """Run git with this agent's identity; raise AgentError (credentials scrubbed) on failure."""
-    command = ["git", "-c", f"user.name={GIT_NAME}", "-c", f"user.email={GIT_EMAIL}",
-               "-c", "commit.gpgsign=false", *args]
+    command = [
+        "git",
+        "-c",
+        f"user.name={GIT_NAME}",
+        "-c",
+        f"user.email={GIT_EMAIL}",
+        "-c",
+        "commit.gpgsign=false",
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip()
@@ -395,8 +404,15 @@ def log(message: str) -> None:
 BROKEN_HEALTH = "/deliberately-missing-health"
 
 
-def develop(spec_path: Path, iteration: int, fail_times: int, branch: str, remote: str,
-            work_seconds: float = 0.0, broken_release_times: int = 0) -> dict:
+def develop(
+    spec_path: Path,
+    iteration: int,
+    fail_times: int,
+    branch: str,
+    remote: str,
+    work_seconds: float = 0.0,
+    broken_release_times: int = 0,
+) -> dict:
     """Write, commit and push the implementation; return the AgentResult as a dict.
 
     ``work_seconds`` makes the agent take that long before it writes anything, as a real agent
@@ -418,8 +434,10 @@ def develop(spec_path: Path, iteration: int, fail_times: int, branch: str, remot
     if work_seconds > 0:
         log(f"working for {work_seconds:g}s")
         time.sleep(work_seconds)
-    log(f"iteration {iteration}: implementing {', '.join(names)} in {root.name}"
-        + (" (deliberately faulty)" if faulty else ""))
+    log(
+        f"iteration {iteration}: implementing {', '.join(names)} in {root.name}"
+        + (" (deliberately faulty)" if faulty else "")
+    )
     (root / "handlers.py").write_text(render_handlers(names, faulty), encoding="utf-8")
     (root / "tests").mkdir(exist_ok=True)
     (root / "tests" / "test_features.py").write_text(render_tests(names), encoding="utf-8")
@@ -443,45 +461,67 @@ def develop(spec_path: Path, iteration: int, fail_times: int, branch: str, remot
     git("push", "--quiet", remote, f"HEAD:refs/heads/{branch}")
     log(f"pushed {commit[:12]} to {remote}/{branch}")
 
-    summary = (f"{'Implemented' if changed else 'Already implemented'} {', '.join(names)} "
-               f"in handlers.py with tests in tests/test_features.py; {commit[:12]} is on "
-               f"{remote}/{branch}.")
+    summary = (
+        f"{'Implemented' if changed else 'Already implemented'} {', '.join(names)} "
+        f"in handlers.py with tests in tests/test_features.py; {commit[:12]} is on "
+        f"{remote}/{branch}."
+    )
     if faulty:
-        summary += (f" Deliberately faulty (iteration {iteration} <= fail-times {fail_times}) "
-                    "to exercise the repair loop.")
+        summary += (
+            f" Deliberately faulty (iteration {iteration} <= fail-times {fail_times}) to exercise the repair loop."
+        )
     return {"status": "complete", "commit": commit, "summary": summary}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agents.scripted.agent",
-                                     description="The scripted developer agent (no LLM).")
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.scripted.agent", description="The scripted developer agent (no LLM)."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     dev = commands.add_parser("develop", help="implement the spec's features, commit, push")
     dev.add_argument("--spec", type=Path, required=True, help="ProjectSpec JSON file")
     dev.add_argument("--iteration", type=int, default=1, help="1 for the first attempt")
-    dev.add_argument("--fail-times", type=int, default=0,
-                     help="write faulty code while iteration <= this")
+    dev.add_argument("--fail-times", type=int, default=0, help="write faulty code while iteration <= this")
     dev.add_argument("--branch", required=True, help="branch to push HEAD to")
     dev.add_argument("--remote", default="origin")
-    dev.add_argument("--work-seconds", type=float, default=0.0,
-                     help="spend this long before writing (to simulate a slow agent)")
-    dev.add_argument("--ask", default="",
-                     help="report blocked with this question unless --guidance is given")
+    dev.add_argument(
+        "--work-seconds", type=float, default=0.0, help="spend this long before writing (to simulate a slow agent)"
+    )
+    dev.add_argument("--ask", default="", help="report blocked with this question unless --guidance is given")
     dev.add_argument("--guidance", default="", help="a person's answer to the question")
-    dev.add_argument("--broken-release-times", type=int, default=0,
-                     help="the first N iterations pass their tests but fail the deploy's health check")
+    dev.add_argument(
+        "--broken-release-times",
+        type=int,
+        default=0,
+        help="the first N iterations pass their tests but fail the deploy's health check",
+    )
     args = parser.parse_args(argv)
 
     if args.ask and not args.guidance.strip():
         log(f"blocked: {args.ask}")
-        print(json.dumps({"status": "blocked", "question": args.ask[:4000],
-                          "summary": "Waiting for an answer before writing code."}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "status": "blocked",
+                    "question": args.ask[:4000],
+                    "summary": "Waiting for an answer before writing code.",
+                }
+            ),
+            flush=True,
+        )
         return 0
     if args.guidance:
         log(f"guidance from a person: {args.guidance}")
     try:
-        result = develop(args.spec, args.iteration, args.fail_times, args.branch, args.remote,
-                         args.work_seconds, args.broken_release_times)
+        result = develop(
+            args.spec,
+            args.iteration,
+            args.fail_times,
+            args.branch,
+            args.remote,
+            args.work_seconds,
+            args.broken_release_times,
+        )
     except AgentError as exc:
         log(f"failed: {exc}")
         print(json.dumps({"status": "failed", "summary": str(exc)[:4000]}), flush=True)
@@ -489,8 +529,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.guidance:
         # The scripted agent builds from its catalogue only: it cannot act on a person's words,
         # and says so rather than claiming it followed them.
-        result["summary"] += " (A person's guidance was received; the scripted agent builds from its catalogue " \
-                             "and cannot act on it.)"
+        result["summary"] += (
+            " (A person's guidance was received; the scripted agent builds from its catalogue and cannot act on it.)"
+        )
     print(json.dumps(result), flush=True)
     return 0
 

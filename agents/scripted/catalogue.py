@@ -12,6 +12,7 @@ was asked. Anything outside the catalogue needs an LLM backend for the architect
 
 The developer side (agents/scripted/agent.py) implements each feature by its `name`.
 """
+
 from __future__ import annotations
 
 import re
@@ -49,7 +50,7 @@ class CatalogueFeature:
             return True
         return any(
             (first in _forms(a) and second in _forms(b)) or (first in _forms(b) and second in _forms(a))
-            for a, b in zip(tokens, tokens[1:])
+            for a, b in zip(tokens, tokens[1:], strict=False)
             for first, second in self.key_pairs
         )
 
@@ -58,10 +59,12 @@ def _words(*text: str) -> frozenset[str]:
     return frozenset(" ".join(text).split())
 
 
-def _check(name: str, path: str, contains: str, *, method: str = "GET", body: dict | None = None,
-           status: int = 200) -> AcceptanceCheck:
-    return AcceptanceCheck(name=name, method=method, path=path, body=body, expect_status=status,
-                           expect_contains=contains)
+def _check(
+    name: str, path: str, contains: str, *, method: str = "GET", body: dict | None = None, status: int = 200
+) -> AcceptanceCheck:
+    return AcceptanceCheck(
+        name=name, method=method, path=path, body=body, expect_status=status, expect_contains=contains
+    )
 
 
 CATALOGUE: tuple[CatalogueFeature, ...] = (
@@ -71,10 +74,14 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
         does="greets people by name",
         summary='GET /greet?name=Ada -> 200 {"message": "Hello, Ada!"}; name defaults to "world".',
         example="a web service that greets people by name",
-        keywords=_words("greet greets greeted greeting greetings greeter greeters hello welcome",
-                        "welcomes welcoming salute salutes"),
-        vocabulary=_words("name names named world hi hey say says saying message messages personal",
-                          "personalised personalized friendly politely nicely"),
+        keywords=_words(
+            "greet greets greeted greeting greetings greeter greeters hello welcome",
+            "welcomes welcoming salute salutes",
+        ),
+        vocabulary=_words(
+            "name names named world hi hey say says saying message messages personal",
+            "personalised personalized friendly politely nicely",
+        ),
         checks=(_check("greet: GET /greet?name=Ada", "/greet?name=Ada", "Hello, Ada!"),),
     ),
     CatalogueFeature(
@@ -82,12 +89,15 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
         title="Echo",
         does="echoes text back",
         summary='GET /echo?text=hi -> 200 {"text": "hi"} (text defaults to ""); '
-                'POST /echo with a JSON body -> 200 with the same JSON; no body -> 400.',
+        "POST /echo with a JSON body -> 200 with the same JSON; no body -> 400.",
         example="a service that echoes back whatever text it gets",
-        keywords=_words("echo echoes echoed echoing echos repeat repeats repeating repeated",
-                        "parrot parrots mirror mirrors"),
-        vocabulary=_words("back text texts message messages input inputs word words string",
-                          "strings whatever same sent send sends say says said body hi"),
+        keywords=_words(
+            "echo echoes echoed echoing echos repeat repeats repeating repeated", "parrot parrots mirror mirrors"
+        ),
+        vocabulary=_words(
+            "back text texts message messages input inputs word words string",
+            "strings whatever same sent send sends say says said body hi",
+        ),
         checks=(
             _check("echo: GET /echo?text=hi", "/echo?text=hi", "hi"),
             _check("echo: POST /echo", "/echo", "hi", method="POST", body={"text": "hi"}),
@@ -98,11 +108,10 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
         title="Clock",
         does="tells the current UTC time",
         summary='GET /time -> 200 {"utc": "<ISO-8601 timestamp with +00:00 offset>"}, '
-                'e.g. {"utc": "2024-05-01T12:00:00+00:00"}.',
+        'e.g. {"utc": "2024-05-01T12:00:00+00:00"}.',
         example="a service that tells the current time",
         keywords=_words("time clock clocks utc timestamp timestamps date dates datetime"),
-        vocabulary=_words("current currently now today iso 8601 format formatted zone timezone",
-                          "gmt exact precise"),
+        vocabulary=_words("current currently now today iso 8601 format formatted zone timezone", "gmt exact precise"),
         checks=(_check("time: GET /time", "/time", "utc"),),
     ),
     CatalogueFeature(
@@ -110,13 +119,17 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
         title="Counter",
         does="keeps an in-memory counter",
         summary='POST /counter -> 200 {"count": n} after adding one; GET /counter -> 200 '
-                '{"count": n}; starts at 0, kept in memory.',
+        '{"count": n}; starts at 0, kept in memory.',
         example="a web service with a counter I can increment",
-        keywords=_words("counter counters count counts counting counted increment increments",
-                        "incrementing incremented tally tallies clicker"),
-        vocabulary=_words("increase increases increasing add adds adding number numbers value",
-                          "current total visit visits visitor visitors click clicks hit hits",
-                          "memory stored keep keeps keeping track tracks tracking times"),
+        keywords=_words(
+            "counter counters count counts counting counted increment increments",
+            "incrementing incremented tally tallies clicker",
+        ),
+        vocabulary=_words(
+            "increase increases increasing add adds adding number numbers value",
+            "current total visit visits visitor visitors click clicks hit hits",
+            "memory stored keep keeps keeping track tracks tracking times",
+        ),
         checks=(
             _check("counter: POST /counter", "/counter", "count", method="POST"),
             _check("counter: GET /counter", "/counter", "count"),
@@ -127,17 +140,18 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
         title="Notes",
         does="keeps short notes in memory",
         summary='POST /notes {"text": "buy milk"} -> 201 {"id": 1, "text": "buy milk"} (missing '
-                'or empty text -> 400); GET /notes -> 200 {"notes": [{"id", "text"}, ...]} oldest '
-                'first; kept in memory.',
+        'or empty text -> 400); GET /notes -> 200 {"notes": [{"id", "text"}, ...]} oldest '
+        "first; kept in memory.",
         example="a service where I can add notes and list them",
         keywords=_words("note notes notepad notebook memo memos jot jots"),
-        vocabulary=_words("text texts write writes writing written add adds adding save saves",
-                          "saving store stores storing stored keep keeps keeping list lists",
-                          "listing read reads memory take takes taking remember remembers",
-                          "retrieve fetch down short id ids"),
+        vocabulary=_words(
+            "text texts write writes writing written add adds adding save saves",
+            "saving store stores storing stored keep keeps keeping list lists",
+            "listing read reads memory take takes taking remember remembers",
+            "retrieve fetch down short id ids",
+        ),
         checks=(
-            _check("notes: POST /notes", "/notes", "buy milk", method="POST",
-                   body={"text": "buy milk"}, status=201),
+            _check("notes: POST /notes", "/notes", "buy milk", method="POST", body={"text": "buy milk"}, status=201),
             _check("notes: GET /notes", "/notes", "buy milk"),
         ),
     ),
@@ -146,12 +160,14 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
         title="Calculator",
         does="adds and multiplies numbers",
         summary='GET /add?a=2&b=3 -> 200 {"result": 5}; GET /multiply?a=4&b=5 -> 200 '
-                '{"result": 20}; whole results as integers; a or b missing or not a finite '
-                'number -> 400.',
+        '{"result": 20}; whole results as integers; a or b missing or not a finite '
+        "number -> 400.",
         example="a calculator service that adds and multiplies two numbers",
-        keywords=_words("calculator calculators calculate calculates calculating calculation",
-                        "calculations calc addition sum sums summing plus multiply multiplies",
-                        "multiplying multiplication product products arithmetic math maths"),
+        keywords=_words(
+            "calculator calculators calculate calculates calculating calculation",
+            "calculations calc addition sum sums summing plus multiply multiplies",
+            "multiplying multiplication product products arithmetic math maths",
+        ),
         vocabulary=_words("add number result together operation integer decimal value times"),
         key_pairs=(("add", "number"), ("add", "integer"), ("add", "decimal"), ("add", "value")),
         checks=(
@@ -164,11 +180,12 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
         title="Dice",
         does="rolls dice",
         summary='GET /roll?sides=6 -> 200 {"sides": 6, "roll": n} with 1 <= n <= sides; sides '
-                'defaults to 6; sides not a whole number from 2 to 1000 -> 400.',
+        "defaults to 6; sides not a whole number from 2 to 1000 -> 400.",
         example="a service that rolls a six-sided die",
         keywords=_words("dice die roll rolls rolling rolled roller d6 d20"),
-        vocabulary=_words("random randomly number numbers side sides sided six twenty game games",
-                          "throw throws throwing board"),
+        vocabulary=_words(
+            "random randomly number numbers side sides sided six twenty game games", "throw throws throwing board"
+        ),
         checks=(_check("dice: GET /roll?sides=6", "/roll?sides=6", "roll"),),
     ),
 )
@@ -221,8 +238,7 @@ def _catalogue_help() -> str:
     width = max(len(feature.name) for feature in CATALOGUE)
     lines = ["The scripted architect knows these web-service features (any combination):"]
     for feature in CATALOGUE:
-        lines.append(f"  {feature.name:<{width}}  {feature.does}: {feature.summary} "
-                     f'Example: "{feature.example}".')
+        lines.append(f'  {feature.name:<{width}}  {feature.does}: {feature.summary} Example: "{feature.example}".')
     lines.append(LLM_HINT)
     return "\n".join(lines)
 
@@ -268,13 +284,13 @@ def _forms(word: str) -> set[str]:
 def _refusal(description: str, unknown: list[str]) -> str:
     parts = []
     if unknown:
-        parts.append("The scripted architect did not understand: "
-                     + ", ".join(f'"{word}"' for word in unknown) + ".")
+        parts.append("The scripted architect did not understand: " + ", ".join(f'"{word}"' for word in unknown) + ".")
     else:
         parts.append("The scripted architect found no feature it knows in the description.")
     if BOT_WORDS & set(re.findall(r"[a-z]+", description.lower())):
-        parts.append("It builds web services only; a Telegram bot (kind telegram_bot) is not in "
-                     "the scripted catalogue.")
+        parts.append(
+            "It builds web services only; a Telegram bot (kind telegram_bot) is not in the scripted catalogue."
+        )
     parts.append(CATALOGUE_HELP)
     return "\n".join(parts)
 

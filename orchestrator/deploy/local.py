@@ -1,4 +1,5 @@
 """The local deploy target: a release is a process group on loopback, on an internal port."""
+
 from __future__ import annotations
 
 import json
@@ -42,11 +43,20 @@ def start(*, deployment_id: int, release_dir: Path, port: int, host: str, env: d
     log = open(release_dir.parent / f"{release_dir.name}.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(
-            argv, cwd=release_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            argv,
+            cwd=release_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
             env={
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
-                **env, "PORT": str(port), "HOST": host, "RELEASE": str(deployment_id),
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "LANG": "C.UTF-8",
+                "PYTHONUNBUFFERED": "1",
+                **env,
+                "PORT": str(port),
+                "HOST": host,
+                "RELEASE": str(deployment_id),
                 RELEASE_MARKER: str(deployment_id),
             },
         )
@@ -95,8 +105,9 @@ def run_acceptance(url: str, checks: list[AcceptanceCheck]) -> list[CheckResult]
 
 
 def http(url: str, *, method: str = "GET", data: bytes | None = None, timeout: float = 5.0) -> tuple[int, str]:
-    request = urllib.request.Request(url, method=method, data=data,
-                                     headers={"Content-Type": "application/json"} if data else {})
+    request = urllib.request.Request(
+        url, method=method, data=data, headers={"Content-Type": "application/json"} if data else {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode("utf-8", "replace")

@@ -1,4 +1,5 @@
 """Worker runtimes, chosen by name (AgentConfig.runtime, or the WORKER_RUNTIME setting)."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -17,8 +18,9 @@ def get_runtime(name: str | None = None) -> WorkerRuntime:
         from orchestrator.runtime.docker import DockerRuntime
 
         return DockerRuntime()
-    raise PermanentError(f"Unknown worker runtime {name!r}; this build supports: process, docker.",
-                         code="unknown_runtime")
+    raise PermanentError(
+        f"Unknown worker runtime {name!r}; this build supports: process, docker.", code="unknown_runtime"
+    )
 
 
 __all__ = ["ExecResult", "WorkerGone", "WorkerRuntime", "get_runtime"]

@@ -1,4 +1,5 @@
 """The WorkerRuntime edge: where a worker lives (a process group, or a Docker container)."""
+
 from __future__ import annotations
 
 import hashlib

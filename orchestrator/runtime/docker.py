@@ -27,6 +27,7 @@ up a few seconds past the deadline in any case (a worker paused under a running 
 SDK objects never leave this module; engine errors are sorted into WorkerGone (no such
 container), TransientError (engine unreachable, 5xx) and PermanentError (any other refusal).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,12 +42,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import docker
 import requests
 import structlog
 from django.conf import settings
 from docker.types import Mount
 
+import docker
 from config.errors import PermanentError, TransientError
 from orchestrator.runtime.base import (
     INSTANCE_MARKER,
@@ -138,10 +139,14 @@ class DockerRuntime:
             user=f"{os.getuid()}:{os.getgid()}",
             working_dir=str(workspace),
             network_mode=settings.WORKER_NETWORK_MODE,
-            mounts=[Mount(target=str(workspace), source=str(workspace.resolve()), type="bind", read_only=False),
-                    *(Mount(target=str(d), source=str(Path(d).resolve()), type="bind", read_only=False)
-                      for d in spec.shared_dirs),
-                    *_factory_mounts()],
+            mounts=[
+                Mount(target=str(workspace), source=str(workspace.resolve()), type="bind", read_only=False),
+                *(
+                    Mount(target=str(d), source=str(Path(d).resolve()), type="bind", read_only=False)
+                    for d in spec.shared_dirs
+                ),
+                *_factory_mounts(),
+            ],
             security_opt=["no-new-privileges"],
         )
         if spec.cpu_limit:
@@ -156,7 +161,8 @@ class DockerRuntime:
         except WorkerGone as exc:  # NotFound at create time: the image is missing
             raise PermanentError(
                 f"The worker image {image} is not on this Docker engine (set WORKER_IMAGE, or build the test "
-                f"image with scripts/worker-image).", code="worker_image_missing",
+                f"image with scripts/worker-image).",
+                code="worker_image_missing",
             ) from exc
         try:
             with _engine_errors(f"Starting worker {container.short_id}"):
@@ -227,8 +233,14 @@ class DockerRuntime:
         for container in containers:
             labels = dict(container.labels or {})
             marker = labels.get(SESSION_MARKER, "")
-            found.append(WorkerInfo(handle=container.id, session_id=int(marker) if marker.isdigit() else None,
-                                    labels=labels, running=container.status == "running"))
+            found.append(
+                WorkerInfo(
+                    handle=container.id,
+                    session_id=int(marker) if marker.isdigit() else None,
+                    labels=labels,
+                    running=container.status == "running",
+                )
+            )
         return found
 
     # --- exec ---------------------------------------------------------------------------------
@@ -236,8 +248,9 @@ class DockerRuntime:
     def exec(self, handle: str, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> ExecResult:
         container = self._live(handle, "Running a command in")
         if container.status == "paused":
-            raise PermanentError(f"Worker {handle[:12]} is paused; resume it before running commands in it.",
-                                 code="worker_paused")
+            raise PermanentError(
+                f"Worker {handle[:12]} is paused; resume it before running commands in it.", code="worker_paused"
+            )
         api = _docker().api
         limit = max(float(timeout), 0.01)
         # timeout(1) runs the command in a new process group and SIGKILLs the whole group at the
@@ -245,8 +258,16 @@ class DockerRuntime:
         command = ["timeout", "-s", "KILL", f"{limit:.3f}", *argv]
         what = f"Running {argv[0]!r} in worker {handle[:12]}"
         with _engine_errors(what):
-            exec_id = api.exec_create(container.id, command, stdout=True, stderr=True, stdin=False, tty=False,
-                                      environment=env, workdir=str(cwd))["Id"]
+            exec_id = api.exec_create(
+                container.id,
+                command,
+                stdout=True,
+                stderr=True,
+                stdin=False,
+                tty=False,
+                environment=env,
+                workdir=str(cwd),
+            )["Id"]
             started = time.monotonic()
             sock = api.exec_start(exec_id, socket=True)
 
@@ -255,8 +276,7 @@ class DockerRuntime:
                 return not api.exec_inspect(exec_id).get("Running")
 
         try:
-            stdout, stderr, finished = _read_demuxed(sock, deadline=started + limit + EXEC_GRACE_SECONDS,
-                                                     exited=exited)
+            stdout, stderr, finished = _read_demuxed(sock, deadline=started + limit + EXEC_GRACE_SECONDS, exited=exited)
         except OSError as exc:
             raise TransientError(f"{what}: lost the command's output stream: {exc}", code="docker_unreachable") from exc
         finally:
@@ -311,8 +331,14 @@ def _factory_mounts() -> list[Mount]:
     # lies inside the tree, and the default home ``var/`` whatever FACTORY_HOME says now.
     for home in sorted({Path(settings.FACTORY_HOME).resolve(), base / "var"}):
         if home != base and home.is_relative_to(base) and home.is_dir():
-            mounts.append(Mount(target=f"{FACTORY_MOUNT}/{home.relative_to(base).as_posix()}", source=None,
-                                type="tmpfs", read_only=True))
+            mounts.append(
+                Mount(
+                    target=f"{FACTORY_MOUNT}/{home.relative_to(base).as_posix()}",
+                    source=None,
+                    type="tmpfs",
+                    read_only=True,
+                )
+            )
     return mounts
 
 
@@ -355,8 +381,8 @@ def _read_demuxed(sock: Any, *, deadline: float, exited: Callable[[], bool]) -> 
             stream, size = struct.unpack(">BxxxL", buffer[:8])
             if len(buffer) < 8 + size:
                 break
-            streams.get(stream, streams[1]).extend(buffer[8:8 + size])
-            del buffer[:8 + size]
+            streams.get(stream, streams[1]).extend(buffer[8 : 8 + size])
+            del buffer[: 8 + size]
     return bytes(streams[1]), bytes(streams[2]), done
 
 

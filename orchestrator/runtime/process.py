@@ -4,6 +4,7 @@ The group's leader is a small holder process that only sleeps; commands run insi
 join its group, so SIGSTOP/SIGCONT to the group pause and resume everything in it, and killing
 the group terminates all of it. It is the embedded default's stand-in for a container.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,7 +16,6 @@ import time
 from pathlib import Path
 
 import structlog
-
 from django.conf import settings
 
 from orchestrator.procs import pids_with_marker, process_state, signal_group
@@ -64,8 +64,14 @@ class ProcessRuntime:
             raise WorkerGone(f"Worker process group {pgid} is gone.")
         try:
             proc = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, process_group=pgid,
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                process_group=pgid,
             )
         except FileNotFoundError as exc:  # like a shell: the command (or its directory) is missing
             return ExecResult(127, "", f"{argv[0]}: {exc.strerror}")
@@ -141,7 +147,7 @@ def _marker_value(pid: int) -> int | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     prefix = f"{SESSION_MARKER}=".encode()
-    value = next((item[len(prefix):] for item in environ if item.startswith(prefix)), b"")
+    value = next((item[len(prefix) :] for item in environ if item.startswith(prefix)), b"")
     return int(value) if value.isdigit() else None
 
 

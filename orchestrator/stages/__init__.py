@@ -1,4 +1,5 @@
 """One module per pipeline stage. Each exposes ``run(ctx) -> Outcome`` and raises StageFailed."""
+
 from __future__ import annotations
 
 import enum

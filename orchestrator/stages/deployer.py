@@ -6,6 +6,7 @@ the failure goes back to the Developer as a failing check (or, at the iteration 
 person; their answer deploys again as a new Deployment).
 Idempotent: a rerun finds the run's Deployment under way and either keeps it (live) or restarts it.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -14,10 +15,10 @@ from pathlib import Path
 import structlog
 from django.conf import settings
 
+from agents.contracts import FailingTest, TestReport
 from orchestrator.deploy import local
 from orchestrator.git import git
 from orchestrator.procs import process_alive
-from agents.contracts import FailingTest, TestReport
 from orchestrator.stages import Next, Outcome, StageContext, StageFailed
 from projects import deployments
 from projects.models import Deployment, Stage
@@ -37,8 +38,15 @@ def run(ctx: StageContext) -> Outcome:
         # A rerun after a crash past going live: keep the release, finish what the crashed
         # attempt may have left undone.
         replaced = _settle(ctx, prepared["repo"], commit, Path(deployment.release_dir))
-        return Outcome({"deployment_id": deployment.id, "url": deployment.url, "commit": commit,
-                        "replaced": replaced, "reused": True})
+        return Outcome(
+            {
+                "deployment_id": deployment.id,
+                "url": deployment.url,
+                "commit": commit,
+                "replaced": replaced,
+                "reused": True,
+            }
+        )
     # A rerun after a crash: stop whatever the interrupted attempt started, then start afresh.
     local.stop(deployment_id=deployment.id, pid=deployment.pid)
     release_dir = Path(settings.FACTORY_HOME) / "releases" / ctx.project.slug / str(deployment.id)
@@ -48,15 +56,21 @@ def run(ctx: StageContext) -> Outcome:
     git("clone", "--quiet", "--no-checkout", prepared["repo"], str(release_dir))
     git("checkout", "--quiet", "--detach", commit, cwd=release_dir)
     try:
-        pid = local.start(deployment_id=deployment.id, release_dir=release_dir, port=deployment.port,
-                          host=settings.DEPLOY_HOST, env={})
+        pid = local.start(
+            deployment_id=deployment.id,
+            release_dir=release_dir,
+            port=deployment.port,
+            host=settings.DEPLOY_HOST,
+            env={},
+        )
     except local.ReleaseError as exc:
         deployments.deployment_fail(deployment_id=deployment.id, error=str(exc))
         raise StageFailed(str(exc), code="deploy_failed") from exc
     deployments.deployment_started(deployment_id=deployment.id, pid=pid, release_dir=str(release_dir))
     start_spec = local.read_start_spec(release_dir)
-    health = local.wait_healthy(pid=pid, url=url, path=start_spec.health, release=str(deployment.id),
-                                timeout=settings.DEPLOY_HEALTH_TIMEOUT)
+    health = local.wait_healthy(
+        pid=pid, url=url, path=start_spec.health, release=str(deployment.id), timeout=settings.DEPLOY_HEALTH_TIMEOUT
+    )
     problems = [] if health.ok else [health.detail]
     if health.ok:
         checks = [c for c in spec.acceptance if c.path != start_spec.health]
@@ -65,11 +79,19 @@ def run(ctx: StageContext) -> Outcome:
         local.stop(deployment_id=deployment.id, pid=pid)
         tail = _log_tail(release_dir)
         deployments.deployment_fail(deployment_id=deployment.id, error="; ".join(problems) + "\n" + tail)
-        message = ("The new release failed its checks and was stopped; the previous release (if any) still "
-                   "serves: " + "; ".join(problems))
+        message = (
+            "The new release failed its checks and was stopped; the previous release (if any) still "
+            "serves: " + "; ".join(problems)
+        )
         # The health failure goes back to the Developer like a failing test, within the cap.
-        report = TestReport(errors=1, failing=[FailingTest(name="deploy: health and acceptance checks",
-                                                           message=("; ".join(problems) + "\n" + tail)[-2000:])])
+        report = TestReport(
+            errors=1,
+            failing=[
+                FailingTest(
+                    name="deploy: health and acceptance checks", message=("; ".join(problems) + "\n" + tail)[-2000:]
+                )
+            ],
+        )
         output = {"commit": commit, "deployment_id": deployment.id, "report": report.model_dump()}
         if ctx.run.iteration < ctx.run.max_iterations:
             return Outcome(output, Next.LOOP)

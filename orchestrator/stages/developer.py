@@ -5,6 +5,7 @@ The agent reports back on two channels: its process ends with an AgentResult on 
 agent that leaves no result gets exactly one automatic resume; then the stage fails. Every turn
 is written to the ledger, and budgets are checked before and after each turn.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -41,24 +42,34 @@ def run(ctx: StageContext) -> Outcome:
     except PermanentError as exc:
         raise StageFailed(exc.message, code=exc.code) from exc
     check_budget(ctx, config)
-    session = workers.session_acquire(project_id=ctx.project.id, run_id=ctx.run.id, role=Role.DEVELOPER,
-                                      config=config)
+    session = workers.session_acquire(project_id=ctx.project.id, run_id=ctx.run.id, role=Role.DEVELOPER, config=config)
     repo = workers.workspace_checkout(session, remote=prepared["repo"], branch=prepared["branch"])
     runtime = workers.runtime_of(session)
     task = DevelopTask(
-        run_id=ctx.run.id, iteration=ctx.run.iteration, branch=prepared["branch"], spec=spec,
-        repo_dir=str(repo), spec_path=SPEC_PATH, previous_report=_previous_report(ctx),
-        python=runtime.python, agent_session_id=agent_services.session_resumable_agent(session),
+        run_id=ctx.run.id,
+        iteration=ctx.run.iteration,
+        branch=prepared["branch"],
+        spec=spec,
+        repo_dir=str(repo),
+        spec_path=SPEC_PATH,
+        previous_report=_previous_report(ctx),
+        python=runtime.python,
+        agent_session_id=agent_services.session_resumable_agent(session),
         guidance=agent_selectors.latest_guidance(run_id=ctx.run.id),
     )
     # Channel 2: the worker's own short-lived token, scoped to this run, for orchestrator-cli.
     token = agent_services.session_issue_token(session_id=session.id, run_id=ctx.run.id)
-    channel = {"FACTORY_API_URL": settings.FACTORY_API_URL, "FACTORY_API_TOKEN": token,
-               "FACTORY_RUN_ID": str(ctx.run.id), "FACTORY_PYTHON": runtime.python}
+    channel = {
+        "FACTORY_API_URL": settings.FACTORY_API_URL,
+        "FACTORY_API_TOKEN": token,
+        "FACTORY_RUN_ID": str(ctx.run.id),
+        "FACTORY_PYTHON": runtime.python,
+    }
 
     def in_worker(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-        result = workers.session_exec(session, argv, cwd=repo, env={**env, **channel},
-                                      timeout=config.time_limit_seconds)
+        result = workers.session_exec(
+            session, argv, cwd=repo, env={**env, **channel}, timeout=config.time_limit_seconds
+        )
         return result.exit_code, result.stdout, result.stderr
 
     try:
@@ -66,17 +77,27 @@ def run(ctx: StageContext) -> Outcome:
         if turn.result is None:  # one automatic resume, then the stage fails
             log.warning("agent_no_result", problem=turn.problem)
             check_budget(ctx, config)
-            turn = _turn(ctx, backend, config, session, replace(task, resume=True,
-                                                                agent_session_id=turn.agent_session_id), in_worker)
+            turn = _turn(
+                ctx,
+                backend,
+                config,
+                session,
+                replace(task, resume=True, agent_session_id=turn.agent_session_id),
+                in_worker,
+            )
     finally:
         workers.session_idle(session=session, reason="developer finished")
     if turn.result is None:
-        raise StageFailed(f"The developer agent stopped twice without reporting a result ({turn.problem}).",
-                          code="agent_no_result")
+        raise StageFailed(
+            f"The developer agent stopped twice without reporting a result ({turn.problem}).", code="agent_no_result"
+        )
     result = turn.result
     if result.status == "blocked":
-        raise StageFailed(result.question or result.summary or "The agent is blocked and gave no question.",
-                          code="agent_blocked", output={"summary": result.summary})
+        raise StageFailed(
+            result.question or result.summary or "The agent is blocked and gave no question.",
+            code="agent_blocked",
+            output={"summary": result.summary},
+        )
     if result.status != "complete":
         detail = result.summary or "no reason given"
         raise StageFailed(f"The developer agent reported {result.status}: {detail}", code=f"agent_{result.status}")
@@ -89,19 +110,28 @@ def run(ctx: StageContext) -> Outcome:
     return Outcome({"commit": pushed, "summary": result.summary, "session_id": session.id})
 
 
-def _turn(ctx: StageContext, backend, config: AgentConfig, session: WorkerSession, task: DevelopTask,
-          in_worker) -> AgentTurn:
+def _turn(
+    ctx: StageContext, backend, config: AgentConfig, session: WorkerSession, task: DevelopTask, in_worker
+) -> AgentTurn:
     turn = backend.develop(task, in_worker)
     u = turn.usage
     agent_services.usage_record(
-        project_id=ctx.project.id, stage_run_id=ctx.stage_run.id, stage_attempt=ctx.stage_run.attempt,
-        session_id=session.id, role=Role.DEVELOPER,
-        backend=backend.name, model=u.model or config.model, input_tokens=u.input_tokens,
-        output_tokens=u.output_tokens, cache_read_tokens=u.cache_read_tokens,
-        cache_write_tokens=u.cache_write_tokens, cost_usd=u.cost_usd,
+        project_id=ctx.project.id,
+        stage_run_id=ctx.stage_run.id,
+        stage_attempt=ctx.stage_run.attempt,
+        session_id=session.id,
+        role=Role.DEVELOPER,
+        backend=backend.name,
+        model=u.model or config.model,
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cache_read_tokens=u.cache_read_tokens,
+        cache_write_tokens=u.cache_write_tokens,
+        cost_usd=u.cost_usd,
     )
     agent_services.session_record_agent(
-        session_id=session.id, agent_session_id=turn.agent_session_id,
+        session_id=session.id,
+        agent_session_id=turn.agent_session_id,
         context_tokens=u.input_tokens + u.cache_read_tokens + u.cache_write_tokens,
     )
     # Channel 2 wins when the agent reported through orchestrator-cli.
@@ -124,7 +154,8 @@ def check_budget(ctx: StageContext, config: AgentConfig) -> None:
         if limit is not None and used >= float(limit):
             raise StageFailed(
                 f"The {scope} budget is spent: ${used:.4f} of ${float(limit):.4f}. The agent was stopped.",
-                code="budget_exceeded", output={"scope": scope, "spent_usd": used, "budget_usd": float(limit)},
+                code="budget_exceeded",
+                output={"scope": scope, "spent_usd": used, "budget_usd": float(limit)},
             )
 
 

@@ -2,6 +2,7 @@
 
 An agent cannot claim a deploy that did not happen: the URL comes from the live Deployment row.
 """
+
 from __future__ import annotations
 
 from orchestrator.stages import Outcome, StageContext

@@ -3,6 +3,7 @@
 The scaffold is made by copier from ``templates/<kind>``; TASK.md and AGENTS.md tell the
 developer agent what to build and how to report. Idempotent: an existing branch is reused.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,16 @@ def run(ctx: StageContext) -> Outcome:
             git("clone", "--quiet", "--branch", "main", str(bare), str(work))
         else:
             copier.run_copy(
-                str(template), str(work), defaults=True, quiet=True, unsafe=False,
-                data={"project_name": spec.name, "project_slug": ctx.project.slug, "summary": spec.summary or spec.name},
+                str(template),
+                str(work),
+                defaults=True,
+                quiet=True,
+                unsafe=False,
+                data={
+                    "project_name": spec.name,
+                    "project_slug": ctx.project.slug,
+                    "summary": spec.summary or spec.name,
+                },
             )
             git("init", "--quiet", cwd=work)
         (work / ".factory").mkdir(exist_ok=True)
@@ -61,10 +70,14 @@ def run(ctx: StageContext) -> Outcome:
 def render_task(spec: ProjectSpec, run_id: int) -> str:
     features = "\n".join(f"- **{f.name}**: {f.summary}" for f in spec.features)
     checks = "\n".join(
-        f"- `{c.method} {c.path}` answers {c.expect_status}" + (f" containing `{c.expect_contains}`" if c.expect_contains else "")
+        f"- `{c.method} {c.path}` answers {c.expect_status}"
+        + (f" containing `{c.expect_contains}`" if c.expect_contains else "")
         for c in spec.acceptance
     )
-    env = "\n".join(f"- `{v.name}` ({v.source}): {v.description}" for v in spec.env) or "- none beyond PORT, HOST, RELEASE"
+    env = (
+        "\n".join(f"- `{v.name}` ({v.source}): {v.description}" for v in spec.env)
+        or "- none beyond PORT, HOST, RELEASE"
+    )
     return f"""# Task: {spec.name} (run {run_id})
 
 {spec.summary}

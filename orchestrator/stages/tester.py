@@ -4,13 +4,14 @@ Failures go back to the Developer with the report, at most ``run.max_iterations`
 a person is asked (an escalation: guidance for one more try, or cancel). The Tester works in a
 worker of its own role, under the tester's AgentConfig (runtime, limits, time limit).
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from agents.contracts import FailingTest, TestReport
 from agents import services as agent_services
+from agents.contracts import FailingTest, TestReport
 from agents.models import Role
 from orchestrator import workers
 from orchestrator.stages import Next, Outcome, StageContext, StageFailed
@@ -27,16 +28,29 @@ def run(ctx: StageContext) -> Outcome:
     problem = config.time_limit_problem()
     if problem:
         raise StageFailed(problem, code="config_inconsistent")
-    session = workers.session_acquire(project_id=ctx.project.id, run_id=ctx.run.id, role=Role.TESTER,
-                                      config=config)
+    session = workers.session_acquire(project_id=ctx.project.id, run_id=ctx.run.id, role=Role.TESTER, config=config)
     repo = workers.workspace_checkout(session, remote=prepared["repo"], branch=prepared["branch"], commit=commit)
     reports = Path(session.workspace) / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     junit = reports / f"junit-{ctx.stage_run.id}.xml"
     junit.unlink(missing_ok=True)
     result = workers.session_exec(
-        session, [workers.runtime_of(session).python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:django",
-                  f"--junitxml={junit}"], cwd=repo, timeout=config.time_limit_seconds,
+        session,
+        [
+            workers.runtime_of(session).python,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:django",
+            f"--junitxml={junit}",
+        ],
+        cwd=repo,
+        timeout=config.time_limit_seconds,
     )
     workers.session_idle(session=session, reason="tests finished")
     if junit.exists():
@@ -51,7 +65,8 @@ def run(ctx: StageContext) -> Outcome:
         return Outcome(output, Next.LOOP)
     raise StageFailed(
         f"The tests still fail after {ctx.run.iteration} iterations: {report.summary()}",
-        code="tests_failed", output=output,
+        code="tests_failed",
+        output=output,
     )
 
 

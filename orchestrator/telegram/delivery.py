@@ -25,6 +25,7 @@ For the chat's oldest unfinished message:
   still hold it; then it is taken over and sent again (Telegram may have had it: see
   docs/ARCHITECTURE.md, "Outbound messages: what can still be sent twice").
 """
+
 from __future__ import annotations
 
 import html
@@ -95,16 +96,21 @@ def chat_deliver(*, chat_id: int) -> tuple[float | None, str]:
     while True:
         now = timezone.now()
         head, wait, why = None, None, ""
-        unfinished = (OutboundMessage.objects.select_related("account")
-                      .filter(chat_id=chat_id, status__in=OutboundMessage.UNFINISHED).order_by("id")[:BATCH_MAX * 2])
+        unfinished = (
+            OutboundMessage.objects.select_related("account")
+            .filter(chat_id=chat_id, status__in=OutboundMessage.UNFINISHED)
+            .order_by("id")[: BATCH_MAX * 2]
+        )
         taken_over = False
         for message in unfinished:
             if message.status == OutboundMessage.Status.SENDING:
                 age = (now - message.claimed_at).total_seconds()
                 if age >= SENDING_STALE_SECONDS:
                     taken_over = notifications.message_take_over(
-                        message_id=message.id, attempt=message.attempts,
-                        claimed_before=now - timedelta(seconds=SENDING_STALE_SECONDS))
+                        message_id=message.id,
+                        attempt=message.attempts,
+                        claimed_before=now - timedelta(seconds=SENDING_STALE_SECONDS),
+                    )
                     break
                 if age < IN_FLIGHT_WAIT_SECONDS:
                     wait, why = max(0.5, IN_FLIGHT_WAIT_SECONDS - age), "an older message is being sent"
@@ -171,8 +177,9 @@ def _attempt(message: OutboundMessage) -> tuple[float | None, str]:
 def _retry_or_fail(message_id: int, attempt: int, exc: TransientError, delay: float, mlog) -> tuple[float | None, str]:
     if attempt > MAX_RETRIES:
         mlog.warning("telegram_send_gave_up", reason=exc.message)
-        notifications.message_mark_failed(message_id=message_id, attempt=attempt,
-                                          error=f"{exc.message} (gave up after {attempt} attempts)")
+        notifications.message_mark_failed(
+            message_id=message_id, attempt=attempt, error=f"{exc.message} (gave up after {attempt} attempts)"
+        )
         return None, ""
     mlog.info("telegram_send_retry", reason=exc.message, retry_in=delay)
     notifications.message_release(message_id=message_id, attempt=attempt, error=exc.message, retry_in=delay)

@@ -14,6 +14,7 @@ Every answer goes through the outbox (``projects.notifications.reply_queue``), l
 the system says: written in the same transaction as what the command did, then delivered in
 order by the ``notify.send_message`` task, so a 429 or a hiccup is retried, not lost.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -60,14 +61,34 @@ HELP = (
     "/budget <dollars> – raise the budget of a run that waits for it\n"
     "/help – this message"
 )
-NOT_A_QUESTION = ("That message is not a question waiting for an answer (it may have been answered already). "
-                  "To start a new project, send /new <description>.")
-UNREADABLE = ("I can't read that message: it contains a character I can't store (such as a NUL character). "
-              "Please send it again as plain text.")
+NOT_A_QUESTION = (
+    "That message is not a question waiting for an answer (it may have been answered already). "
+    "To start a new project, send /new <description>."
+)
+UNREADABLE = (
+    "I can't read that message: it contains a character I can't store (such as a NUL character). "
+    "Please send it again as plain text."
+)
 CRASHED = "Something went wrong on my side. Please try again in a minute."
 # What a message may carry besides text; anything else without text (a service message) is ignored.
-MEDIA = ("animation", "audio", "document", "photo", "sticker", "story", "video", "video_note", "voice",
-         "contact", "dice", "game", "poll", "venue", "location", "paid_media")
+MEDIA = (
+    "animation",
+    "audio",
+    "document",
+    "photo",
+    "sticker",
+    "story",
+    "video",
+    "video_note",
+    "voice",
+    "contact",
+    "dice",
+    "game",
+    "poll",
+    "venue",
+    "location",
+    "paid_media",
+)
 
 
 def storable(text: str) -> bool:
@@ -181,8 +202,10 @@ def parse_command(text: str) -> tuple[str | None, str]:
 
 
 def refusal(telegram_user_id: int) -> str:
-    return (f"Sorry, I only work for people I know. Your Telegram id is {telegram_user_id}. "
-            "Send it to an operator to be let in, or send /start <invite code> if you have one.")
+    return (
+        f"Sorry, I only work for people I know. Your Telegram id is {telegram_user_id}. "
+        "Send it to an operator to be let in, or send /start <invite code> if you have one."
+    )
 
 
 def handle_message(message: TgMessage) -> None:
@@ -245,8 +268,12 @@ class Handlers:
             return f"Welcome back, {inc.account.user.username}.{note}\n\n{HELP}"
         if not inc.args:
             return refusal(inc.sender.id)
-        account = people.invite_redeem(code=inc.args, telegram_user_id=inc.sender.id, chat_id=inc.message.chat.id,
-                                       username=inc.sender.username or "")
+        account = people.invite_redeem(
+            code=inc.args,
+            telegram_user_id=inc.sender.id,
+            chat_id=inc.message.chat.id,
+            username=inc.sender.username or "",
+        )
         return f"Welcome! You're in as {account.user.username}.\n\n{HELP}"
 
     @staticmethod
@@ -265,8 +292,10 @@ class Handlers:
     @staticmethod
     def new(inc: Incoming) -> str:
         project, run = services.project_create(owner=inc.user, description=inc.args)
-        return (f"Got it: project #{project.id}, run #{run.id} is queued. I'll write to you as it moves through "
-                f"planning, code, tests and deploy. /status {project.id} shows where it is.")
+        return (
+            f"Got it: project #{project.id}, run #{run.id} is queued. I'll write to you as it moves through "
+            f"planning, code, tests and deploy. /status {project.id} shows where it is."
+        )
 
     @staticmethod
     def text(inc: Incoming) -> str:
@@ -360,9 +389,15 @@ class Handlers:
 
 
 COMMANDS: dict[str, Callable[[Incoming], str | None]] = {
-    "start": Handlers.start, "help": Handlers.help, "examples": Handlers.examples, "new": Handlers.new,
-    "projects": Handlers.projects, "status": Handlers.status, "cancel": Handlers.cancel,
-    "answer": Handlers.answer, "budget": Handlers.budget,
+    "start": Handlers.start,
+    "help": Handlers.help,
+    "examples": Handlers.examples,
+    "new": Handlers.new,
+    "projects": Handlers.projects,
+    "status": Handlers.status,
+    "cancel": Handlers.cancel,
+    "answer": Handlers.answer,
+    "budget": Handlers.budget,
 }
 
 
@@ -391,8 +426,9 @@ def _escalation(inc: Incoming):
 
 
 def _answer(inc: Incoming, escalation, *, action: str, answer: str = "", budget: Decimal | None = None) -> str:
-    agent_services.escalation_answer(escalation_id=escalation.id, user=inc.user, action=action, answer=answer,
-                                     budget_increase_usd=budget)
+    agent_services.escalation_answer(
+        escalation_id=escalation.id, user=inc.user, action=action, answer=answer, budget_increase_usd=budget
+    )
     run_id = escalation.run_id
     if action == "cancel":
         return f"Run #{run_id} is cancelled. I'll confirm when it has stopped."
@@ -443,8 +479,10 @@ def poll_confirm(*, offset: int) -> None:
 def webhook_set(*, url: str) -> None:
     """Tell Telegram to deliver updates to ``url`` with our secret header."""
     if not settings.TELEGRAM_WEBHOOK_SECRET:
-        raise ValidationFailed("Set TELEGRAM_WEBHOOK_SECRET first: the webhook refuses every call without it.",
-                               code="webhook_secret_missing")
+        raise ValidationFailed(
+            "Set TELEGRAM_WEBHOOK_SECRET first: the webhook refuses every call without it.",
+            code="webhook_secret_missing",
+        )
     try:
         transport.set_webhook(url=url, secret_token=settings.TELEGRAM_WEBHOOK_SECRET)
     except PermanentError as exc:

@@ -19,6 +19,7 @@ from Telegram's front end): the delivery records that, because a retry may then 
 No error message carries the token (requests' own messages contain the URL, which does):
 messages are written here from the status and Telegram's description only.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -71,17 +72,25 @@ def send_message(chat_id: int, text: str, *, html: bool = False, reply_to: int |
 
     bot = _bot()
     reply = types.ReplyParameters(message_id=reply_to, allow_sending_without_reply=True) if reply_to else None
-    message = _call("sendMessage", lambda: bot.send_message(
-        chat_id, text, parse_mode="HTML" if html else None, reply_parameters=reply,
-        timeout=settings.TELEGRAM_REQUEST_TIMEOUT_SECONDS,
-    ))
+    message = _call(
+        "sendMessage",
+        lambda: bot.send_message(
+            chat_id,
+            text,
+            parse_mode="HTML" if html else None,
+            reply_parameters=reply,
+            timeout=settings.TELEGRAM_REQUEST_TIMEOUT_SECONDS,
+        ),
+    )
     return int(message.message_id)
 
 
 def delete_message(chat_id: int, message_id: int) -> None:
     bot = _bot()
-    _call("deleteMessage", lambda: bot.delete_message(chat_id, message_id,
-                                                      timeout=settings.TELEGRAM_REQUEST_TIMEOUT_SECONDS))
+    _call(
+        "deleteMessage",
+        lambda: bot.delete_message(chat_id, message_id, timeout=settings.TELEGRAM_REQUEST_TIMEOUT_SECONDS),
+    )
 
 
 def get_me() -> BotIdentity:
@@ -99,8 +108,10 @@ def get_updates(*, offset: int | None, timeout: int, limit: int | None = None) -
     from telebot import apihelper
 
     token = _configure()
-    found = _call("getUpdates", lambda: apihelper.get_updates(
-        token, offset=offset, limit=limit, long_polling_timeout=max(1, timeout)))
+    found = _call(
+        "getUpdates",
+        lambda: apihelper.get_updates(token, offset=offset, limit=limit, long_polling_timeout=max(1, timeout)),
+    )
     return list(found or [])
 
 
@@ -121,8 +132,9 @@ def _configure() -> str:
 
     token = settings.TELEGRAM_BOT_TOKEN
     if not token:
-        raise PermanentError("TELEGRAM_BOT_TOKEN is not set, so the factory cannot talk to Telegram.",
-                             code="telegram_not_configured")
+        raise PermanentError(
+            "TELEGRAM_BOT_TOKEN is not set, so the factory cannot talk to Telegram.", code="telegram_not_configured"
+        )
     apihelper.API_URL = settings.TELEGRAM_API_URL
     return token
 
@@ -144,28 +156,42 @@ def _call(method: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except apihelper.ApiTelegramException as exc:
-        raise sort_api_error(method, exc.error_code, exc.description,
-                             (exc.result_json or {}).get("parameters") or {}) from None
+        raise sort_api_error(
+            method, exc.error_code, exc.description, (exc.result_json or {}).get("parameters") or {}
+        ) from None
     except apihelper.ApiHTTPException as exc:  # a non-JSON answer with an error status
         status = getattr(exc.result, "status_code", 0)
         raise sort_api_error(method, status, getattr(exc.result, "reason", "") or "no JSON body", {}) from None
     except apihelper.ApiInvalidJSONException:
-        raise TransientError(f"Telegram answered {method} with something that is not JSON.",
-                             code="telegram_bad_answer", extra={"maybe_delivered": True}) from None
+        raise TransientError(
+            f"Telegram answered {method} with something that is not JSON.",
+            code="telegram_bad_answer",
+            extra={"maybe_delivered": True},
+        ) from None
     except requests.ConnectTimeout:
-        raise TransientError(f"Telegram could not be reached for {method} (ConnectTimeout).",
-                             code="telegram_unreachable", extra={"maybe_delivered": False}) from None
+        raise TransientError(
+            f"Telegram could not be reached for {method} (ConnectTimeout).",
+            code="telegram_unreachable",
+            extra={"maybe_delivered": False},
+        ) from None
     except requests.Timeout:
-        raise TransientError(f"Telegram did not answer {method} in time.", code="telegram_timeout",
-                             extra={"maybe_delivered": True}) from None
+        raise TransientError(
+            f"Telegram did not answer {method} in time.", code="telegram_timeout", extra={"maybe_delivered": True}
+        ) from None
     except requests.ConnectionError as exc:
         # Refused or unresolvable: nothing went out. A connection lost mid-call: it may have.
         sent = not _never_connected(exc)
-        raise TransientError(f"Telegram could not be reached for {method} ({type(exc).__name__}).",
-                             code="telegram_unreachable", extra={"maybe_delivered": sent}) from None
+        raise TransientError(
+            f"Telegram could not be reached for {method} ({type(exc).__name__}).",
+            code="telegram_unreachable",
+            extra={"maybe_delivered": sent},
+        ) from None
     except requests.RequestException as exc:
-        raise TransientError(f"Telegram could not be reached for {method} ({type(exc).__name__}).",
-                             code="telegram_unreachable", extra={"maybe_delivered": True}) from None
+        raise TransientError(
+            f"Telegram could not be reached for {method} ({type(exc).__name__}).",
+            code="telegram_unreachable",
+            extra={"maybe_delivered": True},
+        ) from None
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:
@@ -195,6 +221,7 @@ def sort_api_error(method: str, status: int, description: str, parameters: dict[
         # A 5xx may come from Telegram's front end after the back end acted: it may be delivered.
         return TransientError(text, code="telegram_unavailable", extra={"maybe_delivered": True})
     if status == 401 or status == 404:
-        return PermanentError(f"Telegram does not accept the bot token ({status} {description}).",
-                              code="telegram_unauthorized")
+        return PermanentError(
+            f"Telegram does not accept the bot token ({status} {description}).", code="telegram_unauthorized"
+        )
     return PermanentError(text, code="telegram_refused")

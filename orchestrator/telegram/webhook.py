@@ -6,6 +6,7 @@ is answered 403 and nothing in it is read. An accepted update goes to the same h
 polling (``orchestrator.telegram.handlers.handle_update``), which validate it first. The answers
 go to the outbox, so this view never waits for Telegram.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -34,8 +35,9 @@ def secret_ok(given: str | None) -> bool:
 @require_POST
 def telegram_webhook(request: HttpRequest) -> JsonResponse:
     if not secret_ok(request.headers.get(SECRET_HEADER)):
-        log.warning("telegram_webhook_refused", reason="wrong or missing secret token",
-                    remote=request.META.get("REMOTE_ADDR"))
+        log.warning(
+            "telegram_webhook_refused", reason="wrong or missing secret token", remote=request.META.get("REMOTE_ADDR")
+        )
         return JsonResponse({"ok": False, "error": "forbidden"}, status=403)
     try:
         raw = json.loads(request.body)

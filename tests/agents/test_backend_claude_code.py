@@ -3,6 +3,7 @@
 The WorkerExec runs real subprocesses in a real git working copy with a bare remote, as the
 process runtime does; the fake CLI writes files, commits and pushes when its scenario says so.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,11 +25,20 @@ from projects.specs import Feature, ProjectSpec
 
 FAKE_CLAUDE = Path(__file__).resolve().parents[1] / "fakes" / "claude"
 API_KEY = "sk-ant-test-not-a-real-key-123"
-GIT_ENV = {"GIT_AUTHOR_NAME": "Agent", "GIT_AUTHOR_EMAIL": "agent@example.invalid",
-           "GIT_COMMITTER_NAME": "Agent", "GIT_COMMITTER_EMAIL": "agent@example.invalid",
-           "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-SPEC = ProjectSpec(name="Greeter", slug="greeter", kind="web_service",
-                   features=[Feature(name="greet", summary="GET /greet?name=Ada says hello")])
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Agent",
+    "GIT_AUTHOR_EMAIL": "agent@example.invalid",
+    "GIT_COMMITTER_NAME": "Agent",
+    "GIT_COMMITTER_EMAIL": "agent@example.invalid",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+SPEC = ProjectSpec(
+    name="Greeter",
+    slug="greeter",
+    kind="web_service",
+    features=[Feature(name="greet", summary="GET /greet?name=Ada says hello")],
+)
 
 
 @dataclass
@@ -47,14 +57,24 @@ class Worker:
 
     def exec(self, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
         """Runs a command "in the worker": a bare environment, as orchestrator.workers builds it."""
-        base = {"PATH": os.environ["PATH"], "HOME": str(self.repo.parent), "LANG": "C.UTF-8",
-                "FAKE_CLAUDE_SCENARIO": str(self.scenario), **GIT_ENV}
+        base = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(self.repo.parent),
+            "LANG": "C.UTF-8",
+            "FAKE_CLAUDE_SCENARIO": str(self.scenario),
+            **GIT_ENV,
+        }
         proc = subprocess.run(argv, cwd=self.repo, env={**env, **base}, capture_output=True, text=True, timeout=60)
         return proc.returncode, proc.stdout, proc.stderr
 
     def remote_sha(self, branch: str = "run-1") -> str:
-        proc = subprocess.run(["git", "rev-parse", f"refs/heads/{branch}"], cwd=self.remote, capture_output=True,
-                              text=True, env={**os.environ, **GIT_ENV})
+        proc = subprocess.run(
+            ["git", "rev-parse", f"refs/heads/{branch}"],
+            cwd=self.remote,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **GIT_ENV},
+        )
         return proc.stdout.strip()
 
 
@@ -83,8 +103,9 @@ def worker(tmp_path: Path, settings) -> Worker:
 
 
 def make_task(worker: Worker, **overrides) -> DevelopTask:
-    fields = dict(run_id=7, iteration=1, branch="run-1", spec=SPEC, repo_dir=str(worker.repo),
-                  spec_path=".factory/spec.json")
+    fields = dict(
+        run_id=7, iteration=1, branch="run-1", spec=SPEC, repo_dir=str(worker.repo), spec_path=".factory/spec.json"
+    )
     fields.update(overrides)
     return DevelopTask(**fields)
 
@@ -100,10 +121,20 @@ def prompt_of(entry: dict) -> str:
 
 
 def test_success_returns_the_agents_result_with_the_pushed_commit_and_usage(worker):
-    worker.play(mode="success", write={"handlers.py": "def greet(name):\n    return f'Hello {name}'\n"},
-                commit=True, cost=0.0123, session_id="sess-1", num_turns=4,
-                usage={"input_tokens": 1200, "output_tokens": 340, "cache_read_input_tokens": 5000,
-                       "cache_creation_input_tokens": 800})
+    worker.play(
+        mode="success",
+        write={"handlers.py": "def greet(name):\n    return f'Hello {name}'\n"},
+        commit=True,
+        cost=0.0123,
+        session_id="sess-1",
+        num_turns=4,
+        usage={
+            "input_tokens": 1200,
+            "output_tokens": 340,
+            "cache_read_input_tokens": 5000,
+            "cache_creation_input_tokens": 800,
+        },
+    )
 
     turn = backend(model="claude-sonnet-4-5", options={"max_turns": 12}).develop(make_task(worker), worker.exec)
 
@@ -151,8 +182,11 @@ def test_default_prompt_points_at_the_task_files_asks_for_the_result_line_and_ha
 
 
 def test_prompt_lists_the_previous_reports_failing_tests(worker):
-    report = TestReport(passed=3, failed=1, failing=[FailingTest(name="tests/test_greet.py::test_greet_ada",
-                                                                 message="assert 'Hi Ada' == 'Hello Ada'")])
+    report = TestReport(
+        passed=3,
+        failed=1,
+        failing=[FailingTest(name="tests/test_greet.py::test_greet_ada", message="assert 'Hi Ada' == 'Hello Ada'")],
+    )
     backend().develop(make_task(worker, iteration=2, previous_report=report), worker.exec)
 
     prompt = prompt_of(worker.log[-1])
@@ -162,7 +196,8 @@ def test_prompt_lists_the_previous_reports_failing_tests(worker):
 
 def test_prompt_template_is_used_and_keeps_the_report_contract(worker):
     backend(prompt_template="Build {spec_name} on {branch}. Braces {like: this} stay.").develop(
-        make_task(worker), worker.exec)
+        make_task(worker), worker.exec
+    )
 
     prompt = prompt_of(worker.log[-1])
     assert prompt.startswith("Build Greeter on run-1. Braces {like: this} stay.")
@@ -195,8 +230,13 @@ def test_the_automatic_resume_continues_the_session_of_the_turn_before(worker):
 
 
 def test_max_turns_gives_no_result_and_says_so(worker):
-    worker.play(mode="error_max_turns", num_turns=12, cost=0.5, usage={"input_tokens": 10, "output_tokens": 20},
-                session_id="sess-9")
+    worker.play(
+        mode="error_max_turns",
+        num_turns=12,
+        cost=0.5,
+        usage={"input_tokens": 10, "output_tokens": 20},
+        session_id="sess-9",
+    )
 
     turn = backend(options={"max_turns": 12}).develop(make_task(worker), worker.exec)
 

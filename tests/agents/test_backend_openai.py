@@ -3,6 +3,7 @@
 The model's tool calls are scripted; they execute for real, as subprocesses in a git working
 copy with a bare remote, through the same WorkerExec shape the pipeline passes.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,24 @@ from projects.specs import Feature, ProjectSpec
 from tests.fakes.llm_server import FakeLLMServer, Reply, completion, error, tool_call
 
 API_KEY = "llm-test-key-not-real-456"
-GIT_ENV = {"GIT_AUTHOR_NAME": "Agent", "GIT_AUTHOR_EMAIL": "agent@example.invalid",
-           "GIT_COMMITTER_NAME": "Agent", "GIT_COMMITTER_EMAIL": "agent@example.invalid",
-           "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-SPEC = ProjectSpec(name="Greeter", slug="greeter", kind="web_service",
-                   features=[Feature(name="greet", summary="GET /greet?name=Ada says hello")])
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Agent",
+    "GIT_AUTHOR_EMAIL": "agent@example.invalid",
+    "GIT_COMMITTER_NAME": "Agent",
+    "GIT_COMMITTER_EMAIL": "agent@example.invalid",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+SPEC = ProjectSpec(
+    name="Greeter",
+    slug="greeter",
+    kind="web_service",
+    features=[Feature(name="greet", summary="GET /greet?name=Ada says hello")],
+)
 HANDLERS = "def greet(name):\n    return f'Hello {name} ✓'\n"  # not ASCII on purpose
-COMMIT_AND_PUSH = ("git add -A && git commit -q -m 'Add greet' && git push -q origin HEAD:refs/heads/run-1 "
-                   "&& git rev-parse HEAD")
+COMMIT_AND_PUSH = (
+    "git add -A && git commit -q -m 'Add greet' && git push -q origin HEAD:refs/heads/run-1 && git rev-parse HEAD"
+)
 
 
 @dataclass
@@ -47,8 +58,9 @@ class Worker:
         return proc.returncode, proc.stdout, proc.stderr
 
     def remote_sha(self, branch: str = "run-1") -> str:
-        proc = subprocess.run(["git", "rev-parse", f"refs/heads/{branch}"], cwd=self.remote, capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            ["git", "rev-parse", f"refs/heads/{branch}"], cwd=self.remote, capture_output=True, text=True
+        )
         return proc.stdout.strip()
 
 
@@ -82,8 +94,9 @@ def llm(settings):
 
 
 def make_task(worker: Worker, **overrides) -> DevelopTask:
-    fields = dict(run_id=7, iteration=1, branch="run-1", spec=SPEC, repo_dir=str(worker.repo),
-                  spec_path=".factory/spec.json")
+    fields = dict(
+        run_id=7, iteration=1, branch="run-1", spec=SPEC, repo_dir=str(worker.repo), spec_path=".factory/spec.json"
+    )
     fields.update(overrides)
     return DevelopTask(**fields)
 
@@ -101,24 +114,44 @@ def last_tool_output(request: dict) -> str:
 def report_the_commit(request: dict) -> dict:
     """The model reads the sha run_shell printed and reports it, as a real one would."""
     sha = re.findall(r"\b[0-9a-f]{40}\b", last_tool_output(request))[-1]
-    return completion(tool_calls=[tool_call("report_result", {"status": "complete", "commit": sha,
-                                                              "summary": "Added greet.", "question": None})],
-                      prompt_tokens=3000, completion_tokens=50, cached_tokens=2000)
+    return completion(
+        tool_calls=[
+            tool_call(
+                "report_result", {"status": "complete", "commit": sha, "summary": "Added greet.", "question": None}
+            )
+        ],
+        prompt_tokens=3000,
+        completion_tokens=50,
+        cached_tokens=2000,
+    )
 
 
 def test_tool_loop_writes_commits_pushes_and_reports_the_real_commit(llm, worker):
     llm.add(
-        completion(content="Reading the task.", tool_calls=[tool_call("read_file", {"path": "TASK.md"})],
-                   prompt_tokens=1000, completion_tokens=100),
-        completion(tool_calls=[tool_call("write_file", {"path": "app/handlers.py", "content": HANDLERS})],
-                   prompt_tokens=2000, completion_tokens=200, cached_tokens=1000),
-        completion(tool_calls=[tool_call("run_shell", {"command": COMMIT_AND_PUSH})],
-                   prompt_tokens=2500, completion_tokens=30, cached_tokens=1500),
+        completion(
+            content="Reading the task.",
+            tool_calls=[tool_call("read_file", {"path": "TASK.md"})],
+            prompt_tokens=1000,
+            completion_tokens=100,
+        ),
+        completion(
+            tool_calls=[tool_call("write_file", {"path": "app/handlers.py", "content": HANDLERS})],
+            prompt_tokens=2000,
+            completion_tokens=200,
+            cached_tokens=1000,
+        ),
+        completion(
+            tool_calls=[tool_call("run_shell", {"command": COMMIT_AND_PUSH})],
+            prompt_tokens=2500,
+            completion_tokens=30,
+            cached_tokens=1500,
+        ),
         report_the_commit,
     )
 
     turn = backend(options={"input_per_mtok": 3, "output_per_mtok": 15, "cached_input_per_mtok": 0.3}).develop(
-        make_task(worker), worker.exec)
+        make_task(worker), worker.exec
+    )
 
     assert turn.problem == ""
     assert turn.result is not None and turn.result.status == "complete"
@@ -151,14 +184,17 @@ def test_requests_carry_the_model_the_tools_and_the_key_only_in_the_header(llm, 
 def test_paths_outside_the_working_copy_are_refused(llm, worker, tmp_path):
     outside = tmp_path / "outside.txt"
     llm.add(
-        completion(tool_calls=[
-            tool_call("write_file", {"path": "../outside.txt", "content": "escaped"}, "c1"),
-            tool_call("write_file", {"path": str(outside), "content": "escaped"}, "c2"),
-            tool_call("read_file", {"path": "/etc/passwd"}, "c3"),
-            tool_call("read_file", {"path": "sub/../../outside.txt"}, "c4"),
-        ]),
-        completion(tool_calls=[tool_call("report_result", {"status": "blocked", "summary": "cannot",
-                                                           "question": "where?"})]),
+        completion(
+            tool_calls=[
+                tool_call("write_file", {"path": "../outside.txt", "content": "escaped"}, "c1"),
+                tool_call("write_file", {"path": str(outside), "content": "escaped"}, "c2"),
+                tool_call("read_file", {"path": "/etc/passwd"}, "c3"),
+                tool_call("read_file", {"path": "sub/../../outside.txt"}, "c4"),
+            ]
+        ),
+        completion(
+            tool_calls=[tool_call("report_result", {"status": "blocked", "summary": "cannot", "question": "where?"})]
+        ),
     )
 
     turn = backend().develop(make_task(worker), worker.exec)
@@ -185,8 +221,9 @@ def test_a_symlink_out_of_the_working_copy_is_refused_inside_the_worker(llm, wor
 def test_an_invalid_report_is_sent_back_for_the_model_to_correct(llm, worker):
     llm.add(
         completion(tool_calls=[tool_call("report_result", {"status": "done", "summary": "ok"})]),
-        completion(tool_calls=[tool_call("report_result", {"status": "complete", "commit": "not-a-sha",
-                                                           "summary": "ok"})]),
+        completion(
+            tool_calls=[tool_call("report_result", {"status": "complete", "commit": "not-a-sha", "summary": "ok"})]
+        ),
         completion(tool_calls=[tool_call("report_result", {"status": "failed", "summary": "ok"})]),
     )
 
@@ -198,8 +235,16 @@ def test_an_invalid_report_is_sent_back_for_the_model_to_correct(llm, worker):
 
 
 def test_max_turns_gives_no_result(llm, worker):
-    llm.add(*[completion(tool_calls=[tool_call("run_shell", {"command": "echo working"})],
-                         prompt_tokens=100, completion_tokens=10) for _ in range(3)])
+    llm.add(
+        *[
+            completion(
+                tool_calls=[tool_call("run_shell", {"command": "echo working"})],
+                prompt_tokens=100,
+                completion_tokens=10,
+            )
+            for _ in range(3)
+        ]
+    )
 
     turn = backend(options={"max_turns": 3}).develop(make_task(worker), worker.exec)
 
@@ -248,9 +293,14 @@ def test_an_unconfigured_endpoint_is_permanent(settings, worker):
 
 
 def test_architect_returns_a_validated_spec(llm):
-    spec = {"name": "Greeter", "slug": "greeter", "kind": "web_service", "summary": "Says hello.",
-            "features": [{"name": "greet", "summary": "GET /greet?name=Ada"}],
-            "acceptance": [{"name": "greet", "path": "/greet?name=Ada", "expect_contains": "Ada"}]}
+    spec = {
+        "name": "Greeter",
+        "slug": "greeter",
+        "kind": "web_service",
+        "summary": "Says hello.",
+        "features": [{"name": "greet", "summary": "GET /greet?name=Ada"}],
+        "acceptance": [{"name": "greet", "path": "/greet?name=Ada", "expect_contains": "Ada"}],
+    }
     llm.add(completion(content=json.dumps(spec), prompt_tokens=900, completion_tokens=120))
 
     b = backend(options={"input_per_mtok": 1, "output_per_mtok": 2})
@@ -264,8 +314,13 @@ def test_architect_returns_a_validated_spec(llm):
 
 
 def test_architect_refuses_an_invalid_spec_naming_the_problem(llm):
-    llm.add(completion(content=json.dumps({"name": "Greeter", "slug": "Not A Slug", "kind": "web_service",
-                                           "features": [{"name": "greet"}]})))
+    llm.add(
+        completion(
+            content=json.dumps(
+                {"name": "Greeter", "slug": "Not A Slug", "kind": "web_service", "features": [{"name": "greet"}]}
+            )
+        )
+    )
 
     with pytest.raises(PermanentError, match="slug"):
         backend().architect("A service that greets people.")

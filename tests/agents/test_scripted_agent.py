@@ -1,4 +1,5 @@
 """The scripted Developer end to end: real copier scaffold, real git, real pytest, real process."""
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,18 @@ from agents.scripted.catalogue import CATALOGUE, plan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "templates" / "web_service"
-GIT_IDENTITY = ["-c", "user.name=Test", "-c", "user.email=test@example.invalid",
-                "-c", "commit.gpgsign=false"]
+GIT_IDENTITY = ["-c", "user.name=Test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
 ALL_FEATURES = " and ".join(feature.example for feature in CATALOGUE)
 # A test of each feature whose name starts like this (see agents/scripted/agent.py).
-FEATURE_TEST_PREFIX = {"greet": "test_greet", "echo": "test_echo", "time": "test_time",
-                       "counter": "test_counter", "notes": "test_notes",
-                       "calculator": "test_add", "dice": "test_roll"}
+FEATURE_TEST_PREFIX = {
+    "greet": "test_greet",
+    "echo": "test_echo",
+    "time": "test_time",
+    "counter": "test_counter",
+    "notes": "test_notes",
+    "calculator": "test_add",
+    "dice": "test_roll",
+}
 
 
 @dataclass
@@ -39,8 +45,7 @@ class Project:
 
 
 def git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(["git", *GIT_IDENTITY, *args], cwd=cwd, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(["git", *GIT_IDENTITY, *args], cwd=cwd, capture_output=True, text=True, check=True)
     return result.stdout.strip()
 
 
@@ -48,9 +53,14 @@ def git(cwd: Path, *args: str) -> str:
 def project(tmp_path: Path) -> Project:
     """A freshly scaffolded web service with one commit and an empty bare remote."""
     work = tmp_path / "work"
-    copier.run_copy(str(TEMPLATE), str(work), defaults=True, unsafe=False, quiet=True,
-                    data={"project_name": "Test Service", "project_slug": "test-service",
-                          "summary": "A service under test."})
+    copier.run_copy(
+        str(TEMPLATE),
+        str(work),
+        defaults=True,
+        unsafe=False,
+        quiet=True,
+        data={"project_name": "Test Service", "project_slug": "test-service", "summary": "A service under test."},
+    )
     git(work, "init", "--quiet", "--initial-branch=main")
     git(work, "add", "-A")
     git(work, "commit", "--quiet", "-m", "Scaffold")
@@ -67,14 +77,31 @@ def write_spec(project: Project, description: str | None = None, spec: dict | No
     return path
 
 
-def run_agent(project: Project, spec: Path, *, iteration: int = 1, fail_times: int = 0,
-              branch: str = "run-1") -> tuple[int, dict]:
+def run_agent(
+    project: Project, spec: Path, *, iteration: int = 1, fail_times: int = 0, branch: str = "run-1"
+) -> tuple[int, dict]:
     """Run the agent as the pipeline does; return its exit code and its one line of JSON."""
     result = subprocess.run(
-        [sys.executable, "-m", "agents.scripted.agent", "develop", "--spec", str(spec),
-         "--iteration", str(iteration), "--fail-times", str(fail_times), "--branch", branch,
-         "--remote", "origin"],
-        cwd=project.work, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "agents.scripted.agent",
+            "develop",
+            "--spec",
+            str(spec),
+            "--iteration",
+            str(iteration),
+            "--fail-times",
+            str(fail_times),
+            "--branch",
+            branch,
+            "--remote",
+            "origin",
+        ],
+        cwd=project.work,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     lines = result.stdout.splitlines()
@@ -85,10 +112,15 @@ def run_agent(project: Project, spec: Path, *, iteration: int = 1, fail_times: i
 
 def run_project_tests(project: Project) -> subprocess.CompletedProcess[str]:
     """The project's own test suite, as the tester runs it (no Django settings around)."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
-    return subprocess.run([sys.executable, "-m", "pytest", "-rf", "-p", "no:cacheprovider"],
-                          cwd=project.work, capture_output=True, text=True, timeout=120, env=env)
+    env = {key: value for key, value in os.environ.items() if key not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-rf", "-p", "no:cacheprovider"],
+        cwd=project.work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def commit_count(project: Project) -> int:
@@ -107,7 +139,8 @@ def test_correct_iteration_passes_the_projects_own_tests_and_reaches_the_remote(
     assert result["commit"] == git(project.work, "rev-parse", "HEAD")
     assert git(project.remote, "rev-parse", "refs/heads/run-1") == result["commit"]
     assert git(project.work, "log", "-1", "--format=%s") == (
-        "Implement greet, echo, time, counter, notes, calculator, dice (iteration 1)")
+        "Implement greet, echo, time, counter, notes, calculator, dice (iteration 1)"
+    )
     tests = run_project_tests(project)
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert " passed" in tests.stdout and "failed" not in tests.stdout
@@ -155,8 +188,9 @@ def test_handlers_implement_exactly_the_spec_features(project):
 
 
 def test_unknown_feature_fails_with_exit_1_and_changes_nothing(project):
-    spec = write_spec(project, spec={"name": "Weather", "slug": "weather", "kind": "web_service",
-                                     "features": [{"name": "weather"}]})
+    spec = write_spec(
+        project, spec={"name": "Weather", "slug": "weather", "kind": "web_service", "features": [{"name": "weather"}]}
+    )
     before = (project.work / "handlers.py").read_text()
 
     code, result = run_agent(project, spec)
@@ -170,8 +204,9 @@ def test_unknown_feature_fails_with_exit_1_and_changes_nothing(project):
 
 
 def test_telegram_bot_spec_fails(project):
-    spec = write_spec(project, spec={"name": "Bot", "slug": "bot", "kind": "telegram_bot",
-                                     "features": [{"name": "greet"}]})
+    spec = write_spec(
+        project, spec={"name": "Bot", "slug": "bot", "kind": "telegram_bot", "features": [{"name": "greet"}]}
+    )
     code, result = run_agent(project, spec)
     assert code == 1
     assert "web_service" in result["summary"]
@@ -198,8 +233,14 @@ def test_generated_app_serves_as_a_process_and_exits_0_on_sigterm(project):
     start = json.loads((project.work / "factory.json").read_text())
     assert start == {"start": ["python", "app.py"], "health": "/health"}
     env = {**os.environ, "PORT": str(port), "RELEASE": "r42"}
-    process = subprocess.Popen([sys.executable, *start["start"][1:]], cwd=project.work, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, *start["start"][1:]],
+        cwd=project.work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 10
@@ -225,7 +266,8 @@ def test_generated_app_serves_as_a_process_and_exits_0_on_sigterm(project):
 
 def test_generated_app_without_port_exits_2(project):
     env = {key: value for key, value in os.environ.items() if key != "PORT"}
-    result = subprocess.run([sys.executable, "app.py"], cwd=project.work, env=env,
-                            capture_output=True, text=True, timeout=10)
+    result = subprocess.run(
+        [sys.executable, "app.py"], cwd=project.work, env=env, capture_output=True, text=True, timeout=10
+    )
     assert result.returncode == 2
     assert "PORT" in result.stderr

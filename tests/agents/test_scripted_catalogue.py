@@ -1,4 +1,5 @@
 """The scripted Architect: descriptions in, ProjectSpecs or clear refusals out."""
+
 from __future__ import annotations
 
 import re
@@ -86,8 +87,9 @@ def test_words_outside_the_catalogue_are_refused_by_name(description, unknown):
         plan(description)
     message = str(refusal.value)
     first_line = message.splitlines()[0]
-    assert first_line == "The scripted architect did not understand: " + ", ".join(
-        f'"{word}"' for word in unknown) + "."
+    assert (
+        first_line == "The scripted architect did not understand: " + ", ".join(f'"{word}"' for word in unknown) + "."
+    )
     assert CATALOGUE_HELP in message
 
 

@@ -1,4 +1,5 @@
 """Channel 2: orchestrator-cli inside a worker, calling the worker API with its scoped token."""
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,18 @@ CLI = str(ROOT / "bin" / "orchestrator-cli")
 def worker(transactional_db, user, live_server):
     """A run with a live worker session and its token, as the Developer stage sets them up."""
     project, run = services.project_create(owner=user, description="a web service that greets people by name")
-    session = agent_services.session_create(project_id=project.id, run_id=run.id, role="developer",
-                                            runtime="process", workspace_root="/nonexistent")
+    session = agent_services.session_create(
+        project_id=project.id, run_id=run.id, role="developer", runtime="process", workspace_root="/nonexistent"
+    )
     agent_services.session_set_state(session_id=session.id, state="running", reason="test")
     token = agent_services.session_issue_token(session_id=session.id, run_id=run.id)
-    env = {**os.environ, "FACTORY_API_URL": live_server.url, "FACTORY_API_TOKEN": token,
-           "FACTORY_RUN_ID": str(run.id), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "FACTORY_API_URL": live_server.url,
+        "FACTORY_API_TOKEN": token,
+        "FACTORY_RUN_ID": str(run.id),
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("DJANGO_SETTINGS_MODULE", None)
     import sys
 
@@ -66,11 +73,14 @@ def test_result_is_stored_for_the_developer_stage_to_take_once(worker):
     assert agent_services.session_take_result(session_id=session.id) is None
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["result", "--status", "finished"], "status"),
-    (["result", "--status", "complete", "--commit", "not-a-sha"], "commit"),
-    (["progress", ""], "message"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["result", "--status", "finished"], "status"),
+        (["result", "--status", "complete", "--commit", "not-a-sha"], "commit"),
+        (["progress", ""], "message"),
+    ],
+)
 def test_malformed_commands_are_refused_before_sending_and_change_nothing(worker, args, fragment):
     run, session, _, env = worker
     done = cli(env, *args)
@@ -118,8 +128,9 @@ def test_another_runs_token_is_refused(worker, other_user):
 
 
 def _post(url: str, body: bytes, token: str) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "Authorization": f"Worker {token}"})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", "Authorization": f"Worker {token}"}
+    )
     try:
         with urllib.request.urlopen(request) as response:
             return response.status, json.loads(response.read())
@@ -150,8 +161,11 @@ def test_a_token_is_refused_once_its_run_has_finished_and_adds_nothing(worker, l
     runs.run_fail(run_id=run.id, code="test", message="The run ended.")
     before = RunEvent.objects.filter(run=run).count()
 
-    for endpoint, body in [("progress", b'{"message": "still here"}'), ("ask", b'{"question": "anyone?"}'),
-                           ("result", b'{"status": "complete", "commit": "abcdef1"}')]:
+    for endpoint, body in [
+        ("progress", b'{"message": "still here"}'),
+        ("ask", b'{"question": "anyone?"}'),
+        ("result", b'{"status": "complete", "commit": "abcdef1"}'),
+    ]:
         status, error = _post(_url(live_server, run, endpoint), body, token)
         assert (status, error["error"]["code"]) == (401, "authentication_failed"), endpoint
     assert cli(env, "progress", "hello").returncode == 1
@@ -187,13 +201,16 @@ def test_pausing_the_worker_revokes_its_token_and_resuming_does_not_bring_it_bac
 
 
 # --- bodies the database or the parser cannot take are refused, not a crash --------------
-@pytest.mark.parametrize("endpoint,body", [
-    ("progress", {"message": "a\u0000b"}),
-    ("ask", {"question": "\u0000"}),
-    ("result", {"status": "complete", "summary": "done\u0000"}),
-    ("result", {"status": "blocked", "question": "why\u0000"}),
-    ("progress", {"message": "a \ud800 b"}),
-])
+@pytest.mark.parametrize(
+    "endpoint,body",
+    [
+        ("progress", {"message": "a\u0000b"}),
+        ("ask", {"question": "\u0000"}),
+        ("result", {"status": "complete", "summary": "done\u0000"}),
+        ("result", {"status": "blocked", "question": "why\u0000"}),
+        ("progress", {"message": "a \ud800 b"}),
+    ],
+)
 def test_text_the_database_cannot_store_is_a_validation_error(worker, live_server, endpoint, body):
     run, session, token, _ = worker
     raw = json.dumps(body).encode()  # \u0000 and \ud800 travel as JSON escapes
@@ -229,8 +246,12 @@ def test_a_body_over_the_limit_is_refused_with_413_before_it_is_read(worker, set
 
 def test_a_form_body_is_unsupported(worker, live_server):
     run, _, token, _ = worker
-    request = urllib.request.Request(_url(live_server, run, "progress"), data=b"message=hi", method="POST", headers={
-        "Content-Type": "application/x-www-form-urlencoded", "Authorization": f"Worker {token}"})
+    request = urllib.request.Request(
+        _url(live_server, run, "progress"),
+        data=b"message=hi",
+        method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Authorization": f"Worker {token}"},
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request)
     assert err.value.code == 415

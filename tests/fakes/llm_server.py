@@ -5,6 +5,7 @@ Each POST /v1/chat/completions takes the next scripted reply: a chat completion 
 returns either. Every request is recorded (``requests``: the JSON bodies; ``headers``). When the
 script runs out the server answers 500, so a test notices an unexpected extra call.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,29 +30,45 @@ Scripted = dict | Reply | Callable[[dict], "dict | Reply"]
 
 
 def tool_call(name: str, arguments: dict | str, call_id: str | None = None) -> dict:
-    return {"id": call_id or f"call_{uuid.uuid4().hex[:12]}", "type": "function",
-            "function": {"name": name, "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}}
+    return {
+        "id": call_id or f"call_{uuid.uuid4().hex[:12]}",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)},
+    }
 
 
-def completion(*, content: str | None = None, tool_calls: list[dict] | None = None, prompt_tokens: int = 0,
-               completion_tokens: int = 0, cached_tokens: int = 0, model: str = "fake-model") -> dict:
+def completion(
+    *,
+    content: str | None = None,
+    tool_calls: list[dict] | None = None,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    cached_tokens: int = 0,
+    model: str = "fake-model",
+) -> dict:
     """A chat completion as the API sends it, with a usage block."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens,
-                  "prompt_tokens_details": {"cached_tokens": cached_tokens}},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens},
+        },
     }
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status=status, body={"error": {"message": message, "type": "fake_error", "code": None}},
-                 headers=headers or {})
+    return Reply(
+        status=status, body={"error": {"message": message, "type": "fake_error", "code": None}}, headers=headers or {}
+    )
 
 
 class FakeLLMServer:
@@ -110,7 +127,7 @@ class FakeLLMServer:
         with self._lock:
             self.script.extend(steps)
 
-    def start(self) -> "FakeLLMServer":
+    def start(self) -> FakeLLMServer:
         self.thread.start()
         return self
 

@@ -17,6 +17,7 @@ What a test does with it:
   Telegram accepted, still on its way when the client dies or gives up).
 Thread-safe: the HTTP server answers each request on its own thread.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,24 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 TOKEN = "7000001:AAH-fake-token-for-the-factory-tests"
-HTML_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code", "pre", "span",
-             "tg-spoiler", "tg-emoji", "blockquote"}
+HTML_TAGS = {
+    "b",
+    "strong",
+    "i",
+    "em",
+    "u",
+    "ins",
+    "s",
+    "strike",
+    "del",
+    "a",
+    "code",
+    "pre",
+    "span",
+    "tg-spoiler",
+    "tg-emoji",
+    "blockquote",
+}
 # Parameters Telegram takes as JSON-serialized objects.
 JSON_PARAMS = {"reply_parameters", "reply_markup", "allowed_updates", "entities", "link_preview_options"}
 
@@ -134,9 +151,15 @@ def user(id: int = 4242, *, first_name: str = "Ada", username: str | None = "ada
 class FakeTelegram:
     def __init__(self, token: str = TOKEN):
         self.token = token
-        self.bot_user = {"id": int(token.split(":")[0]), "is_bot": True, "first_name": "Factory",
-                         "username": "factory_test_bot", "can_join_groups": True,
-                         "can_read_all_group_messages": False, "supports_inline_queries": False}
+        self.bot_user = {
+            "id": int(token.split(":")[0]),
+            "is_bot": True,
+            "first_name": "Factory",
+            "username": "factory_test_bot",
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
         self.calls: list[Call] = []
         self.sent: list[Sent] = []
         self.deleted: list[tuple[int, int]] = []
@@ -227,8 +250,9 @@ class FakeTelegram:
         self.thread.join(5)
 
     # --- scripting failures ---------------------------------------------------------------
-    def fail(self, method: str, status: int, description: str, *, times: int = 1,
-             retry_after: int | None = None) -> None:
+    def fail(
+        self, method: str, status: int, description: str, *, times: int = 1, retry_after: int | None = None
+    ) -> None:
         """The next ``times`` calls of ``method`` answer this error."""
         with self._cond:
             self._failures.setdefault(method.lower(), []).append(Failure(status, description, retry_after, times))
@@ -240,8 +264,9 @@ class FakeTelegram:
         self.fail(method, 403, "Forbidden: bot was blocked by the user", times=times)
 
     def reject_entities(self, method: str = "sendMessage", *, times: int = 1) -> None:
-        self.fail(method, 400, "Bad Request: can't parse entities: Unsupported start tag \"x\" at byte offset 0",
-                  times=times)
+        self.fail(
+            method, 400, 'Bad Request: can\'t parse entities: Unsupported start tag "x" at byte offset 0', times=times
+        )
 
     def server_error(self, method: str = "sendMessage", *, times: int = 1, status: int = 502) -> None:
         self.fail(method, status, "Bad Gateway" if status == 502 else "Internal Server Error", times=times)
@@ -262,15 +287,30 @@ class FakeTelegram:
             self.blocked_chats.add(int(chat_id))
 
     # --- what people send -----------------------------------------------------------------
-    def make_update(self, *, from_user: dict, text: str | None, chat: dict | None = None,
-                    reply_to_message_id: int | None = None, extra: dict | None = None) -> dict:
+    def make_update(
+        self,
+        *,
+        from_user: dict,
+        text: str | None,
+        chat: dict | None = None,
+        reply_to_message_id: int | None = None,
+        extra: dict | None = None,
+    ) -> dict:
         """An Update carrying a new message from ``from_user`` (in their private chat unless ``chat``)."""
         with self._cond:
-            chat_obj = self._chat(chat or {"id": from_user["id"], "type": "private",
-                                           "first_name": from_user.get("first_name", ""),
-                                           "username": from_user.get("username")})
+            chat_obj = self._chat(
+                chat
+                or {
+                    "id": from_user["id"],
+                    "type": "private",
+                    "first_name": from_user.get("first_name", ""),
+                    "username": from_user.get("username"),
+                }
+            )
             message: dict[str, Any] = {
-                "message_id": self._take_message_id(), "from": from_user, "chat": chat_obj.as_dict(),
+                "message_id": self._take_message_id(),
+                "from": from_user,
+                "chat": chat_obj.as_dict(),
                 "date": int(time.time()),
             }
             if text is not None:
@@ -343,8 +383,12 @@ class FakeTelegram:
     def _chat(self, raw: dict) -> _Chat:
         chat_id = int(raw["id"])
         if chat_id not in self._chats:
-            self._chats[chat_id] = _Chat(chat_id, raw.get("type", "private"),
-                                         raw.get("first_name") or raw.get("title") or "", raw.get("username"))
+            self._chats[chat_id] = _Chat(
+                chat_id,
+                raw.get("type", "private"),
+                raw.get("first_name") or raw.get("title") or "",
+                raw.get("username"),
+            )
         return self._chats[chat_id]
 
     def _dispatch(self, method: str, params: dict) -> Any:
@@ -372,8 +416,11 @@ class FakeTelegram:
         deadline = time.monotonic() + timeout
         with self._cond:
             if self.webhook["url"]:
-                raise ApiError(409, "Conflict: can't use getUpdates method while webhook is active; "
-                                    "use deleteWebhook to delete the webhook first")
+                raise ApiError(
+                    409,
+                    "Conflict: can't use getUpdates method while webhook is active; "
+                    "use deleteWebhook to delete the webhook first",
+                )
             self._poll_generation += 1
             generation = self._poll_generation
             self._cond.notify_all()
@@ -389,8 +436,11 @@ class FakeTelegram:
                     return []
                 self._cond.wait(min(left, 0.2))
                 if self._poll_generation != generation:
-                    raise ApiError(409, "Conflict: terminated by other getUpdates request; "
-                                        "make sure that only one bot instance is running")
+                    raise ApiError(
+                        409,
+                        "Conflict: terminated by other getUpdates request; "
+                        "make sure that only one bot instance is running",
+                    )
 
     def _api_sendmessage(self, params: dict) -> dict:
         chat_id = _chat_id(params.get("chat_id"))
@@ -418,13 +468,26 @@ class FakeTelegram:
             replied = self._messages.get((chat_id, reply_to)) if reply_to else None
             if reply_to and replied is None and not allow_without:
                 raise ApiError(400, "Bad Request: message to be replied not found")
-            message: dict[str, Any] = {"message_id": self._take_message_id(), "from": dict(self.bot_user),
-                                       "chat": chat.as_dict(), "date": int(time.time()), "text": text}
+            message: dict[str, Any] = {
+                "message_id": self._take_message_id(),
+                "from": dict(self.bot_user),
+                "chat": chat.as_dict(),
+                "date": int(time.time()),
+                "text": text,
+            }
             if replied is not None:
                 message["reply_to_message"] = replied
             self._messages[(chat_id, message["message_id"])] = message
-            self.sent.append(Sent(message["message_id"], chat_id, text, parse_mode,
-                                  reply_to if replied is not None else None, time.monotonic()))
+            self.sent.append(
+                Sent(
+                    message["message_id"],
+                    chat_id,
+                    text,
+                    parse_mode,
+                    reply_to if replied is not None else None,
+                    time.monotonic(),
+                )
+            )
             self._cond.notify_all()
             return message
 
@@ -453,8 +516,11 @@ class FakeTelegram:
 
     def _api_getwebhookinfo(self, params: dict) -> dict:
         with self._cond:
-            return {"url": self.webhook["url"], "has_custom_certificate": False,
-                    "pending_update_count": len(self._updates)}
+            return {
+                "url": self.webhook["url"],
+                "has_custom_certificate": False,
+                "pending_update_count": len(self._updates),
+            }
 
 
 def _params(query: str, raw: bytes, content_type: str) -> dict[str, Any]:

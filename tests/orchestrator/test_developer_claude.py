@@ -1,6 +1,7 @@
 """The Developer stage with the claude_code backend, driven in this process against a fake
 ``claude`` executable in the worker: the ledger, session reuse, the automatic resume, budgets,
 and both channels an agent reports on."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ def claude(transactional_db, settings, tmp_path, live_server):
     """Point the developer role at Claude Code; return a function that sets the fake's scenario."""
     scenario = tmp_path / "scenario.json"
     wrapper = tmp_path / "claude"
-    wrapper.write_text(f"#!/bin/sh\nFAKE_CLAUDE_SCENARIO={scenario} exec {FAKE} \"$@\"\n")
+    wrapper.write_text(f'#!/bin/sh\nFAKE_CLAUDE_SCENARIO={scenario} exec {FAKE} "$@"\n')
     wrapper.chmod(0o755)
     settings.CLAUDE_BIN = str(wrapper)
     settings.ANTHROPIC_API_KEY = "sk-test-not-a-real-key"
@@ -58,15 +59,27 @@ def calls(scenario: Path) -> list[dict]:
 
 
 def test_a_turn_is_written_to_the_ledger_and_the_run_cost(claude, make_run):
-    claude(cost=0.0123, session_id="sess-A", usage={"input_tokens": 1200, "output_tokens": 340,
-                                                   "cache_read_input_tokens": 5000, "cache_creation_input_tokens": 800})
+    claude(
+        cost=0.0123,
+        session_id="sess-A",
+        usage={
+            "input_tokens": 1200,
+            "output_tokens": 340,
+            "cache_read_input_tokens": 5000,
+            "cache_creation_input_tokens": 800,
+        },
+    )
     run = make_run()
     drive(run.id, until="developer")
     assert StageRun.objects.get(run=run, stage="developer").status == "succeeded"
     usage = Usage.objects.get(stage_run__run=run, role="developer")
     assert (usage.backend, usage.model) == ("claude_code", "claude-sonnet-4-5")
     assert (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens) == (
-        1200, 340, 5000, 800)
+        1200,
+        340,
+        5000,
+        800,
+    )
     assert usage.cost_usd == Decimal("0.012300")
     assert PipelineRun.objects.get(id=run.id).cost_usd == Decimal("0.012300")
     session = WorkerSession.objects.get(project=run.project_id, role="developer")
@@ -122,8 +135,9 @@ def test_over_budget_the_agent_stops_and_a_person_may_raise_the_budget(claude, m
     assert escalation.reason == "budget"
     assert "run budget is spent ($0.02 of $0.01)" in escalation.question
     claude(cost=0.02)  # the next turn reports its result
-    agent_services.escalation_answer(escalation_id=escalation.id, user=user, action="raise_budget",
-                                     budget_increase_usd="1")
+    agent_services.escalation_answer(
+        escalation_id=escalation.id, user=user, action="raise_budget", budget_increase_usd="1"
+    )
     drive(run.id, until="developer")
     assert StageRun.objects.get(run=run, stage="developer").status == "succeeded"
     assert PipelineRun.objects.get(id=run.id).cost_usd == Decimal("0.04")

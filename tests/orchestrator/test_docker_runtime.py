@@ -3,6 +3,7 @@
 Skipped when no engine answers, except in CI (CI=true), where a missing engine is a failure.
 Every container a test makes carries a label unique to that test and is removed afterwards.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,18 +12,19 @@ import time
 import uuid
 from pathlib import Path
 
-import docker
 import pytest
 
+import docker
 from config.errors import PermanentError, TransientError
 from orchestrator.runtime import get_runtime
 from orchestrator.runtime.base import INSTANCE_MARKER, SESSION_MARKER, WorkerGone, WorkerSpec, factory_instance
 from orchestrator.runtime.docker import DockerRuntime
+from tests.conftest import TEST_IMAGE  # noqa: F401 (the engine and worker_image fixtures live there)
 
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
-from tests.conftest import TEST_IMAGE  # noqa: F401 (the engine and worker_image fixtures live there)
+
 MIB = 1024 * 1024
 
 
@@ -36,8 +38,13 @@ class Harness:
 
     def spec(self, session_id: int, **kwargs) -> WorkerSpec:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(self.ws)}
-        return WorkerSpec(session_id=session_id, workspace=self.ws, env=env,
-                          labels={**self.labels, "factory.session": str(session_id)}, **kwargs)
+        return WorkerSpec(
+            session_id=session_id,
+            workspace=self.ws,
+            env=env,
+            labels={**self.labels, "factory.session": str(session_id)},
+            **kwargs,
+        )
 
     def create(self, session_id: int, **kwargs) -> str:
         return self.rt.create(self.spec(session_id, **kwargs))
@@ -49,8 +56,9 @@ class Harness:
         return self.engine.containers.get(handle)
 
     def mine(self) -> list:
-        return self.engine.containers.list(all=True, filters={"label": ["factory.managed=true",
-                                                                        f"factory.test={self.tag}"]})
+        return self.engine.containers.list(
+            all=True, filters={"label": ["factory.managed=true", f"factory.test={self.tag}"]}
+        )
 
 
 @pytest.fixture
@@ -130,8 +138,12 @@ def test_exec_runs_in_cwd_with_env_and_keeps_stdout_and_stderr_apart(h):
 def test_the_factory_code_is_importable_in_the_worker_and_read_only(h):
     handle = h.create(9105)
     rt = h.rt
-    result = h.run(handle, [rt.python, "-c", "import agents.scripted.agent as a; print(a.__file__)"],
-                   PYTHONPATH=rt.factory_path, PYTHONDONTWRITEBYTECODE="1")
+    result = h.run(
+        handle,
+        [rt.python, "-c", "import agents.scripted.agent as a; print(a.__file__)"],
+        PYTHONPATH=rt.factory_path,
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     assert result.ok, result.stderr
     assert result.stdout.strip() == "/opt/factory/agents/scripted/agent.py"
     assert not h.run(handle, ["touch", "/opt/factory/written-by-a-worker"]).ok
@@ -154,10 +166,18 @@ def test_the_factory_secrets_and_home_are_masked_in_the_worker(h, settings, tmp_
 
 def test_files_written_in_the_worker_belong_to_the_host_user_and_host_git_reads_them(h):
     handle = h.create(9107)
-    identity = {"GIT_AUTHOR_NAME": "A", "GIT_AUTHOR_EMAIL": "a@x.invalid", "GIT_COMMITTER_NAME": "A",
-                "GIT_COMMITTER_EMAIL": "a@x.invalid", "HOME": str(h.ws)}
-    made = h.run(handle, ["sh", "-c", "git init -q repo && cd repo && echo hi > f && git add f && git commit -qm one"],
-                 **identity)
+    identity = {
+        "GIT_AUTHOR_NAME": "A",
+        "GIT_AUTHOR_EMAIL": "a@x.invalid",
+        "GIT_COMMITTER_NAME": "A",
+        "GIT_COMMITTER_EMAIL": "a@x.invalid",
+        "HOME": str(h.ws),
+    }
+    made = h.run(
+        handle,
+        ["sh", "-c", "git init -q repo && cd repo && echo hi > f && git add f && git commit -qm one"],
+        **identity,
+    )
     assert made.ok, made.stderr
     assert (h.ws / "repo" / "f").stat().st_uid == os.getuid()
     assert (h.ws / "repo" / "f").stat().st_gid == os.getgid()
@@ -168,8 +188,7 @@ def test_files_written_in_the_worker_belong_to_the_host_user_and_host_git_reads_
 def test_exec_timeout_kills_the_command_and_its_children_and_says_so(h):
     handle = h.create(9108)
     started = time.monotonic()
-    result = h.run(handle, ["sh", "-c", "echo started; sleep 300 & echo $! > child; echo $$ > parent; wait"],
-                   timeout=1)
+    result = h.run(handle, ["sh", "-c", "echo started; sleep 300 & echo $! > child; echo $$ > parent; wait"], timeout=1)
     elapsed = time.monotonic() - started
     assert result.timed_out and not result.ok
     assert result.exit_code == -9
@@ -177,7 +196,9 @@ def test_exec_timeout_kills_the_command_and_its_children_and_says_so(h):
     assert 1 <= elapsed < 5
     for name in ("parent", "child"):
         pid = (h.ws / name).read_text().strip()
-        assert wait_until(lambda: not h.run(handle, ["test", "-e", f"/proc/{pid}"]).ok), f"{name} {pid} survived"
+        assert wait_until(lambda pid=pid: not h.run(handle, ["test", "-e", f"/proc/{pid}"]).ok), (
+            f"{name} {pid} survived"
+        )
 
 
 def test_exec_returns_when_the_command_is_done_even_if_a_background_child_holds_its_output(h):
@@ -238,7 +259,9 @@ def test_a_killed_container_is_not_alive_exec_in_it_raises_worker_gone_and_the_e
     with pytest.raises(WorkerGone):
         h.rt.unpause(handle)
     assert handle not in {w.handle for w in h.rt.list_workers()}
-    assert wait_until(lambda: h.mine() == [], timeout=20)  # auto_remove: no dead container is left behind (the engine is slow under load)
+    assert wait_until(
+        lambda: h.mine() == [], timeout=20
+    )  # auto_remove: no dead container is left behind (the engine is slow under load)
     h.rt.terminate(handle)
 
 
@@ -256,8 +279,9 @@ def test_list_workers_finds_an_orphan_started_by_hand_but_not_other_containers(h
     ours = h.create(9114)
 
     def by_hand(**labels: str):
-        return engine.containers.run(worker_image, ["sleep", "infinity"], detach=True, network_mode="none",
-                                     labels={**h.labels, **labels})
+        return engine.containers.run(
+            worker_image, ["sleep", "infinity"], detach=True, network_mode="none", labels={**h.labels, **labels}
+        )
 
     mine = {"factory.managed": "true", INSTANCE_MARKER: factory_instance()}
     orphan = by_hand(**mine, **{SESSION_MARKER: "9115"})
@@ -294,8 +318,9 @@ def test_the_reaper_removes_an_orphan_even_when_no_docker_session_is_live(h, eng
     agent_services.agent_config_set(role="tester", runtime="docker")
     assert not WorkerSession.objects.filter(state__in=WorkerSession.LIVE).exists()
     mine = {"factory.managed": "true", INSTANCE_MARKER: factory_instance(), SESSION_MARKER: "9120"}
-    orphan = engine.containers.run(worker_image, ["sleep", "infinity"], detach=True, network_mode="none",
-                                   labels={**h.labels, **mine})
+    orphan = engine.containers.run(
+        worker_image, ["sleep", "infinity"], detach=True, network_mode="none", labels={**h.labels, **mine}
+    )
     try:
         report = maintenance.workers_reap()
         assert orphan.id in report.orphans

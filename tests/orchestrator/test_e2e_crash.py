@@ -8,6 +8,7 @@ broker loses everything it holds, and beat dies. Every run must finish with each
 exactly once: one implementation commit, one live release, one success per stage, one final
 message to the person, one Usage row per stage attempt, and no process left behind.
 """
+
 from __future__ import annotations
 
 import signal
@@ -82,7 +83,9 @@ def assert_exactly_once(run: PipelineRun, telegram) -> None:
     assert main == live.commit_sha
     assert run.events.filter(type=RunEvent.Type.DEPLOYED).count() == 1
     # One success per stage (and iteration), no stage left open.
-    succeeded = Counter(run.events.filter(type=RunEvent.Type.STAGE_SUCCEEDED).values_list("stage", "payload__iteration"))
+    succeeded = Counter(
+        run.events.filter(type=RunEvent.Type.STAGE_SUCCEEDED).values_list("stage", "payload__iteration")
+    )
     assert succeeded == Counter({(stage, 1): 1 for stage in STAGES}), succeeded
     assert set(StageRun.objects.filter(run=run).values_list("status", flat=True)) == {"succeeded"}
     # One final message: one event, one outbound message, and the person heard "is live" once.
@@ -92,9 +95,13 @@ def assert_exactly_once(run: PipelineRun, telegram) -> None:
     assert OutboundMessage.objects.filter(event=notified).count() == 1
     telegram.wait_for_sent(lambda s: "is live" in s.text, timeout=30)
     time.sleep(0.5)  # a second delivery would come right after the first
-    assert [t for t in telegram.texts_to(CHAT) if "is live" in t] == [f"Greeter is live.\nService running at {live.url}"]
-    assert OutboundMessage.objects.values("event_id").exclude(event_id=None).distinct().count() == \
-        OutboundMessage.objects.exclude(event_id=None).count()
+    assert [t for t in telegram.texts_to(CHAT) if "is live" in t] == [
+        f"Greeter is live.\nService running at {live.url}"
+    ]
+    assert (
+        OutboundMessage.objects.values("event_id").exclude(event_id=None).distinct().count()
+        == OutboundMessage.objects.exclude(event_id=None).count()
+    )
     # One Usage row per stage attempt; a later attempt's row says it is a rerun.
     rows = list(Usage.objects.filter(stage_run__run=run).values_list("stage_run_id", "stage_attempt", "rerun"))
     attempts = Counter((stage_run, attempt) for stage_run, attempt, _ in rows)
@@ -110,7 +117,8 @@ def assert_exactly_once(run: PipelineRun, telegram) -> None:
     # next run); a worker that died with the killed node is no longer counted live.
     roles = [s.role for s in live_sessions]
     assert len(roles) == len(set(roles)) and set(roles) <= {"developer", "tester"}, list(
-        WorkerSession.objects.values_list("id", "state", "state_reason", "owner_node"))
+        WorkerSession.objects.values_list("id", "state", "state_reason", "owner_node")
+    )
     owned = set()
     for session in live_sessions:
         assert process_alive(int(session.container_id)), session
@@ -125,7 +133,8 @@ def assert_exactly_once(run: PipelineRun, telegram) -> None:
 @pytest.mark.chaos
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_node_killed_after_a_stages_work_before_its_success_still_finishes_the_run_exactly_once(
-        stage, celery_procs, telegram, person):
+    stage, celery_procs, telegram, person
+):
     env = {**FAST, **telegram.worker_env()}
     first = celery_procs.worker(FACTORY_CRASH_POINT=f"{stage}:after_work", **env)
     celery_procs.beat(**env)
@@ -139,12 +148,12 @@ def test_a_node_killed_after_a_stages_work_before_its_success_still_finishes_the
     assert_exactly_once(run, telegram)
     killed.refresh_from_db()
     assert killed.attempt == 2
-    assert run.events.filter(type=RunEvent.Type.STAGE_REQUEUED, stage=stage,
-                             payload__reason="worker_lost").count() == 1
+    assert run.events.filter(type=RunEvent.Type.STAGE_REQUEUED, stage=stage, payload__reason="worker_lost").count() == 1
     if stage in ("architect", "developer"):
         # Both agent turns really ran and both cost money: both are kept, the second says why.
-        assert list(Usage.objects.filter(stage_run=killed).order_by("stage_attempt").values_list(
-            "stage_attempt", "rerun")) == [(1, False), (2, True)]
+        assert list(
+            Usage.objects.filter(stage_run=killed).order_by("stage_attempt").values_list("stage_attempt", "rerun")
+        ) == [(1, False), (2, True)]
 
 
 @pytest.mark.e2e
@@ -162,7 +171,8 @@ def test_one_run_survives_a_node_killed_in_every_stage_in_turn(celery_procs, tel
     run = wait_for_run(run.id, procs=celery_procs)
     assert_exactly_once(run, telegram)
     assert list(StageRun.objects.filter(run=run).order_by("id").values_list("stage", "attempt")) == [
-        (stage, 2) for stage in STAGES]
+        (stage, 2) for stage in STAGES
+    ]
     assert run.events.filter(type=RunEvent.Type.STAGE_REQUEUED, payload__reason="worker_lost").count() == 6
 
 
@@ -208,8 +218,7 @@ def _agent_at_work() -> bool:
 
 @pytest.mark.e2e
 @pytest.mark.chaos
-def test_the_broker_losing_everything_mid_run_the_run_finishes_through_the_reconciler(celery_procs, telegram,
-                                                                                      person):
+def test_the_broker_losing_everything_mid_run_the_run_finishes_through_the_reconciler(celery_procs, telegram, person):
     agent_services.agent_config_set(role="developer", options={"work_seconds": 4})
     env = {**FAST, **telegram.worker_env(), "STAGE_PICKUP_SECONDS": "3"}
     first = celery_procs.worker(**env)
@@ -230,21 +239,24 @@ def test_the_broker_losing_everything_mid_run_the_run_finishes_through_the_recon
     celery_procs.worker(**env)
     run = wait_for_run(run.id, procs=celery_procs)
     assert_exactly_once(run, telegram)
-    assert run.events.filter(type=RunEvent.Type.STAGE_REQUEUED, stage="tester",
-                             payload__reason="message_lost").exists()
+    assert run.events.filter(type=RunEvent.Type.STAGE_REQUEUED, stage="tester", payload__reason="message_lost").exists()
 
 
 # --- beat dies -------------------------------------------------------------------------------
 @pytest.mark.e2e
 @pytest.mark.chaos
-def test_beat_killed_mid_run_a_lost_stage_waits_for_it_and_a_restarted_beat_finishes_the_run(celery_procs,
-                                                                                             telegram, person):
+def test_beat_killed_mid_run_a_lost_stage_waits_for_it_and_a_restarted_beat_finishes_the_run(
+    celery_procs, telegram, person
+):
     env = {**FAST, **telegram.worker_env()}
     first = celery_procs.worker(FACTORY_CRASH_POINT="developer:after_work", **env)
     beat = celery_procs.beat(**env)
     project, run = services.project_create(owner=person, description=DESCRIPTION)
-    _wait(lambda: StageRun.objects.filter(run=run, stage="preparer", status="succeeded").exists(),
-          "the preparer's success", celery_procs)
+    _wait(
+        lambda: StageRun.objects.filter(run=run, stage="preparer", status="succeeded").exists(),
+        "the preparer's success",
+        celery_procs,
+    )
     celery_procs.kill(beat)  # SIGKILL: no reconciler any more
     _wait_killed(first, celery_procs)  # ...and the node dies after the Developer's work
     celery_procs.worker(**env)

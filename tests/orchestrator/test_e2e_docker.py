@@ -1,9 +1,10 @@
 """A whole run with the Developer and Tester stages in Docker containers, on the real engine."""
+
 from __future__ import annotations
 
-import docker
 import pytest
 
+import docker
 from agents import services as agent_services
 from agents.models import WorkerSession
 from orchestrator.deploy.local import http
@@ -59,10 +60,13 @@ def test_the_sweeps_act_on_real_containers(docker_project, engine):
     assert maintenance.workers_pause_idle() == 1
     assert engine.containers.get(session.container_id).status == "paused"
     # An orphan started by hand with our labels: removed by one sweep; the live one is left alone.
-    orphan = engine.containers.run(worker_image_name(engine, session), ["sleep", "infinity"], detach=True,
-                                   network_mode="none", labels={"factory.managed": "true",
-                                                                INSTANCE_MARKER: factory_instance(),
-                                                                SESSION_MARKER: "987654"})
+    orphan = engine.containers.run(
+        worker_image_name(engine, session),
+        ["sleep", "infinity"],
+        detach=True,
+        network_mode="none",
+        labels={"factory.managed": "true", INSTANCE_MARKER: factory_instance(), SESSION_MARKER: "987654"},
+    )
     report = maintenance.workers_reap()
     assert orphan.id in report.orphans and session.container_id not in report.orphans
     with pytest.raises(docker.errors.NotFound):

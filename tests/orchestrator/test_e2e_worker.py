@@ -1,5 +1,6 @@
 """End to end through a real Celery worker (Redis when REDIS_URL is set, else the filesystem
 broker): description in, a deployed service answering HTTP out."""
+
 from __future__ import annotations
 
 import time
@@ -48,7 +49,9 @@ def test_agent_failing_twice_succeeds_on_iteration_three(celery_procs, user):
     run = wait_for_run(run.id, procs=celery_procs)
     assert run.status == "succeeded", run.error_message
     assert run.iteration == 3
-    testers = list(StageRun.objects.filter(run=run, stage="tester").order_by("iteration").values_list("status", flat=True))
+    testers = list(
+        StageRun.objects.filter(run=run, stage="tester").order_by("iteration").values_list("status", flat=True)
+    )
     assert testers == ["failed", "failed", "succeeded"]
     failed_report = StageRun.objects.get(run=run, stage="tester", iteration=1).output["report"]
     assert failed_report["failed"] >= 1 and failed_report["failing"]

@@ -3,6 +3,7 @@
 Stages are driven in this process against the real database, git, worker processes and a
 loopback chat-completions server (the only stand-in: an LLM on the internet).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,14 @@ from projects.specs import ProjectSpec
 from tests.fakes.llm_server import FakeLLMServer, completion, error
 from tests.orchestrator.test_stages_idempotent import drive
 
-SPEC = {"name": "Greeter", "slug": "greeter", "kind": "web_service", "summary": "Says hello.",
-        "features": [{"name": "greet", "summary": "GET /greet?name=Ada"}],
-        "acceptance": [{"name": "greet", "path": "/greet?name=Ada", "expect_contains": "Ada"}]}
+SPEC = {
+    "name": "Greeter",
+    "slug": "greeter",
+    "kind": "web_service",
+    "summary": "Says hello.",
+    "features": [{"name": "greet", "summary": "GET /greet?name=Ada"}],
+    "acceptance": [{"name": "greet", "path": "/greet?name=Ada", "expect_contains": "Ada"}],
+}
 
 
 @pytest.fixture
@@ -99,8 +105,7 @@ def test_a_person_runs_at_most_their_cap_and_the_next_starts_when_one_ends(trans
 
 def test_another_persons_first_run_goes_before_a_busy_persons_queue(transactional_db, user, other_user, settings):
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    heavy = [services.project_create(owner=user, description="a web service that echoes text")[1]
-             for _ in range(3)]
+    heavy = [services.project_create(owner=user, description="a web service that echoes text")[1] for _ in range(3)]
     _, light = services.project_create(owner=other_user, description="a web service that echoes text")
 
     def first_priority(run):
@@ -109,8 +114,11 @@ def test_another_persons_first_run_goes_before_a_busy_persons_queue(transactiona
     assert first_priority(light) == first_priority(heavy[0]) == pipeline.STAGES["architect"].priority
     assert first_priority(heavy[2]) > first_priority(light)
     # Later stages always go before new runs.
-    assert pipeline.STAGES["notify"].priority < pipeline.STAGES["deployer"].priority < \
-        pipeline.STAGES["architect"].priority
+    assert (
+        pipeline.STAGES["notify"].priority
+        < pipeline.STAGES["deployer"].priority
+        < pipeline.STAGES["architect"].priority
+    )
 
 
 # --- the retry counter ------------------------------------------------------------------
@@ -137,8 +145,9 @@ def test_quota_waits_do_not_use_up_the_transient_retries(new_run, settings, llm)
 
 # --- the Architect's cost ---------------------------------------------------------------
 def test_the_architects_tokens_and_dollars_are_recorded_and_counted(new_run, llm):
-    agent_services.agent_config_set(role="architect", backend="openai_compatible",
-                                    options={"input_per_mtok": 1000, "output_per_mtok": 2000})
+    agent_services.agent_config_set(
+        role="architect", backend="openai_compatible", options={"input_per_mtok": 1000, "output_per_mtok": 2000}
+    )
     llm.add(completion(content=json.dumps(SPEC), prompt_tokens=900, completion_tokens=120))
     run = new_run()
     assert pipeline.execute(stage="architect", run_id=run.id, task_id="t") is Next.CONTINUE
@@ -152,12 +161,33 @@ def test_the_architects_tokens_and_dollars_are_recorded_and_counted(new_run, llm
 def test_a_rerun_of_a_stage_keeps_both_turns_and_marks_the_second(new_run):
     run = new_run()
     row = StageRun.objects.get(run=run, stage="architect")
-    first = agent_services.usage_record(project_id=run.project_id, stage_run_id=row.id, stage_attempt=1,
-                                        session_id=None, role="architect", backend="scripted", cost_usd="0.5")
-    again = agent_services.usage_record(project_id=run.project_id, stage_run_id=row.id, stage_attempt=1,
-                                        session_id=None, role="architect", backend="scripted", cost_usd="0.5")
-    rerun = agent_services.usage_record(project_id=run.project_id, stage_run_id=row.id, stage_attempt=2,
-                                        session_id=None, role="architect", backend="scripted", cost_usd="0.5")
+    first = agent_services.usage_record(
+        project_id=run.project_id,
+        stage_run_id=row.id,
+        stage_attempt=1,
+        session_id=None,
+        role="architect",
+        backend="scripted",
+        cost_usd="0.5",
+    )
+    again = agent_services.usage_record(
+        project_id=run.project_id,
+        stage_run_id=row.id,
+        stage_attempt=1,
+        session_id=None,
+        role="architect",
+        backend="scripted",
+        cost_usd="0.5",
+    )
+    rerun = agent_services.usage_record(
+        project_id=run.project_id,
+        stage_run_id=row.id,
+        stage_attempt=2,
+        session_id=None,
+        role="architect",
+        backend="scripted",
+        cost_usd="0.5",
+    )
     assert (first.rerun, again.rerun, rerun.rerun) == (False, False, True)
     run.refresh_from_db()
     assert run.cost_usd == Decimal("1.5")
@@ -189,8 +219,7 @@ def test_an_unhealthy_release_at_the_cap_asks_and_the_answer_deploys_anew(new_ru
     escalation = Escalation.objects.get(run=run)
     assert escalation.context["code"] == "deploy_unhealthy"
     assert Deployment.objects.get(run=run).status == "failed"
-    agent_services.escalation_answer(escalation_id=escalation.id, user=user, action="guidance",
-                                     answer="try again")
+    agent_services.escalation_answer(escalation_id=escalation.id, user=user, action="guidance", answer="try again")
     drive(run.id)
     # The resumed Deployer starts a new Deployment (the failed one is history) rather than
     # stopping at "start a new run"; this commit is still broken, so the person is asked again.

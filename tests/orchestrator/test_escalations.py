@@ -1,5 +1,6 @@
 """Asking a person: a blocked agent, the tests' cap, budgets, expiry and cancel, in this process
 against the real database, git and worker processes."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -52,8 +53,9 @@ def test_the_tests_cap_asks_with_the_failing_tests_and_guidance_gets_one_more_tr
     escalation = Escalation.objects.get(run=run, status="open")
     assert escalation.reason == "tests_failing"
     assert "test_greet" in escalation.question and "after 3 tries" in escalation.question
-    agent_services.escalation_answer(escalation_id=escalation.id, user=user, action="guidance",
-                                     answer="try a different library")
+    agent_services.escalation_answer(
+        escalation_id=escalation.id, user=user, action="guidance", answer="try a different library"
+    )
     drive(run.id)
     run.refresh_from_db()
     assert (run.status, run.iteration) == ("succeeded", 4), run.error_message
@@ -100,14 +102,16 @@ def test_refused_answers_change_nothing(new_run, user, other_user):
         agent_services.escalation_answer(escalation_id=escalation.id, user=user, action="guidance", answer="  ")
     for bad in ("-1", "abc", "1e9", "NaN"):
         with pytest.raises(ValidationFailed):
-            agent_services.escalation_answer(escalation_id=escalation.id, user=user, action="raise_budget",
-                                             budget_increase_usd=bad)
+            agent_services.escalation_answer(
+                escalation_id=escalation.id, user=user, action="raise_budget", budget_increase_usd=bad
+            )
     with pytest.raises(ValidationFailed):
         agent_services.escalation_answer(escalation_id=escalation.id, user=user, action="shrug")
     assert Escalation.objects.get(id=escalation.id).status == "open"
     assert PipelineRun.objects.get(id=run.id).status == "waiting_human"
-    agent_services.escalation_answer(escalation_id=escalation.id, user=user, action="raise_budget",
-                                     budget_increase_usd="2.5")
+    agent_services.escalation_answer(
+        escalation_id=escalation.id, user=user, action="raise_budget", budget_increase_usd="2.5"
+    )
     assert PipelineRun.objects.get(id=run.id).budget_usd == Decimal("7.5")
     with pytest.raises(Conflict):
         agent_services.escalation_answer(escalation_id=escalation.id, user=user, action="cancel")
@@ -130,8 +134,10 @@ def test_an_operator_answers_in_admin(new_run, admin_client):
     escalation = Escalation.objects.get(run=run)
     page = admin_client.get(f"/admin/agents/escalation/{escalation.id}/change/")
     assert page.status_code == 200 and b"Which port?" in page.content
-    response = admin_client.post(f"/admin/agents/escalation/{escalation.id}/change/",
-                                 {"reply_action": "guidance", "reply_text": "8080", "reply_budget": ""})
+    response = admin_client.post(
+        f"/admin/agents/escalation/{escalation.id}/change/",
+        {"reply_action": "guidance", "reply_text": "8080", "reply_budget": ""},
+    )
     assert response.status_code == 302
     escalation.refresh_from_db()
     assert (escalation.status, escalation.answer, escalation.answered_by.is_staff) == ("answered", "8080", True)

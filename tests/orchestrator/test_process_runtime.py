@@ -1,4 +1,5 @@
 """The process runtime on real process groups: create, exec, pause, resume, terminate."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,13 @@ def test_exec_runs_in_the_workspace_inside_the_worker_group(runtime, tmp_path):
     rt, handles = runtime
     handle = rt.create(WorkerSpec(session_id=9001, workspace=tmp_path / "ws", env=_env(tmp_path)))
     handles.append(handle)
-    result = rt.exec(handle, [sys.executable, "-c", "import os; print(os.getcwd(), os.getpgrp())"],
-                     cwd=tmp_path / "ws", env=_env(tmp_path), timeout=10)
+    result = rt.exec(
+        handle,
+        [sys.executable, "-c", "import os; print(os.getcwd(), os.getpgrp())"],
+        cwd=tmp_path / "ws",
+        env=_env(tmp_path),
+        timeout=10,
+    )
     cwd, pgid = result.stdout.split()
     assert result.ok
     assert cwd == str(tmp_path / "ws")
@@ -55,8 +61,13 @@ def test_pause_really_stops_output_and_unpause_resumes_it(runtime, tmp_path):
     handles.append(handle)
     ticker = tmp_path / "ticks"
     # A process inside the worker that writes a tick every 50 ms, in the background.
-    rt.exec(handle, ["sh", "-c", f"(while true; do echo x >> {ticker}; sleep 0.05; done) >/dev/null 2>&1 &"],
-            cwd=tmp_path, env=_env(tmp_path), timeout=10)
+    rt.exec(
+        handle,
+        ["sh", "-c", f"(while true; do echo x >> {ticker}; sleep 0.05; done) >/dev/null 2>&1 &"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        timeout=10,
+    )
     time.sleep(0.3)
     rt.pause(handle)
     deadline = time.monotonic() + 5
@@ -98,8 +109,13 @@ def test_list_workers_finds_holders_not_the_commands_inside_them(runtime, tmp_pa
     rt, handles = runtime
     handle = rt.create(WorkerSpec(session_id=9006, workspace=tmp_path, env=_env(tmp_path)))
     handles.append(handle)
-    rt.exec(handle, ["sh", "-c", "sleep 30 >/dev/null 2>&1 &"], cwd=tmp_path,
-            env={**_env(tmp_path), SESSION_MARKER: "9006"}, timeout=10)
+    rt.exec(
+        handle,
+        ["sh", "-c", "sleep 30 >/dev/null 2>&1 &"],
+        cwd=tmp_path,
+        env={**_env(tmp_path), SESSION_MARKER: "9006"},
+        timeout=10,
+    )
     mine = [w for w in rt.list_workers() if w.session_id == 9006]
     assert [(w.handle, w.running) for w in mine] == [(handle, True)]
     rt.pause(handle)

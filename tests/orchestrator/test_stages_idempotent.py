@@ -3,8 +3,8 @@
 The stages run in this process (no broker), against the real database, real git, real copier,
 the scripted agent in a real worker process group and a real released service on loopback.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 from orchestrator import pipeline
 from orchestrator.deploy.local import RELEASE_MARKER, http
@@ -109,7 +109,10 @@ def test_a_description_the_scripted_architect_cannot_map_fails_the_run_clearly(n
     run.refresh_from_db()
     assert run.result_message.startswith(f"Project #{run.project_id}: run #{run.id} failed at the architect stage")
     assert set(StageRun.objects.filter(run=run).values_list("stage", "status")) >= {
-        ("preparer", "skipped"), ("deployer", "skipped"), ("notify", "succeeded")}
+        ("preparer", "skipped"),
+        ("deployer", "skipped"),
+        ("notify", "succeeded"),
+    }
 
 
 def test_a_deployer_rerun_after_going_live_moves_main_and_stops_the_release_it_replaced(new_run):
@@ -123,10 +126,14 @@ def test_a_deployer_rerun_after_going_live_moves_main_and_stops_the_release_it_r
     scaffold = StageRun.objects.get(run=run, stage="preparer").output["commit"]
     # The worker died right after going live: the release it replaced still runs, main is old.
     git("update-ref", "refs/heads/main", scaffold, cwd=bare_repo_path(slug))
-    old = Deployment.objects.create(project_id=run.project_id, run=run, port=live.port + 1, commit_sha=scaffold,
-                                    status="stopping")
-    old_release = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
-                                   env={RELEASE_MARKER: str(old.id)}, start_new_session=True)
+    old = Deployment.objects.create(
+        project_id=run.project_id, run=run, port=live.port + 1, commit_sha=scaffold, status="stopping"
+    )
+    old_release = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        env={RELEASE_MARKER: str(old.id)},
+        start_new_session=True,
+    )
     Deployment.objects.filter(id=old.id).update(pid=old_release.pid)
 
     again = rerun_side_effect(run.id, "deployer")

@@ -1,4 +1,5 @@
 """The worker lifecycle on the process runtime: sweeps act on real process groups."""
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,11 @@ def test_an_idle_running_worker_is_paused_by_the_sweep(project):
     assert session.state == "paused"
     assert process_state(int(session.container_id)) == "T"
     assert list(WorkerTransition.objects.filter(session=session).values_list("from_state", "to_state")) == [
-        ("", "starting"), ("starting", "running"), ("running", "idle"), ("idle", "paused")]
+        ("", "starting"),
+        ("starting", "running"),
+        ("running", "idle"),
+        ("idle", "paused"),
+    ]
 
 
 def test_a_worker_paused_past_pause_ttl_is_terminated(project):
@@ -115,8 +120,7 @@ def test_a_node_that_shuts_down_terminates_the_workers_it_owns(project):
     assert pids_with_marker(SESSION_MARKER, str(session.id)) == []
 
 
-@pytest.mark.parametrize("context,age_hours,resumed", [
-    (10_000, 1, True), (150_000, 1, False), (10_000, 25, False)])
+@pytest.mark.parametrize("context,age_hours,resumed", [(10_000, 1, True), (150_000, 1, False), (10_000, 25, False)])
 def test_the_agent_session_is_resumed_only_while_small_and_recent(project, context, age_hours, resumed):
     session = _acquire(*project)
     agent_services.session_record_agent(session_id=session.id, agent_session_id="sess-1", context_tokens=context)

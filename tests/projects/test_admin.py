@@ -2,6 +2,7 @@
 
 Rows are made by the services that own them; ``db`` keeps ``on_commit`` from enqueueing the pipeline.
 """
+
 from __future__ import annotations
 
 import html
@@ -24,19 +25,35 @@ def rows(user):
     for stage in (Stage.ARCHITECT, Stage.PREPARER, Stage.DEVELOPER, Stage.TESTER):
         claim = runs.stage_claim(run_id=run.id, stage=stage, task_id=f"task-{stage}")
         assert claim.state == runs.ClaimState.CLAIMED
-        runs.stage_succeed(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
-                               output={"stage": stage})
+        runs.stage_succeed(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt, output={"stage": stage})
     developer = run.stages.get(stage=Stage.DEVELOPER)
-    session = agent_services.session_create(project_id=project.id, run_id=run.id, role=Role.DEVELOPER,
-                                            runtime="process", workspace_root="workspaces/greeter")
-    usage = agent_services.usage_record(project_id=project.id, stage_run_id=developer.id, session_id=session.id,
-                                        role=Role.DEVELOPER, backend="scripted", model="scripted-1",
-                                        input_tokens=1200, output_tokens=300, cost_usd="0.42")
+    session = agent_services.session_create(
+        project_id=project.id,
+        run_id=run.id,
+        role=Role.DEVELOPER,
+        runtime="process",
+        workspace_root="workspaces/greeter",
+    )
+    usage = agent_services.usage_record(
+        project_id=project.id,
+        stage_run_id=developer.id,
+        session_id=session.id,
+        role=Role.DEVELOPER,
+        backend="scripted",
+        model="scripted-1",
+        input_tokens=1200,
+        output_tokens=300,
+        cost_usd="0.42",
+    )
     config = agent_services.agent_config_for(role=Role.ARCHITECT)
     deployment = deployments.deployment_allocate(project_id=project.id, run_id=run.id, commit_sha="c" * 40)
     deployments.deployment_go_live(deployment_id=deployment.id, url="http://greeter.localhost")
     return {
-        "project": project, "run": run, "session": session, "usage": usage, "config": config,
+        "project": project,
+        "run": run,
+        "session": session,
+        "usage": usage,
+        "config": config,
         "deployment": deployment,
     }
 
@@ -101,8 +118,14 @@ def test_project_change_page_lists_its_runs(admin_client, rows):
 
 
 def test_usage_changelist_title_shows_the_total_cost(admin_client, rows):
-    agent_services.usage_record(project_id=rows["project"].id, stage_run_id=None, session_id=None,
-                                role=Role.TESTER, backend="scripted", cost_usd="0.08")
+    agent_services.usage_record(
+        project_id=rows["project"].id,
+        stage_run_id=None,
+        session_id=None,
+        role=Role.TESTER,
+        backend="scripted",
+        cost_usd="0.08",
+    )
 
     response = admin_client.get(reverse("admin:agents_usage_changelist"))
 

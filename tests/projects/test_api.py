@@ -3,6 +3,7 @@
 The ``db`` fixture wraps each test in a transaction, so ``transaction.on_commit`` never fires and
 no pipeline is enqueued: these tests see exactly the rows the services wrote.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,11 +49,19 @@ def advance(run: PipelineRun, stages: list[str], *, cost: str | None = None) -> 
         claim = runs.stage_claim(run_id=run.id, stage=stage, task_id=f"task-{run.id}-{stage}-{n}")
         assert claim.state == runs.ClaimState.CLAIMED, (stage, claim.state)
         if cost is not None:
-            agent_services.usage_record(project_id=run.project_id, stage_run_id=claim.stage_run.id, session_id=None,
-                                        role=Role.ARCHITECT, backend="scripted", input_tokens=10, output_tokens=5,
-                                        cost_usd=cost)
-        assert runs.stage_succeed(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
-                                      output={"stage": stage})
+            agent_services.usage_record(
+                project_id=run.project_id,
+                stage_run_id=claim.stage_run.id,
+                session_id=None,
+                role=Role.ARCHITECT,
+                backend="scripted",
+                input_tokens=10,
+                output_tokens=5,
+                cost_usd=cost,
+            )
+        assert runs.stage_succeed(
+            stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt, output={"stage": stage}
+        )
         done.append(claim.stage_run)
     return done
 
@@ -258,8 +267,14 @@ def test_list_shows_latest_run_live_url_and_total_cost(api, user):
     project, first = finished_run(user, cost="0.25")
     second = runs.run_create(project=project, kind=PipelineRun.Kind.CHANGE)
     claim = runs.stage_claim(run_id=second.id, stage=Stage.ARCHITECT, task_id="t-2")
-    agent_services.usage_record(project_id=project.id, stage_run_id=claim.stage_run.id, session_id=None,
-                                role=Role.ARCHITECT, backend="scripted", cost_usd="0.5")
+    agent_services.usage_record(
+        project_id=project.id,
+        stage_run_id=claim.stage_run.id,
+        session_id=None,
+        role=Role.ARCHITECT,
+        backend="scripted",
+        cost_usd="0.5",
+    )
     deployment = deployments.deployment_allocate(project_id=project.id, run_id=first.id, commit_sha="a" * 40)
     deployments.deployment_go_live(deployment_id=deployment.id, url="http://greeter.localhost")
 
@@ -363,7 +378,7 @@ def test_run_detail_shows_stages_events_duration_and_cost(api, user):
 
     types = [e["type"] for e in body["events"]]
     expected = ["run.queued", "run.started"]
-    for stage in STAGES:
+    for _ in STAGES:
         expected += ["stage.started", "stage.succeeded"]
     expected.append("run.succeeded")
     assert types == expected
@@ -378,8 +393,15 @@ def test_run_cost_reflects_recorded_usage(api, user):
     _, run = services.project_create(owner=user, description="a greeting service")
     claim = runs.stage_claim(run_id=run.id, stage=Stage.ARCHITECT, task_id="t-1")
     for cost in ("0.10", "0.05"):
-        agent_services.usage_record(project_id=run.project_id, stage_run_id=claim.stage_run.id, session_id=None,
-                                    role=Role.ARCHITECT, backend="scripted", model="m", cost_usd=cost)
+        agent_services.usage_record(
+            project_id=run.project_id,
+            stage_run_id=claim.stage_run.id,
+            session_id=None,
+            role=Role.ARCHITECT,
+            backend="scripted",
+            model="m",
+            cost_usd=cost,
+        )
 
     body = api.get(f"{RUNS}{run.id}/").json()
 
@@ -398,16 +420,22 @@ def test_run_detail_shows_every_iteration_after_a_loop_back(api, user):
     _, run = services.project_create(owner=user, description="a greeting service")
     advance(run, [Stage.ARCHITECT, Stage.PREPARER, Stage.DEVELOPER])
     claim = runs.stage_claim(run_id=run.id, stage=Stage.TESTER, task_id="t-tester")
-    assert runs.stage_loop_back(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
-                                    output={"failed": 1}, message="1 test failed")
+    assert runs.stage_loop_back(
+        stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt, output={"failed": 1}, message="1 test failed"
+    )
 
     body = api.get(f"{RUNS}{run.id}/").json()
 
     assert body["iteration"] == 2
     assert [(s["stage"], s["iteration"], s["status"]) for s in body["stages"]] == [
-        ("architect", 1, "succeeded"), ("preparer", 1, "succeeded"), ("developer", 1, "succeeded"),
-        ("tester", 1, "failed"), ("deployer", 1, "pending"), ("notify", 1, "pending"),
-        ("developer", 2, "pending"), ("tester", 2, "pending"),
+        ("architect", 1, "succeeded"),
+        ("preparer", 1, "succeeded"),
+        ("developer", 1, "succeeded"),
+        ("tester", 1, "failed"),
+        ("deployer", 1, "pending"),
+        ("notify", 1, "pending"),
+        ("developer", 2, "pending"),
+        ("tester", 2, "pending"),
     ]
     assert body["events"][-1]["type"] == "tests.failed"
 
@@ -476,15 +504,23 @@ def test_run_detail_query_count_does_not_grow_with_stages_and_events(api, user, 
     advance(big, [Stage.ARCHITECT, Stage.PREPARER, Stage.DEVELOPER], cost="0.01")
     for i in range(2):  # two loop-backs: more stage rows and more events
         claim = runs.stage_claim(run_id=big.id, stage=Stage.TESTER, task_id=f"t-tester-{i}")
-        agent_services.usage_record(project_id=project.id, stage_run_id=claim.stage_run.id, session_id=None,
-                                    role=Role.TESTER, backend="scripted", cost_usd="0.01")
-        runs.stage_loop_back(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
-                                 output={}, message="failed")
+        agent_services.usage_record(
+            project_id=project.id,
+            stage_run_id=claim.stage_run.id,
+            session_id=None,
+            role=Role.TESTER,
+            backend="scripted",
+            cost_usd="0.01",
+        )
+        runs.stage_loop_back(
+            stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt, output={}, message="failed"
+        )
         big.refresh_from_db()
         advance(big, [Stage.DEVELOPER], cost="0.01")
     for i in range(20):
-        events.event_record(run_id=big.id, type=RunEvent.Type.AGENT_PROGRESS, stage=Stage.DEVELOPER,
-                              payload={"step": i})
+        events.event_record(
+            run_id=big.id, type=RunEvent.Type.AGENT_PROGRESS, stage=Stage.DEVELOPER, payload={"step": i}
+        )
 
     with CaptureQueriesContext(connection) as few:
         small_body = api.get(f"{RUNS}{small.id}/").json()
@@ -509,10 +545,23 @@ def test_openapi_schema_describes_the_projects_endpoint(api):
 
 
 # --- paging: bounded, and a value that is not a number in range is refused ------------------
-@pytest.mark.parametrize("query", [
-    "limit=0", "limit=101", f"limit={2**63}", "limit=-1", "limit=abc", "limit=", "limit=1.5", "limit=%C2%B2",
-    "offset=null", "offset=-1", f"offset={2**63}", "offset=",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=101",
+        f"limit={2**63}",
+        "limit=-1",
+        "limit=abc",
+        "limit=",
+        "limit=1.5",
+        "limit=%C2%B2",
+        "offset=null",
+        "offset=-1",
+        f"offset={2**63}",
+        "offset=",
+    ],
+)
 def test_list_with_a_paging_value_out_of_range_is_rejected(api, user, query):
     services.project_create(owner=user, description="a greeting service")
 
@@ -614,8 +663,12 @@ def test_deeply_nested_json_to_the_telegram_webhook_is_a_400_not_a_crash(client,
     settings.TELEGRAM_WEBHOOK_SECRET = "webhook-secret-for-tests"
     body = "[" * 200_000 + "]" * 200_000
 
-    response = client.post("/telegram/webhook/", data=body, content_type="application/json",
-                           HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN="webhook-secret-for-tests")
+    response = client.post(
+        "/telegram/webhook/",
+        data=body,
+        content_type="application/json",
+        HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN="webhook-secret-for-tests",
+    )
 
     assert response.status_code == 400
     assert response.json() == {"ok": False, "error": "the body is not JSON"}
@@ -664,7 +717,8 @@ def test_the_schema_documents_the_worker_api(schema):
         operation = schema["paths"][f"/api/runs/{{run_id}}/worker/{endpoint}/"]["post"]
         assert operation["security"] == [{"workerToken": []}]
         assert operation["requestBody"]["content"] == {
-            "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}
+        }
         assert set(operation["responses"]) >= {"202", "400", "401", "403", "413", "415"}
 
 

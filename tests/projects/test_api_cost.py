@@ -1,6 +1,7 @@
 """What the list endpoints cost: the same few queries for a page of 2 as for a page of 12, and a
 row renders exactly what the detail serializers render (one serializer is reused for every row).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,14 @@ def make_projects(owner, n: int) -> list[PipelineRun]:
         project, run = services.project_create(owner=owner, description=f"service number {i}")
         for stage in (Stage.ARCHITECT, Stage.PREPARER):
             claim = runs.stage_claim(run_id=run.id, stage=stage, task_id=f"t-{run.id}-{stage}")
-            agent_services.usage_record(project_id=project.id, stage_run_id=claim.stage_run.id, session_id=None,
-                                        role=Role.ARCHITECT, backend="scripted", cost_usd="0.03")
+            agent_services.usage_record(
+                project_id=project.id,
+                stage_run_id=claim.stage_run.id,
+                session_id=None,
+                role=Role.ARCHITECT,
+                backend="scripted",
+                cost_usd="0.03",
+            )
             runs.stage_succeed(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt, output={})
         if i % 2 == 0:
             deployment = deployments.deployment_allocate(project_id=project.id, run_id=run.id, commit_sha=f"{i:040d}")

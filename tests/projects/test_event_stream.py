@@ -5,6 +5,7 @@ sent; a stream of a run still going ends after SSE_MAX_SECONDS with a retry hint
 are capped per user and in all (429), and a stream's place is given back when it ends, when its
 client goes away, or (its process died) when its lease lapses.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,10 +65,10 @@ def _settle(run) -> None:
         assert claim.state == runs.ClaimState.CLAIMED, (stage, claim.state)
         if stage == Stage.NOTIFY:
             assert runs.run_succeed(run_id=run.id, result_message="It is live.")
-            events.event_record(run_id=run.id, type=RunEvent.Type.NOTIFIED, stage="notify",
-                                  payload={"text": "It is live."})
-        assert runs.stage_succeed(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt,
-                                      output={})
+            events.event_record(
+                run_id=run.id, type=RunEvent.Type.NOTIFIED, stage="notify", payload={"text": "It is live."}
+            )
+        assert runs.stage_succeed(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt, output={})
 
 
 @pytest.fixture(autouse=True)
@@ -80,6 +81,7 @@ def quick_keepalives(settings):
 @pytest.fixture
 def leases():
     """No leases left by other tests (they share this Redis database)."""
+
     def clear():
         if settings.REDIS_URL:
             client = redis.Redis.from_url(settings.REDIS_URL)
@@ -151,8 +153,7 @@ def test_a_finished_runs_stream_past_its_last_event_ends_at_once(live_server, ru
 
 
 @live_only
-def test_a_stream_of_a_run_still_going_ends_at_its_time_limit_with_a_retry_hint(live_server, run_and_token,
-                                                                                  settings):
+def test_a_stream_of_a_run_still_going_ends_at_its_time_limit_with_a_retry_hint(live_server, run_and_token, settings):
     settings.SSE_MAX_SECONDS = 1.0
     settings.SSE_KEEPALIVE_SECONDS = 0.3
     run, token = run_and_token
@@ -167,8 +168,7 @@ def test_a_stream_of_a_run_still_going_ends_at_its_time_limit_with_a_retry_hint(
     assert items[-2:] == [("#", "retry: 1000"), ("#", hint)]
 
 
-def test_without_redis_the_stream_sends_what_is_stored_and_ends_with_a_retry_hint(live_server, run_and_token,
-                                                                                   settings):
+def test_without_redis_the_stream_sends_what_is_stored_and_ends_with_a_retry_hint(live_server, run_and_token, settings):
     settings.REDIS_URL = ""
     run, token = run_and_token
 
@@ -179,8 +179,10 @@ def test_without_redis_the_stream_sends_what_is_stored_and_ends_with_a_retry_hin
 
 
 def _refusal(url: str, token: str | None, **headers) -> tuple[int, str, dict]:
-    request = urllib.request.Request(url, headers={"Accept": "text/event-stream", **headers,
-                                                   **({"Authorization": f"Token {token}"} if token else {})})
+    request = urllib.request.Request(
+        url,
+        headers={"Accept": "text/event-stream", **headers, **({"Authorization": f"Token {token}"} if token else {})},
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=10)
     body = json.loads(err.value.read())
@@ -211,8 +213,9 @@ def test_refusals_are_json_in_the_envelope(live_server, run_and_token, other_use
 
 
 @live_only
-def test_open_streams_are_capped_per_user_and_a_closed_one_gives_its_place_back(live_server, run_and_token,
-                                                                                 other_user, settings):
+def test_open_streams_are_capped_per_user_and_a_closed_one_gives_its_place_back(
+    live_server, run_and_token, other_user, settings
+):
     settings.SSE_MAX_STREAMS_PER_USER = 2
     run, token = run_and_token
     url = _url(live_server, run)
@@ -226,8 +229,10 @@ def test_open_streams_are_capped_per_user_and_a_closed_one_gives_its_place_back(
     other = Token.objects.create(user=other_user).key
     _, theirs = services.project_create(owner=other_user, description="a web service that echoes text")
     their_stream = _open(_url(live_server, theirs), other)
-    listing = urllib.request.urlopen(urllib.request.Request(
-        f"{live_server.url}/api/projects/", headers={"Authorization": f"Token {other}"}), timeout=5)
+    listing = urllib.request.urlopen(
+        urllib.request.Request(f"{live_server.url}/api/projects/", headers={"Authorization": f"Token {other}"}),
+        timeout=5,
+    )
     assert listing.status == 200
 
     first.close()  # the client goes away mid-stream

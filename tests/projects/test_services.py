@@ -1,4 +1,5 @@
 """Run and stage bookkeeping against the real database: claims, fencing, the reconciler, ports."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -32,12 +33,20 @@ def _age(row, **fields):
 def test_project_create_makes_a_queued_run_with_six_pending_stages(run):
     assert run.status == "queued"
     assert list(run.stages.values_list("stage", "status")) == [
-        (s, "pending") for s in ["architect", "preparer", "developer", "tester", "deployer", "notify"]]
+        (s, "pending") for s in ["architect", "preparer", "developer", "tester", "deployer", "notify"]
+    ]
     assert list(run.events.values_list("type", flat=True)) == ["run.queued"]
 
 
-@pytest.mark.parametrize("description,code", [("", "description_required"), ("   ", "description_required"),
-                                              (None, "description_required"), ("x" * 50_000, "description_too_long")])
+@pytest.mark.parametrize(
+    "description,code",
+    [
+        ("", "description_required"),
+        ("   ", "description_required"),
+        (None, "description_required"),
+        ("x" * 50_000, "description_too_long"),
+    ],
+)
 def test_bad_descriptions_are_refused_and_nothing_is_written(db, user, description, code):
     with pytest.raises(ValidationFailed) as err:
         services.project_create(owner=user, description=description)
@@ -105,8 +114,9 @@ def test_a_failed_run_skips_its_remaining_stages_but_still_notifies(run):
     assert StageRun.objects.get(run=run, stage="preparer").status == "skipped"
     assert runs.stage_claim(run_id=run.id, stage="notify", task_id="t").state is ClaimState.CLAIMED
     # Had Notify's message been lost, the reconciler would find it.
-    StageRun.objects.filter(run=run, stage="notify").update(status="pending",
-                                                            queued_at=timezone.now() - timedelta(hours=1))
+    StageRun.objects.filter(run=run, stage="notify").update(
+        status="pending", queued_at=timezone.now() - timedelta(hours=1)
+    )
     assert [r.stage for r in runs.runs_requeue_stuck()] == ["notify"]
 
 
@@ -132,7 +142,9 @@ def test_ports_are_unique_among_releases_that_hold_one(db, user, settings):
     a = deployments.deployment_allocate(project_id=runs[0][0].id, run_id=runs[0][1].id, commit_sha="a" * 40)
     b = deployments.deployment_allocate(project_id=runs[1][0].id, run_id=runs[1][1].id, commit_sha="b" * 40)
     assert {a.port, b.port} == {21000, 21001}
-    assert deployments.deployment_allocate(project_id=runs[0][0].id, run_id=runs[0][1].id, commit_sha="a" * 40).id == a.id
+    assert (
+        deployments.deployment_allocate(project_id=runs[0][0].id, run_id=runs[0][1].id, commit_sha="a" * 40).id == a.id
+    )
     with pytest.raises(Conflict) as err:
         deployments.deployment_allocate(project_id=runs[2][0].id, run_id=runs[2][1].id, commit_sha="c" * 40)
     assert err.value.code == "no_free_port"

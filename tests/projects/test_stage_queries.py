@@ -6,6 +6,7 @@ transaction, so the two atomic blocks become savepoints (counted apart, below), 
 on-commit work (Redis publish, the person's notification) is not run here: bench/engine.py
 measures all of it together.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -56,10 +57,18 @@ def test_a_stage_claim_and_record_take_at_most_seven_queries(db, user, django_as
     run.refresh_from_db()
     assert (run.status, run.current_stage) == (PipelineRun.Status.RUNNING, Stage.TESTER)
     types = list(RunEvent.objects.filter(run=run).values_list("type", "stage"))
-    assert types == [("run.queued", ""), ("run.started", ""), ("stage.started", "architect"),
-                     ("stage.succeeded", "architect"), ("stage.started", "preparer"),
-                     ("stage.succeeded", "preparer"), ("stage.started", "developer"),
-                     ("stage.succeeded", "developer"), ("stage.started", "tester"), ("stage.succeeded", "tester")]
+    assert types == [
+        ("run.queued", ""),
+        ("run.started", ""),
+        ("stage.started", "architect"),
+        ("stage.succeeded", "architect"),
+        ("stage.started", "preparer"),
+        ("stage.succeeded", "preparer"),
+        ("stage.started", "developer"),
+        ("stage.succeeded", "developer"),
+        ("stage.started", "tester"),
+        ("stage.succeeded", "tester"),
+    ]
 
 
 def test_the_claim_returns_the_rows_as_written(db, user):

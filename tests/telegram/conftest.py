@@ -1,5 +1,6 @@
 """People in Telegram for these tests: a linked person, a stranger, the webhook as Telegram calls it,
 and the outbox delivered the way the ``notify.send_message`` task delivers it."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ def deliver_outbox() -> None:
         delivery.message_send(message_id=message_id)
 
 
-def post_update(client, update, *, secret: str | None = "webhook-secret-for-tests", raw: bytes | None = None,
-                deliver: bool = True):
+def post_update(
+    client, update, *, secret: str | None = "webhook-secret-for-tests", raw: bytes | None = None, deliver: bool = True
+):
     """Deliver an update to the webhook the way Telegram does; then (``deliver``) send the answers
     it queued, as the notify task would."""
     headers = {} if secret is None else {"HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN": secret}

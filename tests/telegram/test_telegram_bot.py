@@ -3,6 +3,7 @@
 ``db`` keeps ``on_commit`` from enqueueing the pipeline: these tests are about what the bot does
 with a message, and what it answers.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,10 @@ def test_runbot_refuses_to_poll_while_a_webhook_is_set(telegram, ada, ada_tg):
     from django.core.management.base import CommandError
 
     call_command("runbot", "--set-webhook", "https://factory.example/telegram/webhook/")
-    assert telegram.webhook == {"url": "https://factory.example/telegram/webhook/",
-                                "secret_token": "webhook-secret-for-tests"}
+    assert telegram.webhook == {
+        "url": "https://factory.example/telegram/webhook/",
+        "secret_token": "webhook-secret-for-tests",
+    }
     telegram.say(ada_tg, GREETER)
     with pytest.raises(CommandError, match="webhook"):
         call_command("runbot", "--once", "--timeout", "1")
@@ -146,18 +149,44 @@ def test_without_a_configured_secret_the_webhook_refuses_everything(client, tele
 
 
 def test_the_webhook_takes_posts_only(client, telegram):
-    assert client.get("/telegram/webhook/", HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN="webhook-secret-for-tests"
-                      ).status_code == 405
+    assert (
+        client.get("/telegram/webhook/", HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN="webhook-secret-for-tests").status_code
+        == 405
+    )
 
 
 MALFORMED = [
-    {"update_id": "1", "message": {"message_id": 1, "date": 0, "chat": {"id": ADA_TG, "type": "private"},
-                                   "from": {"id": ADA_TG, "is_bot": False, "first_name": "Ada"}, "text": GREETER}},
+    {
+        "update_id": "1",
+        "message": {
+            "message_id": 1,
+            "date": 0,
+            "chat": {"id": ADA_TG, "type": "private"},
+            "from": {"id": ADA_TG, "is_bot": False, "first_name": "Ada"},
+            "text": GREETER,
+        },
+    },
     {"update_id": 1, "message": {"message_id": 1, "date": 0, "from": {"id": ADA_TG, "is_bot": False}, "text": GREETER}},
-    {"update_id": 2, "message": {"message_id": 2, "date": 0, "chat": {"id": ADA_TG, "type": "private"},
-                                 "from": {"id": ADA_TG, "is_bot": False, "first_name": "Ada"}, "text": 12345}},
-    {"update_id": 3, "message": {"message_id": 3, "date": 0, "chat": {"id": ADA_TG, "type": "spaceship"},
-                                 "from": {"id": ADA_TG, "is_bot": False, "first_name": "Ada"}, "text": GREETER}},
+    {
+        "update_id": 2,
+        "message": {
+            "message_id": 2,
+            "date": 0,
+            "chat": {"id": ADA_TG, "type": "private"},
+            "from": {"id": ADA_TG, "is_bot": False, "first_name": "Ada"},
+            "text": 12345,
+        },
+    },
+    {
+        "update_id": 3,
+        "message": {
+            "message_id": 3,
+            "date": 0,
+            "chat": {"id": ADA_TG, "type": "spaceship"},
+            "from": {"id": ADA_TG, "is_bot": False, "first_name": "Ada"},
+            "text": GREETER,
+        },
+    },
     {"message": {"text": GREETER}},
     [1, 2, 3],
     "hello",
@@ -195,10 +224,13 @@ def test_malformed_updates_from_polling_are_skipped_and_the_good_ones_handled(te
 
 
 def test_updates_that_are_not_messages_and_group_chats_are_ignored(client, telegram, ada, ada_tg):
-    edited = {"update_id": 9, "edited_message": {"message_id": 1, "date": 0, "text": "x",
-                                                 "chat": {"id": ADA_TG, "type": "private"}}}
-    group = telegram.make_update(from_user=ada_tg, text=GREETER,
-                                 chat={"id": -100500, "type": "group", "title": "friends"})
+    edited = {
+        "update_id": 9,
+        "edited_message": {"message_id": 1, "date": 0, "text": "x", "chat": {"id": ADA_TG, "type": "private"}},
+    }
+    group = telegram.make_update(
+        from_user=ada_tg, text=GREETER, chat={"id": -100500, "type": "group", "title": "friends"}
+    )
 
     assert post_update(client, edited).json()["handled"] is False
     assert post_update(client, group).status_code == 200
@@ -323,9 +355,24 @@ def test_cancel_stops_the_persons_running_run(client, telegram, ada, ada_tg):
 def test_help_unknown_commands_and_other_content(client, telegram, ada, ada_tg):
     post_update(client, telegram.make_update(from_user=ada_tg, text="/help"))
     post_update(client, telegram.make_update(from_user=ada_tg, text="/frobnicate"))
-    post_update(client, telegram.make_update(from_user=ada_tg, text=None, extra={
-        "sticker": {"file_id": "s1", "file_unique_id": "u1", "type": "regular", "width": 512, "height": 512,
-                    "is_animated": False, "is_video": False}}))
+    post_update(
+        client,
+        telegram.make_update(
+            from_user=ada_tg,
+            text=None,
+            extra={
+                "sticker": {
+                    "file_id": "s1",
+                    "file_unique_id": "u1",
+                    "type": "regular",
+                    "width": 512,
+                    "height": 512,
+                    "is_animated": False,
+                    "is_video": False,
+                }
+            },
+        ),
+    )
 
     help_text, unknown, sticker = telegram.texts_to(ADA_TG)
     assert "/status [project]" in help_text
@@ -357,10 +404,12 @@ def test_a_person_writing_again_updates_their_chat_and_lifts_a_block(client, tel
 
 
 # --- what people really send ----------------------------------------------------------------
-@pytest.mark.parametrize("text", ["a web service that greets\x00 people", "/new greets \x00 people", "/status \x00",
-                                  "/answer use\x00flask"])
-def test_a_message_with_a_nul_character_is_refused_with_a_clear_answer_and_changes_nothing(client, telegram, ada,
-                                                                                            ada_tg, text):
+@pytest.mark.parametrize(
+    "text", ["a web service that greets\x00 people", "/new greets \x00 people", "/status \x00", "/answer use\x00flask"]
+)
+def test_a_message_with_a_nul_character_is_refused_with_a_clear_answer_and_changes_nothing(
+    client, telegram, ada, ada_tg, text
+):
     with capture_logs() as logs:
         response = post_update(client, telegram.make_update(from_user=ada_tg, text=text))
 
@@ -404,8 +453,9 @@ def test_commands_are_case_insensitive_and_may_name_the_bot(client, telegram, ad
     assert status.startswith(f"Project (#{project.id})")
 
 
-def test_a_person_starting_projects_too_fast_is_told_to_wait_and_nothing_more_is_created(client, telegram, ada,
-                                                                                         ada_tg, settings):
+def test_a_person_starting_projects_too_fast_is_told_to_wait_and_nothing_more_is_created(
+    client, telegram, ada, ada_tg, settings
+):
     settings.PROJECT_CREATE_LIMIT, settings.PROJECT_CREATE_WINDOW_SECONDS = 2, 600
 
     for _ in range(4):
@@ -414,8 +464,14 @@ def test_a_person_starting_projects_too_fast_is_told_to_wait_and_nothing_more_is
     assert Project.objects.filter(owner=ada).count() == 2
     first, second, third, fourth = telegram.texts_to(ADA_TG)
     assert "is queued" in first and "is queued" in second
-    assert third == fourth == ("You have started 2 projects in the last 10 minutes; the limit is 2. "
-                               "Please wait a little before starting another.")
+    assert (
+        third
+        == fourth
+        == (
+            "You have started 2 projects in the last 10 minutes; the limit is 2. "
+            "Please wait a little before starting another."
+        )
+    )
 
 
 def test_an_answer_that_meets_a_429_is_kept_and_sent_when_telegram_allows(client, telegram, ada, ada_tg):

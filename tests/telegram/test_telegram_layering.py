@@ -1,14 +1,19 @@
 """Where Telegram lives: one package, one TeleBot builder, one place the API URL is set; and the
 layering: ``projects`` never imports ``agents``, and nothing in projects, agents or secrets_meta
 imports ``orchestrator`` (not even inside a function)."""
+
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = [p for top in ("agents", "config", "orchestrator", "projects", "secrets_meta")
-           for p in (ROOT / top).rglob("*.py") if "migrations" not in p.parts]
+SOURCES = [
+    p
+    for top in ("agents", "config", "orchestrator", "projects", "secrets_meta")
+    for p in (ROOT / top).rglob("*.py")
+    if "migrations" not in p.parts
+]
 
 
 def _imports(path: Path) -> set[str]:

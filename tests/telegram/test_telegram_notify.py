@@ -1,5 +1,6 @@
 """What people are told, and how it reaches them: OutboundMessage rows delivered through the real
 pyTelegramBotAPI against the loopback Telegram, by the service directly and by a real Celery worker."""
+
 from __future__ import annotations
 
 import re
@@ -58,15 +59,28 @@ def test_stage_transitions_are_told_and_heartbeats_are_not(ada):
     project, run = services.project_create(owner=ada, description=GREETER)
     told = {
         "run.started": events.event_record(run_id=run.id, type="run.started"),
-        "stage.started": events.event_record(run_id=run.id, type="stage.started", stage="developer",
-                                               payload={"iteration": 2, "attempt": 1}),
-        "run.notified": events.event_record(run_id=run.id, type="run.notified", stage="notify",
-                                              payload={"text": "Greeter is live.\nService running at http://x/"}),
+        "stage.started": events.event_record(
+            run_id=run.id, type="stage.started", stage="developer", payload={"iteration": 2, "attempt": 1}
+        ),
+        "run.notified": events.event_record(
+            run_id=run.id,
+            type="run.notified",
+            stage="notify",
+            payload={"text": "Greeter is live.\nService running at http://x/"},
+        ),
     }
     quiet = [
         events.event_record(run_id=run.id, type=kind, stage="developer", payload={"message": "working"})
-        for kind in ["run.queued", "stage.succeeded", "stage.waiting", "stage.requeued", "agent.progress",
-                     "deploy.live", "run.succeeded", "stage.failed"]
+        for kind in [
+            "run.queued",
+            "stage.succeeded",
+            "stage.waiting",
+            "stage.requeued",
+            "agent.progress",
+            "deploy.live",
+            "run.succeeded",
+            "stage.failed",
+        ]
     ] + [events.event_record(run_id=run.id, type="stage.started", stage="notify")]
 
     texts = {kind: notifications.run_event_notify(event.id).text for kind, event in told.items()}
@@ -92,12 +106,25 @@ def test_telling_an_event_twice_sends_one_message(ada):
 @pytest.mark.django_db
 def test_failed_tests_are_told_with_the_failing_test_names(ada):
     _, run = services.project_create(owner=ada, description=GREETER)
-    StageRun.objects.filter(run=run, stage="tester", iteration=1).update(output={"report": {
-        "passed": 3, "failed": 2, "errors": 0,
-        "failing": [{"name": "tests.test_app::test_greet", "message": "assert 'Hi' == 'Hello'"},
-                    {"name": "tests.test_app::test_health", "message": "500"}]}})
-    event = events.event_record(run_id=run.id, type="tests.failed", stage="tester",
-                                  payload={"iteration": 1, "next_iteration": 2, "message": "2 failed"})
+    StageRun.objects.filter(run=run, stage="tester", iteration=1).update(
+        output={
+            "report": {
+                "passed": 3,
+                "failed": 2,
+                "errors": 0,
+                "failing": [
+                    {"name": "tests.test_app::test_greet", "message": "assert 'Hi' == 'Hello'"},
+                    {"name": "tests.test_app::test_health", "message": "500"},
+                ],
+            }
+        }
+    )
+    event = events.event_record(
+        run_id=run.id,
+        type="tests.failed",
+        stage="tester",
+        payload={"iteration": 1, "next_iteration": 2, "message": "2 failed"},
+    )
 
     text = notifications.run_event_notify(event.id).text
 
@@ -108,8 +135,9 @@ def test_failed_tests_are_told_with_the_failing_test_names(ada):
 @pytest.mark.django_db
 def test_an_agents_question_is_quoted_and_escaped(ada):
     _, run = services.project_create(owner=ada, description=GREETER)
-    event = events.event_record(run_id=run.id, type="agent.question", stage="developer",
-                                  payload={"question": "Use <flask> or & django?"})
+    event = events.event_record(
+        run_id=run.id, type="agent.question", stage="developer", payload={"question": "Use <flask> or & django?"}
+    )
 
     message = notifications.run_event_notify(event.id)
 
@@ -124,8 +152,12 @@ def test_failed_tests_that_wait_for_a_person_are_told_once_by_the_question(ada):
     StageRun.objects.filter(id=tester.id).update(status="running", attempt=1)  # the Tester is at work
 
     runs.stage_loop_back(stage_run_id=tester.id, attempt=1, output={}, message="2 failed", announce=False)
-    agent_services.escalation_raise(run_id=run.id, stage="developer", reason="tests_failing",
-                                    question="The tests still fail after 1 tries. Reply with guidance, or /cancel.")
+    agent_services.escalation_raise(
+        run_id=run.id,
+        stage="developer",
+        reason="tests_failing",
+        question="The tests still fail after 1 tries. Reply with guidance, or /cancel.",
+    )
     told = [notifications.run_event_notify(e.id) for e in RunEvent.objects.filter(run=run)]
 
     event = RunEvent.objects.get(run=run, type="tests.failed")
@@ -136,8 +168,7 @@ def test_failed_tests_that_wait_for_a_person_are_told_once_by_the_question(ada):
 
 
 @pytest.mark.django_db
-def test_an_event_costs_one_query_when_the_owner_has_no_telegram_account(other_user, ada,
-                                                                       django_assert_num_queries):
+def test_an_event_costs_one_query_when_the_owner_has_no_telegram_account(other_user, ada, django_assert_num_queries):
     _, theirs = services.project_create(owner=other_user, description=GREETER)
     _, mine = services.project_create(owner=ada, description=GREETER)
     TelegramAccount.objects.filter(user=ada).update(blocked_at=timezone.now())
@@ -160,11 +191,16 @@ def test_a_run_the_architect_cannot_plan_ends_with_one_short_message_for_the_per
     run.refresh_from_db()
     assert run.status == "failed" and "LLM" in run.error_message  # the record keeps the operator's hint
     texts = list(OutboundMessage.objects.filter(run=run).order_by("id").values_list("text", flat=True))
-    assert [t.split(":")[0] for t in texts[:2]] == [f"Run #{run.id} started", f"Project #{run.project_id} · run #{run.id}"]
+    assert [t.split(":")[0] for t in texts[:2]] == [
+        f"Run #{run.id} started",
+        f"Project #{run.project_id} · run #{run.id}",
+    ]
     assert len(texts) == 3, texts  # started, planning, and the one message about the failure
     final = texts[-1]
-    assert final.startswith(f"Project #{run.project_id} · run #{run.id}: I could not plan this. "
-                            'The scripted architect did not understand: "zork0", "zork1"')
+    assert final.startswith(
+        f"Project #{run.project_id} · run #{run.id}: I could not plan this. "
+        'The scripted architect did not understand: "zork0", "zork1"'
+    )
     assert final.endswith("\nSend /examples to see what I can build, then describe it again.")
     assert len(final) < 500 and re.search(r'"zork\d+"…\n', final)  # shortened between words
     for text in texts:
@@ -176,14 +212,18 @@ def test_a_run_the_architect_cannot_plan_ends_with_one_short_message_for_the_per
 def test_a_run_failing_for_reasons_of_the_installation_tells_the_person_it_is_not_their_fault(ada):
     _, run = services.project_create(owner=ada, description=GREETER)
     runs.stage_claim(run_id=run.id, stage="architect", task_id="t-1")
-    runs.run_fail(run_id=run.id, code="agent_not_configured",
-                  message="The OpenAI-compatible backend needs LLM_BASE_URL (set it in admin, Agent configs).")
+    runs.run_fail(
+        run_id=run.id,
+        code="agent_not_configured",
+        message="The OpenAI-compatible backend needs LLM_BASE_URL (set it in admin, Agent configs).",
+    )
     event = events.event_record(run_id=run.id, type="run.notified", stage="notify", payload={"text": "technical"})
 
     text = notifications.run_event_notify(event.id).text
 
-    assert text == (f"Project #{run.project_id} · run #{run.id} stopped while planning the service. "
-                    f"{notifications.OUR_SIDE}")
+    assert text == (
+        f"Project #{run.project_id} · run #{run.id} stopped while planning the service. {notifications.OUR_SIDE}"
+    )
 
 
 # --- delivery, by the service ------------------------------------------------------------------
@@ -331,8 +371,9 @@ def test_a_message_being_sent_is_not_sent_again_by_a_second_task_or_the_sweep(te
     claimed(message)
 
     outcome = delivery.message_send(message_id=message.id)
-    swept = notifications.messages_requeue_stale(older_than_seconds=0,
-                                                 sending_stale_seconds=delivery.SENDING_STALE_SECONDS)
+    swept = notifications.messages_requeue_stale(
+        older_than_seconds=0, sending_stale_seconds=delivery.SENDING_STALE_SECONDS
+    )
 
     assert outcome.status == "sending" and 0 < outcome.retry_in <= delivery.IN_FLIGHT_WAIT_SECONDS
     assert swept == [] and telegram.calls_of("sendMessage") == []
@@ -343,8 +384,9 @@ def test_a_claim_older_than_any_live_attempt_is_taken_over_and_sent_once_more(te
     message = tell(ada, "first")
     claimed(message, seconds_ago=delivery.SENDING_STALE_SECONDS + 1)
 
-    swept = notifications.messages_requeue_stale(older_than_seconds=3600,
-                                                 sending_stale_seconds=delivery.SENDING_STALE_SECONDS)
+    swept = notifications.messages_requeue_stale(
+        older_than_seconds=3600, sending_stale_seconds=delivery.SENDING_STALE_SECONDS
+    )
     with capture_logs() as logs:
         outcome = delivery.message_send(message_id=message.id)
 
@@ -399,8 +441,9 @@ def test_a_429_on_an_older_message_holds_the_chat_and_no_message_overtakes_it(te
 def test_a_reply_to_the_question_message_answers_the_escalation(client, telegram, ada, ada_tg):
     _, run = services.project_create(owner=ada, description=GREETER)
     runs.stage_claim(run_id=run.id, stage="architect", task_id="t-1")
-    escalation = agent_services.escalation_raise(run_id=run.id, stage="developer", reason="agent_blocked",
-                                                 question="Which greeting: <Hello> or Hi?")
+    escalation = agent_services.escalation_raise(
+        run_id=run.id, stage="developer", reason="agent_blocked", question="Which greeting: <Hello> or Hi?"
+    )
     event = RunEvent.objects.get(run=run, type="escalation.raised")
     message = notifications.run_event_notify(event.id)
     assert message.escalation_id == escalation.id and message.html
@@ -411,7 +454,9 @@ def test_a_reply_to_the_question_message_answers_the_escalation(client, telegram
     message.refresh_from_db()
     assert message.telegram_message_id == question.message_id
 
-    post_update(client, telegram.make_update(from_user=ada_tg, text="Say Hello", reply_to_message_id=question.message_id))
+    post_update(
+        client, telegram.make_update(from_user=ada_tg, text="Say Hello", reply_to_message_id=question.message_id)
+    )
 
     escalation.refresh_from_db()
     assert (escalation.status, escalation.action, escalation.answer) == ("answered", "guidance", "Say Hello")
@@ -423,8 +468,9 @@ def test_a_reply_to_the_question_message_answers_the_escalation(client, telegram
 def test_budget_command_raises_the_budget_of_the_waiting_run(client, telegram, ada, ada_tg):
     _, run = services.project_create(owner=ada, description=GREETER)
     runs.stage_claim(run_id=run.id, stage="architect", task_id="t-1")
-    escalation = agent_services.escalation_raise(run_id=run.id, stage="developer", reason="budget",
-                                                 question="The run budget is spent.")
+    escalation = agent_services.escalation_raise(
+        run_id=run.id, stage="developer", reason="budget", question="The run budget is spent."
+    )
 
     post_update(client, telegram.make_update(from_user=ada_tg, text="/budget $2.50"))
     post_update(client, telegram.make_update(from_user=ada_tg, text="/budget lots"))
@@ -508,8 +554,7 @@ def test_a_lost_send_task_does_not_hold_back_later_messages_to_the_chat(ada, cel
 
 
 @pytest.mark.e2e
-def test_a_worker_killed_after_telegram_accepted_leaves_exactly_the_documented_duplicate(ada, celery_procs,
-                                                                                          telegram):
+def test_a_worker_killed_after_telegram_accepted_leaves_exactly_the_documented_duplicate(ada, celery_procs, telegram):
     """Killed between Telegram accepting a message and recording it: no task, no sweep and no
     later message sends it again while any attempt could still be alive; once its claim is older
     than any attempt can live, it is sent once more (the Bot API has no idempotency key)."""
@@ -523,14 +568,18 @@ def test_a_worker_killed_after_telegram_accepted_leaves_exactly_the_documented_d
     second = tell(ada, "second")
     celery_procs.worker(**telegram.worker_env())
     wait_status(second, "sent", 30, celery_procs)  # after a short wait behind "first", not held by it
-    assert notifications.messages_requeue_stale(older_than_seconds=0,
-                                                sending_stale_seconds=delivery.SENDING_STALE_SECONDS) == []
+    assert (
+        notifications.messages_requeue_stale(older_than_seconds=0, sending_stale_seconds=delivery.SENDING_STALE_SECONDS)
+        == []
+    )
     assert telegram.texts_to(ADA_TG) == ["first", "second"] and status_of(first) == "sending"
 
     OutboundMessage.objects.filter(id=first.id).update(  # as if its claim were past any time limit
-        claimed_at=timezone.now() - timedelta(seconds=delivery.SENDING_STALE_SECONDS + 1))
-    assert notifications.messages_requeue_stale(older_than_seconds=3600,
-                                                sending_stale_seconds=delivery.SENDING_STALE_SECONDS) == [first.id]
+        claimed_at=timezone.now() - timedelta(seconds=delivery.SENDING_STALE_SECONDS + 1)
+    )
+    assert notifications.messages_requeue_stale(
+        older_than_seconds=3600, sending_stale_seconds=delivery.SENDING_STALE_SECONDS
+    ) == [first.id]
     wait_status(first, "sent", 30, celery_procs)
     assert telegram.texts_to(ADA_TG) == ["first", "second", "first"]
     first.refresh_from_db()

@@ -4,6 +4,7 @@ Starts a real Celery worker and beat, creates a person and a project, shows ever
 happens, and ends with the URL of the running service. ``--exit`` stops everything once the
 service has passed its checks; without it the service runs until Ctrl-C.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,11 +49,45 @@ class Command(BaseCommand):
         api_url = self.api_url = f"http://127.0.0.1:{_free_port()}"
         env = {**os.environ, "FACTORY_API_URL": api_url}
         procs = [
-            self._spawn("web", [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", api_url[7:],
-                                "--workers", "2", "--worker-class", "gthread", "--threads", "8"], logs, env),
-            self._spawn("worker", [*CELERY, "worker", "-Q", "pipeline,agents,maintenance,notify", "--concurrency=2",
-                                   "-n", f"demo-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--loglevel=INFO"], logs, env),
-            self._spawn("beat", [*CELERY, "beat", f"--schedule={logs / 'beat-schedule'}", "--loglevel=INFO"], logs, env),
+            self._spawn(
+                "web",
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "config.wsgi",
+                    "--bind",
+                    api_url[7:],
+                    "--workers",
+                    "2",
+                    "--worker-class",
+                    "gthread",
+                    "--threads",
+                    "8",
+                ],
+                logs,
+                env,
+            ),
+            self._spawn(
+                "worker",
+                [
+                    *CELERY,
+                    "worker",
+                    "-Q",
+                    "pipeline,agents,maintenance,notify",
+                    "--concurrency=2",
+                    "-n",
+                    f"demo-{os.getpid()}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--loglevel=INFO",
+                ],
+                logs,
+                env,
+            ),
+            self._spawn(
+                "beat", [*CELERY, "beat", f"--schedule={logs / 'beat-schedule'}", "--loglevel=INFO"], logs, env
+            ),
         ]
         project = None
         try:
@@ -85,8 +120,13 @@ class Command(BaseCommand):
     def _spawn(self, name: str, argv: list[str], logs: Path, env: dict[str, str]) -> subprocess.Popen:
         with open(logs / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                cwd=settings.BASE_DIR, env=env,
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=settings.BASE_DIR,
+                env=env,
             )
         proc.name = name  # type: ignore[attr-defined]
         return proc
@@ -122,8 +162,9 @@ class Command(BaseCommand):
 
     def _ask(self, escalation_id: int) -> None:
         """The run waits for a person: on a terminal, ask here; otherwise say where to answer."""
-        self.stdout.write(f"  The run waits for an answer: in admin at {self.api_url}/admin/agents/escalation/"
-                          f"{escalation_id}/change/")
+        self.stdout.write(
+            f"  The run waits for an answer: in admin at {self.api_url}/admin/agents/escalation/{escalation_id}/change/"
+        )
         if not sys.stdin.isatty():
             return
         reply = input("  Your answer (or /cancel): ").strip()

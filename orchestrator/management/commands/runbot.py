@@ -1,4 +1,5 @@
 """``manage.py runbot``: the Telegram bot by long polling, with the same handlers as the webhook."""
+
 from __future__ import annotations
 
 import time
@@ -19,13 +20,20 @@ class Command(BaseCommand):
     help = "Run the Telegram bot by long polling (getUpdates)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--once", action="store_true",
-                            help="poll once, handle what came, confirm it, and exit (for tests and cron)")
+        parser.add_argument(
+            "--once", action="store_true", help="poll once, handle what came, confirm it, and exit (for tests and cron)"
+        )
         parser.add_argument("--timeout", type=int, default=25, help="long-polling timeout in seconds")
-        parser.add_argument("--delete-webhook", action="store_true",
-                            help="delete a webhook first (Telegram refuses getUpdates while one is set)")
-        parser.add_argument("--set-webhook", metavar="URL",
-                            help="register URL (…/telegram/webhook/) as the webhook, with the secret, and exit")
+        parser.add_argument(
+            "--delete-webhook",
+            action="store_true",
+            help="delete a webhook first (Telegram refuses getUpdates while one is set)",
+        )
+        parser.add_argument(
+            "--set-webhook",
+            metavar="URL",
+            help="register URL (…/telegram/webhook/) as the webhook, with the secret, and exit",
+        )
 
     def handle(self, *args, once: bool, timeout: int, delete_webhook: bool, set_webhook: str | None, **options):
         try:
@@ -69,4 +77,3 @@ class Command(BaseCommand):
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
             except AppError as exc:
                 raise CommandError(exc.message) from exc
-
