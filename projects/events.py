@@ -107,7 +107,8 @@ def event_record(*, run_id: int, type: str, stage: str = "", payload: dict[str, 
             created_at=event.created_at.isoformat(),
         )
     )
-    transaction.on_commit(lambda: notifications.run_event_notify(event.id), robust=True)
+    if type in notifications.TOLD:  # the others are never news to a person: not even a query
+        transaction.on_commit(lambda: notifications.run_event_notify(event.id), robust=True)
     return event
 
 

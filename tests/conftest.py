@@ -63,6 +63,22 @@ def api(user) -> APIClient:
     return client_for(user)
 
 
+LLM_API_KEY = "llm-test-key-not-real-456"
+
+
+@pytest.fixture
+def llm(settings):
+    """A loopback chat-completions server the openai_compatible backend talks to."""
+    from tests.fakes.llm_server import FakeLLMServer
+
+    server = FakeLLMServer().start()
+    settings.LLM_BASE_URL = server.base_url
+    settings.LLM_API_KEY = LLM_API_KEY
+    settings.LLM_MODEL = "fake-model"
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def new_run(transactional_db, user):
     """Make runs from descriptions (for stages driven in this process); tear their projects down."""

@@ -22,9 +22,9 @@ from agents.backends.openai_compatible import TOOLS, OpenAICompatibleBackend
 from agents.models import AgentConfig
 from config.errors import PermanentError, TransientError
 from projects.specs import Feature, ProjectSpec
-from tests.fakes.llm_server import FakeLLMServer, Reply, completion, error, tool_call
+from tests.conftest import LLM_API_KEY as API_KEY
+from tests.fakes.llm_server import Reply, completion, error, tool_call
 
-API_KEY = "llm-test-key-not-real-456"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Agent",
     "GIT_AUTHOR_EMAIL": "agent@example.invalid",
@@ -81,16 +81,6 @@ def worker(tmp_path: Path) -> Worker:
     sh(repo, "git", "remote", "add", "origin", str(remote))
     sh(repo, "git", "push", "--quiet", "origin", "HEAD:refs/heads/run-1")
     return Worker(repo=repo, remote=remote, commands=[])
-
-
-@pytest.fixture
-def llm(settings):
-    server = FakeLLMServer().start()
-    settings.LLM_BASE_URL = server.base_url
-    settings.LLM_API_KEY = API_KEY
-    settings.LLM_MODEL = "fake-model"
-    yield server
-    server.stop()
 
 
 def make_task(worker: Worker, **overrides) -> DevelopTask:

@@ -26,7 +26,7 @@ from projects import runs, services
 from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
 from projects.runs import ClaimState
 from projects.specs import ProjectSpec
-from tests.fakes.llm_server import FakeLLMServer, completion, error
+from tests.fakes.llm_server import completion, error
 from tests.orchestrator.test_stages_idempotent import drive
 
 SPEC = {
@@ -37,16 +37,6 @@ SPEC = {
     "features": [{"name": "greet", "summary": "GET /greet?name=Ada"}],
     "acceptance": [{"name": "greet", "path": "/greet?name=Ada", "expect_contains": "Ada"}],
 }
-
-
-@pytest.fixture
-def llm(settings):
-    server = FakeLLMServer().start()
-    settings.LLM_BASE_URL = server.base_url
-    settings.LLM_API_KEY = "llm-test-key-not-real"
-    settings.LLM_MODEL = "fake-model"
-    yield server
-    server.stop()
 
 
 # --- workers of finished runs and fairness ----------------------------------------------
