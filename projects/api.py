@@ -148,7 +148,7 @@ class ProjectSerializer(serializers.ModelSerializer):
 # The serializers above document these responses (drf-spectacular reads them) and render the
 # event stream; the list and detail responses are built here from the selectors' dicts, which
 # renders the same JSON for a fraction of the cost (no model instances, no field objects per
-# row). tests/projects/test_api_cost.py holds the two to the same output.
+# row). tests/projects/test_api_cost.py compares a row's latest run with RunSummarySerializer's.
 _SIX_PLACES = Decimal("0.000001")
 
 
@@ -332,6 +332,11 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
 
     def get_serializer_class(self):
         return RunDetailSerializer if self.action == "retrieve" else RunSummarySerializer
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        page = self.paginate_queryset(selectors.run_summaries_visible_to(request.user))
+        tz = timezone.get_current_timezone()
+        return self.get_paginated_response([_run_summary(row, tz) for row in page])
 
     def retrieve(self, request: Request, *args, **kwargs) -> Response:
         try:

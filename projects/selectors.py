@@ -138,6 +138,11 @@ def run_summary_rows(run_ids) -> dict[int, dict]:
     return {row["id"]: row for row in PipelineRun.objects.filter(id__in=ids).order_by().values(*RUN_SUMMARY_FIELDS)}
 
 
+def run_summaries_visible_to(user) -> QuerySet[dict]:
+    """Visible runs as dicts of RUN_SUMMARY_FIELDS, newest first."""
+    return runs_visible_to(user).select_related(None).values(*RUN_SUMMARY_FIELDS)
+
+
 def run_detail_rows(user, run_id) -> tuple[dict, list[dict], list[dict]] | None:
     """A visible run as a dict of RUN_SUMMARY_FIELDS, its stages (STAGE_FIELDS and
     ``usage_cost_usd``, the sum of its usage) and its events (EVENT_FIELDS): three queries, or
