@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
+from decimal import Decimal
 from functools import cached_property
 
 import redis
 import structlog
 from django.conf import settings
-from django.http import StreamingHttpResponse
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -140,6 +144,116 @@ class ProjectSerializer(serializers.ModelSerializer):
         return obj.live_deployments[0].url if obj.live_deployments else None
 
 
+# --- the read-only responses, rendered from plain rows ----------------------------------------
+# The serializers above document these responses (drf-spectacular reads them) and render the
+# event stream; the list and detail responses are built here from the selectors' dicts, which
+# renders the same JSON for a fraction of the cost (no model instances, no field objects per
+# row). tests/projects/test_api_cost.py compares a row's latest run with RunSummarySerializer's.
+_SIX_PLACES = Decimal("0.000001")
+
+
+def _when(value: datetime | None, tz) -> str | None:
+    """As DRF's DateTimeField renders it: ISO 8601 in the current time zone, UTC as ``Z``."""
+    if value is None:
+        return None
+    text = value.astimezone(tz).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _money(value) -> str:
+    """As DRF's DecimalField(decimal_places=6) renders it: a string with six places."""
+    return format(Decimal(value).quantize(_SIX_PLACES), "f")
+
+
+def _run_summary(row: dict, tz) -> dict:
+    return {
+        "id": row["id"],
+        "project": row["project_id"],
+        "kind": row["kind"],
+        "status": row["status"],
+        "current_stage": row["current_stage"],
+        "iteration": row["iteration"],
+        "max_iterations": row["max_iterations"],
+        "cost_usd": _money(row["cost_usd"]),
+        "error_code": row["error_code"],
+        "error_message": row["error_message"],
+        "result_message": row["result_message"],
+        "created_at": _when(row["created_at"], tz),
+        "started_at": _when(row["started_at"], tz),
+        "finished_at": _when(row["finished_at"], tz),
+    }
+
+
+def render_projects(rows: list[dict]) -> list[dict]:
+    """Rows of ``selectors.project_rows`` as ProjectSerializer renders them (one more query, for
+    the page's latest runs)."""
+    tz = timezone.get_current_timezone()
+    runs = selectors.run_summary_rows(row["latest_run_id"] for row in rows)
+    out = []
+    for row in rows:
+        run = runs.get(row["latest_run_id"])
+        out.append(
+            {
+                "id": row["id"],
+                "name": row["name"],
+                "slug": row["slug"],
+                "kind": row["kind"],
+                "description": row["description"],
+                "spec": row["spec"],
+                "created_at": _when(row["created_at"], tz),
+                "latest_run": _run_summary(run, tz) if run is not None else None,
+                "live_url": row["live_url"],
+                "cost_usd": _money(row["total_cost_usd"]),
+            }
+        )
+    return out
+
+
+def render_run_detail(run: dict, stages: list[dict], events: list[dict]) -> dict:
+    """``selectors.run_detail_rows`` as RunDetailSerializer renders it."""
+    tz = timezone.get_current_timezone()
+    data = _run_summary(run, tz)
+    started, finished = run["started_at"], run["finished_at"]
+    data["duration_seconds"] = (finished - started).total_seconds() if started and finished else None
+    data["stages"] = [
+        {
+            "id": s["id"],
+            "stage": s["stage"],
+            "iteration": s["iteration"],
+            "status": s["status"],
+            "attempt": s["attempt"],
+            "started_at": _when(s["started_at"], tz),
+            "finished_at": _when(s["finished_at"], tz),
+            "duration_seconds": (s["finished_at"] - s["started_at"]).total_seconds()
+            if s["started_at"] and s["finished_at"]
+            else None,
+            "error": s["error"],
+            "output": s["output"],
+            "cost_usd": str(s["usage_cost_usd"]),
+        }
+        for s in stages
+    ]
+    data["events"] = [
+        {
+            "id": e["id"],
+            "type": e["type"],
+            "stage": e["stage"],
+            "payload": e["payload"],
+            "created_at": _when(e["created_at"], tz),
+        }
+        for e in events
+    ]
+    return data
+
+
+def _rows_for_pk(queryset, pk) -> list:
+    """The rows whose id is ``pk`` (any text from the URL), as DRF's get_object_or_404 finds them."""
+    try:
+        return list(queryset.filter(id=pk))
+    except (TypeError, ValueError, DjangoValidationError):
+        return []
+
+
 @extend_schema_field(
     {
         "type": "string",
@@ -180,7 +294,17 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     serializer_class = ProjectSerializer
 
     def get_queryset(self):
-        return selectors.project_list_queryset(self.request.user)
+        return selectors.project_rows(self.request.user)
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(render_projects(page))
+
+    def retrieve(self, request: Request, *args, **kwargs) -> Response:
+        rows = _rows_for_pk(self.get_queryset(), kwargs["pk"])
+        if not rows:
+            raise Http404
+        return Response(render_projects(rows)[0])
 
     @extend_schema(
         request=ProjectCreateSerializer,
@@ -194,7 +318,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         body = ProjectCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         project, run = services.project_create(owner=request.user, description=body.validated_data["description"])
-        data = ProjectSerializer(self.get_queryset().get(id=project.id)).data
+        data = render_projects(list(self.get_queryset().filter(id=project.id)))[0]
         data["run_id"] = run.id
         return Response(data, status=status.HTTP_201_CREATED)
 
@@ -208,6 +332,20 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
 
     def get_serializer_class(self):
         return RunDetailSerializer if self.action == "retrieve" else RunSummarySerializer
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        page = self.paginate_queryset(selectors.run_summaries_visible_to(request.user))
+        tz = timezone.get_current_timezone()
+        return self.get_paginated_response([_run_summary(row, tz) for row in page])
+
+    def retrieve(self, request: Request, *args, **kwargs) -> Response:
+        try:
+            found = selectors.run_detail_rows(request.user, kwargs["pk"])
+        except (TypeError, ValueError, DjangoValidationError):
+            found = None
+        if found is None:
+            raise Http404
+        return Response(render_run_detail(*found))
 
 
 class EventStreamRenderer(BaseRenderer):
