@@ -71,22 +71,8 @@ class RunEventSerializer(serializers.ModelSerializer):
 class RunSummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = PipelineRun
-        fields = [
-            "id",
-            "project",
-            "kind",
-            "status",
-            "current_stage",
-            "iteration",
-            "max_iterations",
-            "cost_usd",
-            "error_code",
-            "error_message",
-            "result_message",
-            "created_at",
-            "started_at",
-            "finished_at",
-        ]
+        # The fields the plain-row rendering reads (the serializer documents them in the schema).
+        fields = ["project" if f == "project_id" else f for f in selectors.RUN_SUMMARY_FIELDS]
 
 
 class RunDetailSerializer(RunSummarySerializer):
