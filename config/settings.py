@@ -304,6 +304,22 @@ TELEGRAM_INVITE_TTL_SECONDS = env_int("TELEGRAM_INVITE_TTL_SECONDS", 7 * 24 * 36
 # One request to the Bot API may take this long (connect and read).
 TELEGRAM_REQUEST_TIMEOUT_SECONDS = env_int("TELEGRAM_REQUEST_TIMEOUT_SECONDS", 10)
 
+# --- Secrets --------------------------------------------------------------------------
+# The vault's Fernet keys, comma-separated, newest first (older ones still decrypt: rotation with
+# `manage.py secrets_rotate`). Required in production; the embedded default keeps a generated key
+# in FACTORY_HOME/secrets.key (mode 0600).
+SECRETS_ENCRYPTION_KEY = env_str("SECRETS_ENCRYPTION_KEY", "" if not env_bool("PRODUCTION") else None)
+SECRETS_KEY_FILE = env_path("SECRETS_KEY_FILE", FACTORY_HOME / "secrets.key")
+# Where project secrets are kept: `vault` (encrypted in the database).
+SECRET_STORE = env_str("SECRET_STORE", "vault")
+
+# --- Bots -----------------------------------------------------------------------------
+# The Bot API a generated bot's release talks to (a base URL, or a format with {0} token, {1}
+# method); default: the factory's own TELEGRAM_API_URL.
+BOTS_API_URL = env_str("BOTS_API_URL", TELEGRAM_API_URL)
+# A bot release must report a successful getUpdates within this many seconds of starting.
+BOT_POLL_TIMEOUT = env_float("BOT_POLL_TIMEOUT", 20.0)
+
 # --- Logging --------------------------------------------------------------------------
 LOG_JSON = env_bool("LOG_JSON", False)
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

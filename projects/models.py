@@ -20,6 +20,8 @@ class Project(models.Model):
     kind = models.CharField(max_length=30, choices=Kind.choices, blank=True)
     spec = models.JSONField(null=True, blank=True)
     repo_url = models.CharField(max_length=500, blank=True)
+    # A bot project: run as the person's own bot (they give its token) instead of one from the pool.
+    own_bot = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,9 +1,11 @@
-"""Secret metadata only: names, kinds and whether they are filled. Values live in a store."""
+"""Secret metadata and the bot pool's token metadata. Values live only in a store
+(`secrets_meta.stores`): the vault keeps them encrypted in `SecretValue`, nothing else holds them."""
 
 from __future__ import annotations
 
 from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models import Q
 
 secret_key_validator = RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "A secret name is upper case letters, digits and _.")
 
@@ -23,6 +25,7 @@ class SecretMeta(models.Model):
     synced_at = models.DateTimeField(null=True, blank=True)
     created_by = models.CharField(max_length=60)
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "key"], name="secretmeta_unique_key")]
@@ -32,15 +35,86 @@ class SecretMeta(models.Model):
 
 
 class SecretAudit(models.Model):
-    """Every change to a secret, without its value."""
+    """Every change to a secret or a bot token, without its value."""
 
-    secret = models.ForeignKey(SecretMeta, on_delete=models.CASCADE, related_name="audit")
+    secret = models.ForeignKey(SecretMeta, on_delete=models.CASCADE, related_name="audit", null=True, blank=True)
+    bot_token = models.ForeignKey("BotToken", on_delete=models.CASCADE, related_name="audit", null=True, blank=True)
     action = models.CharField(max_length=30)
     actor = models.CharField(max_length=60)
+    detail = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"{self.action} {self.secret.key} by {self.actor}"
+        what = self.secret.key if self.secret_id else f"bot token #{self.bot_token_id}"
+        return f"{self.action} {what} by {self.actor}"
+
+
+class SecretValue(models.Model):
+    """The vault store's ciphertext (Fernet). `scope` names the owner (`project:<id>`, `bots`),
+    `name` the secret within it. Only `secrets_meta.stores.VaultStore` reads or writes it."""
+
+    scope = models.CharField(max_length=100)
+    name = models.CharField(max_length=100)
+    ciphertext = models.TextField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "name"], name="secretvalue_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.scope}/{self.name}"
+
+
+class BotToken(models.Model):
+    """A Telegram bot the factory may run a project as: metadata only, the token in the store
+    (scope `bots`, name `str(bot_id)`). Pool bots start `free`; a person's own bot is added
+    `assigned` to their project (`source=user`)."""
+
+    class Status(models.TextChoices):
+        FREE = "free", "Free"
+        ASSIGNED = "assigned", "Assigned"
+        INVALID = "invalid", "Invalid"
+        RETIRED = "retired", "Retired"
+
+    class Source(models.TextChoices):
+        POOL = "pool", "The factory's pool"
+        USER = "user", "The person's own bot"
+
+    bot_id = models.BigIntegerField(unique=True)
+    username = models.CharField(max_length=64)
+    first_name = models.CharField(max_length=128, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.FREE)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.POOL)
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.SET_NULL, null=True, blank=True, related_name="bot_tokens"
+    )
+    token_length = models.PositiveIntegerField(default=0)
+    last_validated_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    assigned_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.CharField(max_length=60)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # A project runs as one bot at a time; a bot serves one project at a time.
+            models.UniqueConstraint(
+                fields=["project"], condition=Q(status="assigned"), name="bottoken_one_per_project"
+            ),
+            models.CheckConstraint(
+                condition=Q(status="assigned", project__isnull=False) | ~Q(status="assigned"),
+                name="bottoken_assigned_has_project",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"@{self.username} ({self.status})"
+
+    @property
+    def store_name(self) -> str:
+        return str(self.bot_id)

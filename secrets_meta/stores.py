@@ -1,0 +1,133 @@
+"""Secret stores: where secret values live. One protocol, chosen by name, so a second store
+(GitHub Actions secrets: write-only) can be added without touching callers.
+
+A value is addressed by a `scope` (its owner: `project:<id>`, `bots`) and a `name`. Values are
+never logged, never put in an exception message, and never leave this module except as the
+return value of `get` (to the Deployer, to build a release's environment in memory).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from secrets_meta.models import SecretValue
+
+log = structlog.get_logger(__name__)
+
+
+class SecretStoreError(Exception):
+    """A store could not do what was asked (the message names the secret, never its value)."""
+
+
+class SecretStore(Protocol):
+    name: str
+    # Whether values can be read back (the vault: yes; GitHub Actions secrets: write-only).
+    readable: bool
+
+    def put(self, scope: str, name: str, value: str) -> None: ...
+
+    def get(self, scope: str, name: str) -> str | None: ...
+
+    def delete(self, scope: str, name: str) -> None: ...
+
+    def names(self, scope: str) -> list[str]: ...
+
+
+def project_scope(project_id: int) -> str:
+    return f"project:{project_id}"
+
+
+BOTS_SCOPE = "bots"
+
+
+_key_lock = threading.Lock()
+
+
+def _keys() -> list[bytes]:
+    """The vault's keys, newest first: from SECRETS_ENCRYPTION_KEY, or (embedded default) a key
+    file created once in FACTORY_HOME with mode 0600."""
+    if settings.SECRETS_ENCRYPTION_KEY:
+        keys = [k.strip().encode() for k in settings.SECRETS_ENCRYPTION_KEY.split(",") if k.strip()]
+    else:
+        path = Path(settings.SECRETS_KEY_FILE)
+        with _key_lock:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(Fernet.generate_key() + b"\n")
+                log.warning("secrets_key_file_created", path=path.name, hint="set SECRETS_ENCRYPTION_KEY in production")
+            keys = [k.strip() for k in path.read_bytes().split(b"\n") if k.strip()]
+    try:
+        for key in keys:
+            Fernet(key)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            "SECRETS_ENCRYPTION_KEY must be Fernet keys (32 url-safe base64 bytes), comma-separated."
+        ) from exc
+    if not keys:
+        raise ImproperlyConfigured("SECRETS_ENCRYPTION_KEY holds no key.")
+    return keys
+
+
+class VaultStore:
+    """Values encrypted at rest with Fernet (MultiFernet: the first key encrypts, every key
+    decrypts), kept in the database as `SecretValue` rows."""
+
+    name = "vault"
+    readable = True
+
+    def __init__(self, keys: list[bytes] | None = None) -> None:
+        self._fernet = MultiFernet([Fernet(k) for k in (keys or _keys())])
+
+    def put(self, scope: str, name: str, value: str) -> None:
+        token = self._fernet.encrypt(value.encode()).decode()
+        SecretValue.objects.update_or_create(scope=scope, name=name, defaults={"ciphertext": token})
+
+    def get(self, scope: str, name: str) -> str | None:
+        row = SecretValue.objects.filter(scope=scope, name=name).only("ciphertext").first()
+        if row is None:
+            return None
+        try:
+            return self._fernet.decrypt(row.ciphertext.encode()).decode()
+        except InvalidToken as exc:
+            raise SecretStoreError(
+                f"The secret {name} of {scope} cannot be decrypted with the configured keys "
+                "(was SECRETS_ENCRYPTION_KEY changed without keeping the old key?)."
+            ) from exc
+
+    def delete(self, scope: str, name: str) -> None:
+        SecretValue.objects.filter(scope=scope, name=name).delete()
+
+    def names(self, scope: str) -> list[str]:
+        return list(SecretValue.objects.filter(scope=scope).order_by("name").values_list("name", flat=True))
+
+    def rotate(self) -> int:
+        """Re-encrypt every value under the newest key; returns how many rows were rewritten."""
+        count = 0
+        for row in SecretValue.objects.only("id", "ciphertext").iterator():
+            fresh = self._fernet.rotate(row.ciphertext.encode()).decode()
+            if fresh != row.ciphertext:
+                SecretValue.objects.filter(id=row.id).update(ciphertext=fresh)
+                count += 1
+        return count
+
+
+_STORES = {"vault": VaultStore}
+
+
+def get_store(name: str | None = None) -> SecretStore:
+    """The store called `name` (default: SECRET_STORE), built on each call (cheap; keys may rotate)."""
+    name = name or settings.SECRET_STORE
+    try:
+        return _STORES[name]()
+    except KeyError:
+        raise ImproperlyConfigured(f"SECRET_STORE {name!r} is not a known store ({', '.join(_STORES)}).") from None
