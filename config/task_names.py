@@ -33,3 +33,6 @@ ESCALATIONS_EXPIRE = "escalations.expire"
 
 NOTIFY_SEND_MESSAGE = "notify.send_message"
 NOTIFY_REQUEUE_STALE = "notify.requeue_stale"
+
+# A secret or a bot token was provided for a project: a run waiting for it may go on.
+SECRETS_PROVIDED = "escalations.secrets_provided"
