@@ -21,6 +21,7 @@ from config.errors import AppError, Conflict, NotFound, ValidationFailed
 from projects import runs
 from projects.events import event_record
 from projects.models import PipelineRun
+from secrets_meta.models import BotToken, SecretMeta
 
 log = structlog.get_logger(__name__)
 State = WorkerSession.State
@@ -346,6 +347,45 @@ def escalation_raise(
     return escalation
 
 
+# Questions answered by values (secrets, a bot token) given through their own channels.
+VALUE_REASONS = (Escalation.Reason.SECRETS_MISSING, Escalation.Reason.BOT_TOKEN)
+
+
+def _values_present(escalation: Escalation, project_id: int) -> bool:
+    if escalation.reason == Escalation.Reason.BOT_TOKEN:
+        return BotToken.objects.filter(project_id=project_id, status=BotToken.Status.ASSIGNED).exists()
+    missing = set((escalation.context.get("output") or {}).get("missing") or [])
+    filled = set(
+        SecretMeta.objects.filter(project_id=project_id, key__in=missing, filled=True).values_list("key", flat=True)
+    )
+    return missing <= filled
+
+
+@transaction.atomic
+def escalation_values_provided(*, project_id: int) -> Escalation | None:
+    """A secret or a bot token arrived for a project: if its run waits for exactly these values
+    and every one is now there, the question is answered and the run resumes. Idempotent."""
+    escalation = (
+        Escalation.objects.select_for_update()
+        .filter(run__project_id=project_id, status=Escalation.Status.OPEN, reason__in=VALUE_REASONS)
+        .first()
+    )
+    if escalation is None or not _values_present(escalation, project_id):
+        return None
+    Escalation.objects.filter(id=escalation.id).update(
+        status=Escalation.Status.ANSWERED, action=Escalation.Action.PROVIDED, answered_at=timezone.now()
+    )
+    event_record(
+        run_id=escalation.run_id,
+        type="escalation.answered",
+        stage=escalation.stage,
+        payload={"escalation_id": escalation.id, "action": Escalation.Action.PROVIDED, "by": "values"},
+    )
+    runs.run_resume(run_id=escalation.run_id)
+    escalation.refresh_from_db()
+    return escalation
+
+
 @transaction.atomic
 def escalation_answer(
     *, escalation_id: int, user, action: str, answer: str = "", budget_increase_usd: Decimal | float | str | None = None
@@ -364,6 +404,13 @@ def escalation_answer(
             f"Unknown answer {action!r}; use one of {', '.join(sorted(ESCALATION_ACTIONS))}.", code="unknown_action"
         )
     answer = (answer or "").strip()
+    if escalation.reason in VALUE_REASONS and action == "guidance":
+        # Never take a secret as guidance text: it would be stored and shown to an agent.
+        raise ValidationFailed(
+            "This question is answered by providing the values themselves (/secret NAME or /token in the "
+            "chat, or the secrets API), not by a text answer.",
+            code="values_required",
+        )
     if action == "guidance" and not answer:
         raise ValidationFailed("Guidance needs some text for the agent.", code="guidance_required")
     increase = None

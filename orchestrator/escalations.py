@@ -27,6 +27,8 @@ ESCALATING = {
     "internal_error": Escalation.Reason.STAGE_ERROR,
     "stage_timeout": Escalation.Reason.STAGE_ERROR,
     "config_inconsistent": Escalation.Reason.STAGE_ERROR,
+    "secrets_missing": Escalation.Reason.SECRETS_MISSING,
+    "bot_token_needed": Escalation.Reason.BOT_TOKEN,
 }
 STAGES = (Stage.DEVELOPER, Stage.TESTER, Stage.DEPLOYER)
 
@@ -50,6 +52,25 @@ def question_for(ctx: StageContext, exc: StageFailed) -> str:
         return (
             f"The {out.get('scope', 'run')} budget is spent (${out.get('spent_usd', 0):.2f} of "
             f"${out.get('budget_usd', 0):.2f}). Reply /budget <dollars> to raise it, or /cancel."
+        )
+    if reason == Escalation.Reason.SECRETS_MISSING:
+        names = ", ".join((exc.output or {}).get("missing", []))
+        return (
+            f"Before it can go live, your project needs these secrets: {names}.\n"
+            "Send each with /secret NAME, then the value in the next message (it is stored encrypted and "
+            f"deleted from this chat), or over the API: PUT /api/projects/{ctx.project.id}/secrets/NAME/. "
+            "The deploy goes on once every one is there; /cancel to stop."
+        )
+    if reason == Escalation.Reason.BOT_TOKEN:
+        why = (
+            "you asked for your own bot"
+            if (exc.output or {}).get("reason") == "own_bot"
+            else "the factory has no free bot right now"
+        )
+        return (
+            f"Your bot needs a Telegram bot token ({why}). Create a bot with @BotFather, then reply to this "
+            "message with its token, or send /token. The message with the token is deleted from this chat "
+            "and the token is stored encrypted; no agent ever sees it. /cancel to stop."
         )
     return f"The {ctx.stage_run.stage} stage failed: {exc.message}\nReply with guidance to try again, or /cancel."
 

@@ -8,6 +8,7 @@ from celery import shared_task
 from celery.exceptions import Ignore
 from django.conf import settings
 
+from agents import services as agent_services
 from config import task_names as names
 from orchestrator import maintenance, pipeline, workers
 from orchestrator.stages import Next
@@ -150,3 +151,9 @@ def requeue_stale_messages() -> int:
             older_than_seconds=settings.OUTBOUND_REQUEUE_SECONDS, sending_stale_seconds=delivery.SENDING_STALE_SECONDS
         )
     )
+
+
+@shared_task(name=names.SECRETS_PROVIDED, acks_late=True, ignore_result=True, soft_time_limit=30, time_limit=60)
+def secrets_provided(project_id: int) -> None:
+    """A secret or a bot token arrived: a run waiting for it goes on (idempotent)."""
+    agent_services.escalation_values_provided(project_id=project_id)

@@ -95,3 +95,14 @@ def deployment_fail(*, deployment_id: int, error: str) -> None:
 
 def deployment_stopped(*, deployment_id: int) -> None:
     Deployment.objects.filter(id=deployment_id).update(status=Deployment.Status.STOPPED, stopped_at=timezone.now())
+
+
+def deployment_rolled_back(*, run_id: int, failed_id: int, restored: list[int], reason: str) -> None:
+    """A new release failed after the previous one was stopped (a bot: one poller per token) and
+    the previous one was started again: say so, the person is told."""
+    event_record(
+        run_id=run_id,
+        type=RunEvent.Type.ROLLED_BACK,
+        stage=Stage.DEPLOYER,
+        payload={"failed": failed_id, "restored": restored, "reason": reason[:500]},
+    )

@@ -157,6 +157,7 @@ class RunEvent(models.Model):
         AGENT_QUESTION = "agent.question", "Agent question"
         TESTS_FAILED = "tests.failed", "Tests failed"
         DEPLOYED = "deploy.live", "Deployed"
+        ROLLED_BACK = "deploy.rolled_back", "The previous release was started again"
         RUN_SUCCEEDED = "run.succeeded", "Run succeeded"
         RUN_FAILED = "run.failed", "Run failed"
         RUN_CANCELLED = "run.cancelled", "Run cancelled"

@@ -213,6 +213,20 @@ def render_event(event: RunEvent) -> tuple[str, bool, int | None] | None:
             # The next iteration waits for the person: the question that follows says so, once.
             return None
         return _tests_failed(event, run, payload), False, None
+    if kind == RunEvent.Type.ROLLED_BACK:
+        if payload.get("restored"):
+            return (
+                f"{_name(run)} · run #{run.id}: the new release failed with the real token, so the "
+                "previous release was started again and serves as before.",
+                False,
+                None,
+            )
+        return (
+            f"{_name(run)} · run #{run.id}: the new release failed with the real token, and the previous "
+            "release could not be started again: the bot is down until a release succeeds.",
+            False,
+            None,
+        )
     if kind == RunEvent.Type.AGENT_QUESTION:
         question = str(payload.get("question") or "").strip()
         if not question:

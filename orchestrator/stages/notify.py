@@ -30,4 +30,7 @@ def render(run: PipelineRun) -> str:
     live = selectors.live_deployment(project_id=project.id)
     if live is None or live.run_id != run.id:
         return f"{name}: run #{run.id} finished, but no release of it is live."
+    if project.kind == "telegram_bot":
+        username = live.url.rstrip("/").rsplit("/", 1)[-1]
+        return f"{name} is live.\nYour bot @{username} is live: say /start to it.\n{live.url}"
     return f"{name} is live.\nService running at {live.url}"
