@@ -292,6 +292,17 @@ DEPLOY_PORT_MIN = env_int("DEPLOY_PORT_MIN", 20000)
 DEPLOY_PORT_MAX = env_int("DEPLOY_PORT_MAX", 20999)
 DEPLOY_HEALTH_TIMEOUT = env_float("DEPLOY_HEALTH_TIMEOUT", 20.0)
 
+# --- Names: Caddy in front of releases ---------------------------------------------------
+# Releases are reachable as http://<slug>.<BASE_DOMAIN>/ through Caddy; empty: loopback ports.
+BASE_DOMAIN = env_str("BASE_DOMAIN", "")
+# Caddy's admin API, and the factory's own HTTP server in Caddy's config.
+CADDY_ADMIN_URL = env_str("CADDY_ADMIN_URL", "http://127.0.0.1:2019")
+CADDY_LISTEN = env_str("CADDY_LISTEN", ":80")
+CADDY_SERVER = env_str("CADDY_SERVER", "factory")
+CADDY_TIMEOUT_SECONDS = env_float("CADDY_TIMEOUT_SECONDS", 5.0)
+# Automatic HTTPS (a real domain with DNS pointing here): URLs given to people are https.
+CADDY_HTTPS = env_bool("CADDY_HTTPS", False)
+
 # --- Telegram -------------------------------------------------------------------------
 # The bot's token (from @BotFather); empty: the factory does not talk to Telegram.
 TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN", "")
