@@ -10,6 +10,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from projects import selectors
 from projects.specs import StartSpecError, read_start_spec
 
@@ -28,8 +30,10 @@ def release_health(*, project_id: int) -> Health | None:
     if live is None:
         return None
     path = _health_path(live.release_dir)
+    # The release's own port, not the URL people get (a name behind Caddy, or a bot's t.me link).
+    internal = f"http://{settings.DEPLOY_HOST}:{live.port}"
     try:
-        with urllib.request.urlopen(live.url.rstrip("/") + path, timeout=PROBE_TIMEOUT_SECONDS) as response:
+        with urllib.request.urlopen(internal + path, timeout=PROBE_TIMEOUT_SECONDS) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         status = exc.code

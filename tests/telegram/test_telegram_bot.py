@@ -18,7 +18,7 @@ from django.utils import timezone
 from structlog.testing import capture_logs
 
 from projects import deployments, people, runs, services
-from projects.models import Invite, PipelineRun, Project, TelegramAccount
+from projects.models import Deployment, Invite, PipelineRun, Project, TelegramAccount
 from tests.fakes.telegram_server import user as tg_user
 from tests.telegram.conftest import ADA_TG, BOB_TG, STRANGER_TG, deliver_outbox, post_update
 
@@ -299,6 +299,8 @@ def test_status_shows_the_run_its_stage_cost_live_url_and_health(client, telegra
     claim = runs.stage_claim(run_id=run.id, stage="architect", task_id="t-1")
     PipelineRun.objects.filter(id=run.id).update(cost_usd="0.42")
     deployment = deployments.deployment_allocate(project_id=project.id, run_id=run.id, commit_sha="c" * 40)
+    # The probe asks the release on its own port (the stand-in's here), not the URL people get.
+    Deployment.objects.filter(id=deployment.id).update(port=int(live_release.rstrip("/").rsplit(":", 1)[1]))
     deployments.deployment_go_live(deployment_id=deployment.id, url=live_release)
     assert claim.state == runs.ClaimState.CLAIMED
 
