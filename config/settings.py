@@ -302,6 +302,8 @@ CADDY_SERVER = env_str("CADDY_SERVER", "factory")
 CADDY_TIMEOUT_SECONDS = env_float("CADDY_TIMEOUT_SECONDS", 5.0)
 # Automatic HTTPS (a real domain with DNS pointing here): URLs given to people are https.
 CADDY_HTTPS = env_bool("CADDY_HTTPS", False)
+# How often beat re-applies the routes (repairs a restarted Caddy within one interval).
+ROUTES_SYNC_INTERVAL_SECONDS = env_float("ROUTES_SYNC_INTERVAL_SECONDS", 30.0)
 
 # --- Telegram -------------------------------------------------------------------------
 # The bot's token (from @BotFather); empty: the factory does not talk to Telegram.

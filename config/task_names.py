@@ -36,3 +36,6 @@ NOTIFY_REQUEUE_STALE = "notify.requeue_stale"
 
 # A secret or a bot token was provided for a project: a run waiting for it may go on.
 SECRETS_PROVIDED = "escalations.secrets_provided"
+
+# Make the proxy's routes match the live releases (a restarted Caddy forgets them).
+ROUTES_SYNC = "maintenance.sync_routes"

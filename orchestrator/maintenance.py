@@ -15,10 +15,10 @@ from agents import services as agent_services
 from agents.models import AgentConfig, WorkerSession
 from config.errors import PermanentError, TransientError
 from orchestrator import workers
-from orchestrator.deploy import local
+from orchestrator.deploy import caddy, local
 from orchestrator.runtime import WorkerGone, get_runtime
-from projects import deployments
-from projects.models import Deployment, PipelineRun
+from projects import deployments, selectors
+from projects.models import Deployment, PipelineRun, Project
 
 log = structlog.get_logger(__name__)
 State = WorkerSession.State
@@ -26,13 +26,33 @@ State = WorkerSession.State
 STARTING_GRACE = timedelta(minutes=5)
 
 
+def routes_sync() -> int:
+    """Make Caddy's routes match the live web releases; how many routes were changed."""
+    router = caddy.get_router()
+    if router is None:
+        return 0
+    desired = [
+        caddy.Route(slug=slug, host=caddy.host_for(slug), upstream=f"{settings.DEPLOY_HOST}:{port}")
+        for slug, port in selectors.live_routes()
+    ]
+    changes = router.sync(desired)
+    if changes["set"] or changes["removed"]:
+        log.info("routes_synced", set=changes["set"], removed=changes["removed"])
+    return len(changes["set"]) + len(changes["removed"])
+
+
 def project_teardown(*, project_id: int) -> int:
-    """Stop every release of a project that holds a port, and terminate its workers."""
+    """Stop every release of a project that holds a port, remove its route, and terminate its
+    workers."""
     stopped = 0
     for deployment in Deployment.objects.filter(project_id=project_id, status__in=Deployment.HOLDS_PORT):
         local.stop(deployment_id=deployment.id, pid=deployment.pid)
         deployments.deployment_stopped(deployment_id=deployment.id)
         stopped += 1
+    router = caddy.get_router()
+    slug = Project.objects.filter(id=project_id).values_list("slug", flat=True).first()
+    if router is not None and slug:
+        router.delete_route(slug)
     workers.sessions_terminate_for_project(project_id=project_id, reason="project torn down")
     log.info("project_torn_down", project_id=project_id, releases=stopped)
     return stopped

@@ -30,4 +30,6 @@ def beat_schedule() -> dict:
         # Terminate expired workers and workers of finished runs, fail sessions whose worker
         # vanished, remove orphan workers.
         "workers-reap": _every(names.WORKERS_REAP, sweep),
+        # Re-apply the routes of live releases to Caddy (no-op without BASE_DOMAIN).
+        "routes-sync": _every(names.ROUTES_SYNC, settings.ROUTES_SYNC_INTERVAL_SECONDS),
     }

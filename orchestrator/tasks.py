@@ -104,6 +104,11 @@ def reap() -> int:
     return maintenance.workers_reap().total()
 
 
+@shared_task(name=names.ROUTES_SYNC, **SWEEP_TASK)
+def sync_routes() -> int:
+    return maintenance.routes_sync()
+
+
 @shared_task(name=names.ESCALATIONS_EXPIRE, **SWEEP_TASK)
 def expire_escalations() -> int:
     return maintenance.escalations_expire()

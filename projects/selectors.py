@@ -159,3 +159,13 @@ def run_detail_rows(user, run_id) -> tuple[dict, list[dict], list[dict]] | None:
     )
     events = list(RunEvent.objects.filter(run_id=run["id"]).order_by("id").values(*EVENT_FIELDS))
     return run, stages, events
+
+
+def live_routes() -> list[tuple[str, int]]:
+    """(slug, internal port) of every live web release: what the proxy must route by name."""
+    return list(
+        Deployment.objects.filter(status=Deployment.Status.LIVE, project__kind="web_service")
+        .exclude(project__slug=None)
+        .order_by("project__slug")
+        .values_list("project__slug", "port")
+    )

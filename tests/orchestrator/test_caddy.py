@@ -10,7 +10,9 @@ import pytest
 import requests
 
 from config.errors import TransientError
+from orchestrator import maintenance
 from orchestrator.deploy.caddy import CaddyRouter, Route
+from projects.models import Deployment, PipelineRun, Project
 from tests.caddy_server import Caddy, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("caddy") is None, reason="caddy is not installed")
@@ -124,3 +126,44 @@ def test_an_unreachable_caddy_is_a_transient_error():
     router = CaddyRouter(f"http://127.0.0.1:{free_port()}", listen="127.0.0.1:1", server="factory")
     with pytest.raises(TransientError):
         router.set_route(Route(slug="greeter", host="greeter.factory.test", upstream="127.0.0.1:1"))
+
+
+@pytest.fixture
+def routed(caddy, settings):
+    settings.CADDY_ADMIN_URL = caddy.admin_url
+    settings.CADDY_LISTEN = caddy.listen
+    settings.CADDY_SERVER = "factory"
+    return caddy
+
+
+def _live_web_release(user, slug: str, port: int) -> Deployment:
+    project = Project.objects.create(owner=user, description="greets", slug=slug, kind="web_service", name=slug)
+    run = PipelineRun.objects.create(project=project, kind="create")
+    return Deployment.objects.create(project=project, run=run, port=port, commit_sha="c" * 40, status="live")
+
+
+@pytest.mark.django_db
+def test_the_sweep_routes_live_releases_by_name_and_drops_stopped_ones(routed, upstreams, user):
+    one = upstreams("greeter here")
+    deployment = _live_web_release(user, "greeter", int(one.addr.rsplit(":", 1)[1]))
+    assert maintenance.routes_sync() == 1
+    assert routed.get("greeter.factory.test").text == "greeter here"
+    assert maintenance.routes_sync() == 0  # nothing to change: one sweep's work is idempotent
+    Deployment.objects.filter(id=deployment.id).update(status="stopped")
+    assert maintenance.routes_sync() == 1
+    assert routed.get("greeter.factory.test").status_code == 404
+
+
+@pytest.mark.django_db
+def test_tearing_a_project_down_removes_its_route(routed, upstreams, user):
+    one = upstreams("greeter here")
+    deployment = _live_web_release(user, "greeter", int(one.addr.rsplit(":", 1)[1]))
+    maintenance.routes_sync()
+    maintenance.project_teardown(project_id=deployment.project_id)
+    assert routed.get("greeter.factory.test").status_code == 404
+
+
+@pytest.mark.django_db
+def test_without_a_base_domain_the_sweep_does_nothing(settings):
+    settings.BASE_DOMAIN = ""
+    assert maintenance.routes_sync() == 0
