@@ -192,6 +192,7 @@ CELERY_TASK_ROUTES = {
     "workers.*": {"queue": "maintenance"},
     "notify.*": {"queue": "notify"},
     "escalations.*": {"queue": "maintenance"},
+    "releases.*": {"queue": "maintenance"},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
@@ -291,6 +292,15 @@ DEPLOY_HOST = env_str("DEPLOY_HOST", "127.0.0.1")
 DEPLOY_PORT_MIN = env_int("DEPLOY_PORT_MIN", 20000)
 DEPLOY_PORT_MAX = env_int("DEPLOY_PORT_MAX", 20999)
 DEPLOY_HEALTH_TIMEOUT = env_float("DEPLOY_HEALTH_TIMEOUT", 20.0)
+# Live releases are probed every interval (beat); one probe waits at most the timeout.
+RELEASE_PROBE_INTERVAL_SECONDS = env_float("RELEASE_PROBE_INTERVAL_SECONDS", 10.0)
+RELEASE_PROBE_TIMEOUT = env_float("RELEASE_PROBE_TIMEOUT", 2.0)
+# A release found down is restarted this many times (backoff doubling from the base), then
+# rolled back to the previous healthy release, then left to a person.
+RELEASE_RESTART_LIMIT = env_int("RELEASE_RESTART_LIMIT", 2)
+RELEASE_RESTART_BACKOFF_SECONDS = env_float("RELEASE_RESTART_BACKOFF_SECONDS", 1.0)
+# Earlier releases kept on disk per project, for rollbacks without a rebuild.
+RELEASES_KEPT = env_int("RELEASES_KEPT", 3)
 
 # --- Names: Caddy in front of releases ---------------------------------------------------
 # Releases are reachable as http://<slug>.<BASE_DOMAIN>/ through Caddy; empty: loopback ports.

@@ -6,6 +6,7 @@ import socket
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from config.errors import Conflict
@@ -106,3 +107,31 @@ def deployment_rolled_back(*, run_id: int, failed_id: int, restored: list[int], 
         stage=Stage.DEPLOYER,
         payload={"failed": failed_id, "restored": restored, "reason": reason[:500]},
     )
+
+
+def deployment_probed(*, deployment_id: int, ok: bool, ms: int, detail: str) -> None:
+    Deployment.objects.filter(id=deployment_id).update(
+        probed_at=timezone.now(), probe_ok=ok, probe_ms=ms, probe_detail=detail[:300]
+    )
+
+
+def deployment_restarted(*, deployment_id: int, pid: int) -> None:
+    Deployment.objects.filter(id=deployment_id).update(pid=pid, restarts=F("restarts") + 1)
+
+
+@transaction.atomic
+def deployment_reactivate(*, failing_id: int, previous_id: int) -> Deployment:
+    """Roll back: the failing live release is marked failed and the previous one takes its place
+    and its port (so its name and route stay as they were); it is `starting` until healthy."""
+    failing = Deployment.objects.select_for_update().get(id=failing_id)
+    Deployment.objects.filter(id=failing.id).update(
+        status=Deployment.Status.FAILED, stopped_at=timezone.now(), error="replaced by a rollback"
+    )
+    Deployment.objects.filter(id=previous_id).update(
+        status=Deployment.Status.STARTING, port=failing.port, url=failing.url, pid=None, stopped_at=None
+    )
+    return Deployment.objects.get(id=previous_id)
+
+
+def deployment_restored(*, deployment_id: int, pid: int) -> None:
+    Deployment.objects.filter(id=deployment_id).update(status=Deployment.Status.LIVE, pid=pid, live_at=timezone.now())

@@ -224,6 +224,12 @@ class Deployment(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     live_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # The release probe's last look (beat): when, whether healthy, how long it took, what it saw.
+    probed_at = models.DateTimeField(null=True, blank=True)
+    probe_ok = models.BooleanField(null=True, blank=True)
+    probe_ms = models.PositiveIntegerField(null=True, blank=True)
+    probe_detail = models.CharField(max_length=300, blank=True)
+    restarts = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
@@ -245,6 +251,67 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"deployment #{self.pk} of {self.project} ({self.status})"
+
+
+class Incident(models.Model):
+    """An outage of a project's live release, from detection to its end: restarted, rolled back,
+    recovered by itself (resolved), or given up on (failed: a person must decide)."""
+
+    class Status(models.TextChoices):
+        DETECTED = "detected", "Detected"
+        RECOVERING = "recovering", "Recovering"
+        RESOLVED = "resolved", "Resolved"
+        FAILED = "failed", "Failed"
+
+    OPEN = (Status.DETECTED, Status.RECOVERING)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="incidents")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="incidents")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.DETECTED)
+    reason = models.CharField(max_length=300)
+    restarts = models.PositiveIntegerField(default=0)
+    # The release serving when it ended (the same one restarted, or an earlier one rolled back to).
+    serving = models.ForeignKey(Deployment, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    detected_at = models.DateTimeField(auto_now_add=True)
+    recovering_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-detected_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project"], condition=Q(status__in=["detected", "recovering"]), name="incident_one_open"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"incident #{self.pk} of {self.project} ({self.status})"
+
+
+class IncidentEvent(models.Model):
+    """One step of an incident, for the person and the operator to read."""
+
+    class Type(models.TextChoices):
+        DETECTED = "detected", "Found down"
+        RESTARTING = "restarting", "Restarting"
+        RESTART_FAILED = "restart_failed", "Restart failed"
+        RESTARTED = "restarted", "Restarted"
+        ROLLING_BACK = "rolling_back", "Rolling back"
+        ROLLED_BACK = "rolled_back", "Rolled back"
+        ROLLBACK_FAILED = "rollback_failed", "Rollback failed"
+        RECOVERED = "recovered", "Recovered by itself"
+        GAVE_UP = "gave_up", "Gave up: a person must decide"
+
+    incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=30, choices=Type.choices)
+    detail = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.type} (incident {self.incident_id})"
 
 
 class TelegramAccount(models.Model):

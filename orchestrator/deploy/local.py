@@ -36,6 +36,22 @@ def read_start_spec(release_dir: Path) -> StartSpec:
         raise ReleaseError(str(exc)) from exc
 
 
+def health_path(release_dir: str | Path) -> str:
+    """The path the release's factory.json names for its health check; /health without one."""
+    try:
+        return specs.read_start_spec(release_dir).health
+    except specs.StartSpecError:
+        return "/health"
+
+
+def json_or_empty(body: str) -> dict:
+    try:
+        answer = json.loads(body)
+    except json.JSONDecodeError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
 def start(*, deployment_id: int, release_dir: Path, port: int, host: str, env: dict[str, str]) -> int:
     """Start the release in its own process group; return its pid (= its process group id)."""
     spec = read_start_spec(release_dir)
