@@ -120,12 +120,15 @@ def deployment_restarted(*, deployment_id: int, pid: int) -> None:
 
 
 @transaction.atomic
-def deployment_reactivate(*, failing_id: int, previous_id: int) -> Deployment:
-    """Roll back: the failing live release is marked failed and the previous one takes its place
-    and its port (so its name and route stay as they were); it is `starting` until healthy."""
+def deployment_reactivate(*, failing_id: int, previous_id: int, by_hand: bool = False) -> Deployment:
+    """Roll back: the live release steps down (failed; stopped when a person rolled back a
+    healthy one) and the previous one takes its place and its port (so its name and route stay
+    as they were); it is `starting` until healthy."""
     failing = Deployment.objects.select_for_update().get(id=failing_id)
     Deployment.objects.filter(id=failing.id).update(
-        status=Deployment.Status.FAILED, stopped_at=timezone.now(), error="replaced by a rollback"
+        status=Deployment.Status.STOPPED if by_hand else Deployment.Status.FAILED,
+        stopped_at=timezone.now(),
+        error="" if by_hand else "replaced by a rollback",
     )
     Deployment.objects.filter(id=previous_id).update(
         status=Deployment.Status.STARTING, port=failing.port, url=failing.url, pid=None, stopped_at=None
