@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import random
 import shlex
@@ -241,6 +242,9 @@ class Server:
             "LOG_LEVEL": "INFO",
             "DJANGO_SECRET_KEY": "bench-api-not-secret",
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+            # Production requires a vault key; any valid Fernet key will do (no secret is read).
+            "SECRETS_ENCRYPTION_KEY": os.environ.get("SECRETS_ENCRYPTION_KEY")
+            or base64.urlsafe_b64encode(os.urandom(32)).decode(),
         }
         with open(self.home / "gunicorn.log", "ab") as log:
             self.proc = subprocess.Popen(

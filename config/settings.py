@@ -109,7 +109,7 @@ STATIC_ROOT = FACTORY_HOME / "static"
 # --- API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "config.api.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -139,6 +139,9 @@ SPECTACULAR_SETTINGS = {
         "StageEnum": "projects.models.Stage",
     },
 }
+# What an API token names is remembered this long per web process (seconds; 0: looked up on
+# every request): a deleted token or a deactivated user is refused within this time, not at once.
+API_TOKEN_CACHE_SECONDS = env_float("API_TOKEN_CACHE_SECONDS", 5.0)
 # The largest request body read (bytes); a larger one is refused with 413 before it is read.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 1024 * 1024)
 # Server-sent event streams send a keep-alive comment after this many silent seconds.

@@ -13,7 +13,6 @@ import structlog
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, StreamingHttpResponse
-from django.utils import timezone
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -95,8 +94,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
         fields = ["id", "run", "status", "url", "commit_sha", "created_at", "live_at", "stopped_at"]
 
 
-class ProjectSerializer(serializers.ModelSerializer):
-    """Renders projects from ``selectors.project_list_queryset`` (it annotates and prefetches what this reads)."""
+class ProjectSummarySerializer(serializers.ModelSerializer):
+    """A project in the list: everything but its spec (the detail has it). Renders projects from
+    ``selectors.project_list_queryset`` (it annotates and prefetches what this reads)."""
 
     latest_run = serializers.SerializerMethodField()
     live_url = serializers.SerializerMethodField()
@@ -110,7 +110,6 @@ class ProjectSerializer(serializers.ModelSerializer):
             "slug",
             "kind",
             "description",
-            "spec",
             "created_at",
             "latest_run",
             "live_url",
@@ -130,20 +129,20 @@ class ProjectSerializer(serializers.ModelSerializer):
         return obj.live_deployments[0].url if obj.live_deployments else None
 
 
+class ProjectSerializer(ProjectSummarySerializer):
+    """A project: the summary and its spec (``factory.json`` as the Architect wrote it)."""
+
+    class Meta(ProjectSummarySerializer.Meta):
+        fields = [*ProjectSummarySerializer.Meta.fields[:5], "spec", *ProjectSummarySerializer.Meta.fields[5:]]
+
+
 # --- the read-only responses, rendered from plain rows ----------------------------------------
 # The serializers above document these responses (drf-spectacular reads them) and render the
 # event stream; the list and detail responses are built here from the selectors' dicts, which
 # renders the same JSON for a fraction of the cost (no model instances, no field objects per
-# row). tests/projects/test_api_cost.py compares a row's latest run with RunSummarySerializer's.
+# row, and times as text from the database: ``selectors.UtcIso``). tests/projects/test_api_cost.py
+# compares a row's latest run with RunSummarySerializer's.
 _SIX_PLACES = Decimal("0.000001")
-
-
-def _when(value: datetime | None, tz) -> str | None:
-    """As DRF's DateTimeField renders it: ISO 8601 in the current time zone, UTC as ``Z``."""
-    if value is None:
-        return None
-    text = value.astimezone(tz).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def _money(value) -> str:
@@ -151,7 +150,14 @@ def _money(value) -> str:
     return format(Decimal(value).quantize(_SIX_PLACES), "f")
 
 
-def _run_summary(row: dict, tz) -> dict:
+def _seconds(started: str | None, finished: str | None) -> float | None:
+    """The seconds between two times as UtcIso renders them (None unless both are set)."""
+    if not (started and finished):
+        return None
+    return (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+
+
+def _run_summary(row: dict) -> dict:
     return {
         "id": row["id"],
         "project": row["project_id"],
@@ -164,43 +170,41 @@ def _run_summary(row: dict, tz) -> dict:
         "error_code": row["error_code"],
         "error_message": row["error_message"],
         "result_message": row["result_message"],
-        "created_at": _when(row["created_at"], tz),
-        "started_at": _when(row["started_at"], tz),
-        "finished_at": _when(row["finished_at"], tz),
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
     }
 
 
 def render_projects(rows: list[dict]) -> list[dict]:
-    """Rows of ``selectors.project_rows`` as ProjectSerializer renders them (one more query, for
-    the page's latest runs)."""
-    tz = timezone.get_current_timezone()
+    """Rows of ``selectors.project_rows`` as ProjectSerializer renders them (without ``spec``
+    when the rows have none, as ProjectSummarySerializer does); one more query, for the rows'
+    latest runs."""
     runs = selectors.run_summary_rows(row["latest_run_id"] for row in rows)
     out = []
     for row in rows:
         run = runs.get(row["latest_run_id"])
-        out.append(
-            {
-                "id": row["id"],
-                "name": row["name"],
-                "slug": row["slug"],
-                "kind": row["kind"],
-                "description": row["description"],
-                "spec": row["spec"],
-                "created_at": _when(row["created_at"], tz),
-                "latest_run": _run_summary(run, tz) if run is not None else None,
-                "live_url": row["live_url"],
-                "cost_usd": _money(row["total_cost_usd"]),
-            }
-        )
+        data = {
+            "id": row["id"],
+            "name": row["name"],
+            "slug": row["slug"],
+            "kind": row["kind"],
+            "description": row["description"],
+            "created_at": row["created_at_iso"],
+            "latest_run": _run_summary(run) if run is not None else None,
+            "live_url": row["live_url"],
+            "cost_usd": _money(row["total_cost_usd"]),
+        }
+        if "spec" in row:
+            data["spec"] = row["spec"]
+        out.append(data)
     return out
 
 
 def render_run_detail(run: dict, stages: list[dict], events: list[dict]) -> dict:
     """``selectors.run_detail_rows`` as RunDetailSerializer renders it."""
-    tz = timezone.get_current_timezone()
-    data = _run_summary(run, tz)
-    started, finished = run["started_at"], run["finished_at"]
-    data["duration_seconds"] = (finished - started).total_seconds() if started and finished else None
+    data = _run_summary(run)
+    data["duration_seconds"] = _seconds(run["started_at"], run["finished_at"])
     data["stages"] = [
         {
             "id": s["id"],
@@ -208,11 +212,9 @@ def render_run_detail(run: dict, stages: list[dict], events: list[dict]) -> dict
             "iteration": s["iteration"],
             "status": s["status"],
             "attempt": s["attempt"],
-            "started_at": _when(s["started_at"], tz),
-            "finished_at": _when(s["finished_at"], tz),
-            "duration_seconds": (s["finished_at"] - s["started_at"]).total_seconds()
-            if s["started_at"] and s["finished_at"]
-            else None,
+            "started_at": s["started_at"],
+            "finished_at": s["finished_at"],
+            "duration_seconds": _seconds(s["started_at"], s["finished_at"]),
             "error": s["error"],
             "output": s["output"],
             "cost_usd": str(s["usage_cost_usd"]),
@@ -220,13 +222,7 @@ def render_run_detail(run: dict, stages: list[dict], events: list[dict]) -> dict
         for s in stages
     ]
     data["events"] = [
-        {
-            "id": e["id"],
-            "type": e["type"],
-            "stage": e["stage"],
-            "payload": e["payload"],
-            "created_at": _when(e["created_at"], tz),
-        }
+        {"id": e["id"], "type": e["type"], "stage": e["stage"], "payload": e["payload"], "created_at": e["created_at"]}
         for e in events
     ]
     return data
@@ -277,13 +273,16 @@ OBJECT_ID = OpenApiParameter("id", int, OpenApiParameter.PATH)
 
 @extend_schema_view(retrieve=extend_schema(parameters=[OBJECT_ID]))
 class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    serializer_class = ProjectSerializer
+    def get_serializer_class(self):
+        return ProjectSummarySerializer if self.action == "list" else ProjectSerializer
 
     def get_queryset(self):
         return selectors.project_rows(self.request.user)
 
     def list(self, request: Request, *args, **kwargs) -> Response:
-        page = self.paginate_queryset(self.get_queryset())
+        """The caller's projects (everyone's for staff), newest first, without their specs."""
+        rows = selectors.with_total_count(selectors.project_rows(request.user, with_spec=False))
+        page = self.paginator.paginate_counted(rows, request)
         return self.get_paginated_response(render_projects(page))
 
     def retrieve(self, request: Request, *args, **kwargs) -> Response:
@@ -320,9 +319,9 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         return RunDetailSerializer if self.action == "retrieve" else RunSummarySerializer
 
     def list(self, request: Request, *args, **kwargs) -> Response:
-        page = self.paginate_queryset(selectors.run_summaries_visible_to(request.user))
-        tz = timezone.get_current_timezone()
-        return self.get_paginated_response([_run_summary(row, tz) for row in page])
+        rows = selectors.with_total_count(selectors.run_summaries_visible_to(request.user))
+        page = self.paginator.paginate_counted(rows, request)
+        return self.get_paginated_response([_run_summary(selectors.renamed(row)) for row in page])
 
     def retrieve(self, request: Request, *args, **kwargs) -> Response:
         try:

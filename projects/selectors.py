@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.db.models import DecimalField, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum, Value
+from django.db.models import (
+    CharField,
+    Count,
+    DecimalField,
+    Exists,
+    Func,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    Window,
+)
 from django.db.models.functions import Coalesce
 
 from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
@@ -88,6 +102,30 @@ def run_is_settled(*, run_id: int) -> bool:
 
 # --- plain rows for the read-only API responses ------------------------------------------------
 # projects/api.py renders these dicts itself: no model instances, no serializer fields per row.
+# Times come out of the database as the text DRF renders (``UtcIso``): no datetime is built.
+
+
+class UtcIso(Func):
+    """A timestamp as DRF renders it in UTC (TIME_ZONE is UTC): ISO 8601 with "Z", microseconds
+    only when there are some (as ``datetime.isoformat``). NULL stays NULL."""
+
+    output_field = CharField()
+    arity = 1
+
+    def as_sql(self, compiler, connection, **extra_context):  # SQLite: stored as UTC text already
+        sql, params = compiler.compile(self.source_expressions[0])
+        return f"(replace({sql}, ' ', 'T') || 'Z')", params
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        sql, params = compiler.compile(self.source_expressions[0])
+        utc = f"({sql} AT TIME ZONE 'UTC')"
+        text = (
+            f"(to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') "
+            f"|| CASE WHEN date_trunc('second', {utc}) = {utc} THEN '' ELSE to_char({utc}, '.US') END || 'Z')"
+        )
+        return text, [*params, *params, *params, *params]
+
+
 RUN_SUMMARY_FIELDS = (
     "id",
     "project_id",
@@ -104,14 +142,36 @@ RUN_SUMMARY_FIELDS = (
     "started_at",
     "finished_at",
 )
-PROJECT_FIELDS = ("id", "name", "slug", "kind", "description", "spec", "created_at")
+TIME_FIELDS = frozenset({"created_at", "started_at", "finished_at"})
+# The list shows a project without its spec (the detail has it): the spec was a third of a page's
+# cost, parsed and rendered again for every row.
+PROJECT_SUMMARY_FIELDS = ("id", "name", "slug", "kind", "description", "created_at")
+PROJECT_FIELDS = (*PROJECT_SUMMARY_FIELDS, "spec")
 STAGE_FIELDS = ("id", "stage", "iteration", "status", "attempt", "started_at", "finished_at", "error", "output")
 EVENT_FIELDS = ("id", "type", "stage", "payload", "created_at")
 
 
-def project_rows(user) -> QuerySet[dict]:
-    """Visible projects as dicts of PROJECT_FIELDS with ``total_cost_usd``, ``latest_run_id`` and
-    ``live_url`` (each one correlated subquery): one query for a page of any size."""
+def _columns(fields, prefix: str = "") -> tuple[list[str], dict]:
+    """``values()`` arguments for ``fields`` (of the model ``prefix`` leads to): the names, and
+    the times as ``UtcIso`` text under ``<prefix><name>_iso`` (``_renamed`` gives them their
+    names back)."""
+    names = [prefix + name for name in fields if name not in TIME_FIELDS]
+    times = {f"{prefix.replace('__', '_')}{name}_iso": UtcIso(prefix + name) for name in fields if name in TIME_FIELDS}
+    return names, times
+
+
+def _renamed(row: dict, prefix: str = "") -> dict:
+    for name in TIME_FIELDS:
+        key = f"{prefix.replace('__', '_')}{name}_iso"
+        if key in row:
+            row[prefix + name] = row.pop(key)
+    return row
+
+
+def project_rows(user, *, with_spec: bool = True) -> QuerySet[dict]:
+    """Visible projects as dicts of PROJECT_FIELDS (PROJECT_SUMMARY_FIELDS without ``with_spec``)
+    with ``total_cost_usd``, ``latest_run_id`` and ``live_url`` (each one correlated subquery):
+    one query for a page of any size."""
     money = DecimalField(max_digits=14, decimal_places=6)
     run_costs = (
         PipelineRun.objects.filter(project=OuterRef("pk"))
@@ -122,12 +182,21 @@ def project_rows(user) -> QuerySet[dict]:
     )
     latest_run = PipelineRun.objects.filter(project=OuterRef("pk")).order_by("-id").values("id")[:1]
     live_url = Deployment.objects.filter(project=OuterRef("pk"), status=Deployment.Status.LIVE).values("url")[:1]
-    return projects_visible_to(user).values(
-        *PROJECT_FIELDS,
+    names, times = _columns(PROJECT_FIELDS if with_spec else PROJECT_SUMMARY_FIELDS)
+    qs = Project.objects.all() if user.is_staff else Project.objects.filter(owner=user)
+    return qs.values(
+        *names,
+        **times,
         total_cost_usd=Coalesce(Subquery(run_costs, output_field=money), Value(Decimal(0)), output_field=money),
         latest_run_id=Subquery(latest_run),
         live_url=Subquery(live_url),
     )
+
+
+def with_total_count(rows: QuerySet[dict]) -> QuerySet[dict]:
+    """Each row also carries ``total_count``, the number of rows of the whole query (a window
+    function): a page and its count in one query."""
+    return rows.annotate(total_count=Window(Count("*")))
 
 
 def run_summary_rows(run_ids) -> dict[int, dict]:
@@ -135,37 +204,47 @@ def run_summary_rows(run_ids) -> dict[int, dict]:
     ids = [i for i in run_ids if i is not None]
     if not ids:
         return {}
-    return {row["id"]: row for row in PipelineRun.objects.filter(id__in=ids).order_by().values(*RUN_SUMMARY_FIELDS)}
+    names, times = _columns(RUN_SUMMARY_FIELDS)
+    rows = PipelineRun.objects.filter(id__in=ids).order_by().values(*names, **times)
+    return {row["id"]: _renamed(row) for row in rows}
 
 
 def run_summaries_visible_to(user) -> QuerySet[dict]:
-    """Visible runs as dicts of RUN_SUMMARY_FIELDS, newest first."""
-    return runs_visible_to(user).select_related(None).values(*RUN_SUMMARY_FIELDS)
+    """Visible runs as dicts of RUN_SUMMARY_FIELDS (times as ``UtcIso`` text under
+    ``<name>_iso``: pass each row of a page through ``renamed``), newest first."""
+    names, times = _columns(RUN_SUMMARY_FIELDS)
+    return runs_visible_to(user).select_related(None).values(*names, **times)
+
+
+def renamed(row: dict) -> dict:
+    """A row of these queries with its times under their own names."""
+    return _renamed(row)
 
 
 def run_detail_rows(user, run_id) -> tuple[dict, list[dict], list[dict]] | None:
     """A visible run as a dict of RUN_SUMMARY_FIELDS, its stages (STAGE_FIELDS and
-    ``usage_cost_usd``, the sum of its usage) and its events (EVENT_FIELDS): three queries, or
-    None if the caller may not see it."""
-    run = runs_visible_to(user).select_related(None).filter(id=run_id).values(*RUN_SUMMARY_FIELDS).first()
-    if run is None:
-        return None
+    ``usage_cost_usd``, the sum of its usage) and its events (EVENT_FIELDS): two queries (the
+    run comes with its stage rows; every run has them from its creation), or None if the caller
+    may not see it."""
     money = DecimalField(max_digits=14, decimal_places=6)
-    stages = list(
-        StageRun.objects.filter(run_id=run["id"])
-        .order_by("id")
-        .annotate(usage_cost_usd=Coalesce(Sum("usage__cost_usd"), Value(Decimal(0)), output_field=money))
-        .values(*STAGE_FIELDS, "usage_cost_usd")
+    stages = StageRun.objects.filter(run_id=run_id)
+    if not user.is_staff:
+        stages = stages.filter(run__project__owner=user)
+    names, times = _columns(STAGE_FIELDS)
+    run_names, run_times = _columns(RUN_SUMMARY_FIELDS, "run__")
+    rows = list(
+        stages.order_by("id").values(
+            *names,
+            *run_names,
+            **times,
+            **run_times,
+            usage_cost_usd=Coalesce(Sum("usage__cost_usd"), Value(Decimal(0)), output_field=money),
+        )
     )
-    events = list(RunEvent.objects.filter(run_id=run["id"]).order_by("id").values(*EVENT_FIELDS))
-    return run, stages, events
-
-
-def live_routes() -> list[tuple[str, int]]:
-    """(slug, internal port) of every live web release: what the proxy must route by name."""
-    return list(
-        Deployment.objects.filter(status=Deployment.Status.LIVE, project__kind="web_service")
-        .exclude(project__slug=None)
-        .order_by("project__slug")
-        .values_list("project__slug", "port")
-    )
+    if not rows:
+        return None
+    first = _renamed(dict(rows[0]), "run__")
+    run = {name: first[f"run__{name}"] for name in RUN_SUMMARY_FIELDS}
+    names, times = _columns(EVENT_FIELDS)
+    events = [_renamed(e) for e in RunEvent.objects.filter(run_id=run["id"]).order_by("id").values(*names, **times)]
+    return run, [_renamed(row) for row in rows], events

@@ -288,7 +288,9 @@ def test_list_shows_latest_run_live_url_and_total_cost(api, user):
     assert Decimal(item["cost_usd"]) == Decimal("0.25") * 6 + Decimal("0.5")
 
 
-def test_list_query_count_does_not_grow_with_projects(api, user):
+def test_list_query_count_does_not_grow_with_projects(api, user, settings):
+    settings.API_TOKEN_CACHE_SECONDS = 0  # the token is read every time, so both counts have it
+
     def make(n: int) -> None:
         for i in range(n):
             project, run = finished_run(user, cost="0.1", description=f"service number {i}")
@@ -312,6 +314,8 @@ def test_list_query_count_does_not_grow_with_projects(api, user):
     assert all(Decimal(p["cost_usd"]) == Decimal("0.6") for p in results)
 
     assert len(six) == len(two), [q["sql"] for q in six.captured_queries]
+    # The token, the page with its count (a window function), the page's latest runs.
+    assert len(six) == 3, [q["sql"] for q in six.captured_queries]
 
 
 def test_detail_shows_own_project(api, user):
@@ -745,3 +749,92 @@ def test_creating_projects_too_fast_is_a_429_in_the_envelope(api, settings):
     assert response.status_code == 429
     assert error_of(response)["code"] == "project_rate_limited"
     assert Project.objects.count() == 2
+
+
+# --- what the fast read paths promise ---------------------------------------------------------
+def test_the_list_leaves_out_the_spec_and_the_detail_has_it(api, user):
+    project, _ = services.project_create(owner=user, description="a greeting service")
+    Project.objects.filter(id=project.id).update(spec={"name": "Greeter", "features": []})
+
+    row = api.get(PROJECTS).json()["results"][0]
+    detail = api.get(f"{PROJECTS}{project.id}/").json()
+
+    assert "spec" not in row
+    assert detail["spec"] == {"name": "Greeter", "features": []}
+    assert {k: v for k, v in detail.items() if k != "spec"} == row
+
+
+def test_times_are_rendered_as_drf_renders_them(api, user):
+    """The database renders the times (selectors.UtcIso): the same text DRF's DateTimeField gives,
+    with and without microseconds, and null when unset."""
+    from datetime import UTC, datetime
+
+    from rest_framework.fields import DateTimeField
+
+    project, run = services.project_create(owner=user, description="a greeting service")
+    whole = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    fraction = datetime(2026, 3, 4, 5, 16, 7, 120000, tzinfo=UTC)
+    PipelineRun.objects.filter(id=run.id).update(started_at=whole, finished_at=fraction)
+    StageRun.objects.filter(run=run, stage=Stage.ARCHITECT).update(started_at=fraction, finished_at=None)
+
+    body = api.get(f"{RUNS}{run.id}/").json()
+    drf = DateTimeField()
+
+    assert body["started_at"] == drf.to_representation(whole) == "2026-03-04T05:06:07Z"
+    assert body["finished_at"] == drf.to_representation(fraction) == "2026-03-04T05:16:07.120000Z"
+    assert body["duration_seconds"] == 600.12
+    architect = next(s for s in body["stages"] if s["stage"] == Stage.ARCHITECT)
+    assert (architect["started_at"], architect["finished_at"], architect["duration_seconds"]) == (
+        drf.to_representation(fraction),
+        None,
+        None,
+    )
+    listed = api.get(PROJECTS).json()["results"][0]
+    assert listed["latest_run"]["started_at"] == "2026-03-04T05:06:07Z"
+    assert listed["created_at"] == drf.to_representation(Project.objects.get(id=project.id).created_at)
+
+
+def test_a_run_is_read_in_two_queries(api, user, django_assert_num_queries):
+    _, run = services.project_create(owner=user, description="a greeting service")
+    api.get(f"{RUNS}{run.id}/")  # the token is remembered from here on
+    with django_assert_num_queries(2):  # the run with its stages, its events
+        response = api.get(f"{RUNS}{run.id}/")
+    assert response.status_code == 200 and len(response.json()["stages"]) == 6
+
+
+@pytest.mark.parametrize("path", [PROJECTS, RUNS])
+def test_a_page_past_the_end_still_counts_everything(api, user, path):
+    for i in range(3):
+        services.project_create(owner=user, description=f"service number {i}")
+
+    assert api.get(f"{path}?limit=2&offset=2").json()["count"] == 3
+    past = api.get(f"{path}?limit=2&offset=7").json()
+    assert (past["count"], past["results"]) == (3, [])
+
+
+def test_a_deleted_token_is_refused_once_the_cache_lets_it_go(user, settings):
+    import time
+
+    from rest_framework.authtoken.models import Token
+
+    settings.API_TOKEN_CACHE_SECONDS = 0.3
+    client = client_for(user)
+    assert client.get(PROJECTS).status_code == 200
+    Token.objects.filter(user=user).delete()
+
+    assert client.get(PROJECTS).status_code == 200  # remembered for API_TOKEN_CACHE_SECONDS
+    time.sleep(0.35)
+    response = client.get(PROJECTS)
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "authentication_failed"
+
+
+def test_without_the_token_cache_a_deleted_token_is_refused_at_once(user, settings):
+    from rest_framework.authtoken.models import Token
+
+    settings.API_TOKEN_CACHE_SECONDS = 0
+    client = client_for(user)
+    assert client.get(PROJECTS).status_code == 200
+    Token.objects.filter(user=user).delete()
+
+    assert client.get(PROJECTS).status_code == 401
