@@ -21,6 +21,7 @@ from config.errors import AppError, Conflict, NotFound, ValidationFailed
 from projects import runs
 from projects.events import event_record
 from projects.models import PipelineRun
+from secrets_meta import redaction
 from secrets_meta.models import BotToken, SecretMeta
 
 log = structlog.get_logger(__name__)
@@ -174,7 +175,11 @@ def _hash(token: str) -> str:
 
 @transaction.atomic
 def session_issue_token(*, session_id: int, run_id: int) -> str:
-    """A fresh short-lived token for the worker, scoped to ``run_id``; only its hash is kept."""
+    """A fresh short-lived token for the worker, scoped to ``run_id``; only its hash is kept.
+
+    The worker is about to speak for this run: this process learns the project's secret values,
+    so the agent's words are redacted before anything stores them (agents/backends)."""
+    redaction.load_run(run_id)
     token = secrets.token_urlsafe(32)
     WorkerSession.objects.filter(id=session_id).update(
         api_token_hash=_hash(token),
@@ -204,8 +209,9 @@ def session_for_token(token: str) -> WorkerSession | None:
 @transaction.atomic
 def session_report_result(*, session_id: int, result: AgentResult) -> None:
     """The agent's result through channel 2; it is the worker's last word, so its token ends."""
+    redaction.load_project(WorkerSession.objects.filter(id=session_id).values_list("project_id", flat=True).first())
     WorkerSession.objects.filter(id=session_id).update(
-        reported_result=result.model_dump(),
+        reported_result=redaction.redact_data(result.model_dump()),
         last_activity_at=timezone.now(),
         api_token_hash="",
         api_token_expires_at=None,
@@ -237,12 +243,13 @@ def _require_active_run(session: WorkerSession) -> None:
 def worker_progress(*, session: WorkerSession, message: str) -> None:
     """Channel 2: the agent says what it is doing; the worker keeps running."""
     _require_active_run(session)
+    redaction.load_project(session.project_id)
     WorkerSession.objects.filter(id=session.id).update(last_activity_at=timezone.now())
     event_record(
         run_id=session.run_id,
         type="agent.progress",
         stage=session.role,
-        payload={"session_id": session.id, "message": message},
+        payload={"session_id": session.id, "message": redaction.redact(message)},
     )
 
 
@@ -250,12 +257,13 @@ def worker_progress(*, session: WorkerSession, message: str) -> None:
 def worker_ask(*, session: WorkerSession, question: str) -> None:
     """Channel 2: the agent asks a person. (Answers arrive with the escalation flow.)"""
     _require_active_run(session)
+    redaction.load_project(session.project_id)
     WorkerSession.objects.filter(id=session.id).update(last_activity_at=timezone.now())
     event_record(
         run_id=session.run_id,
         type="agent.question",
         stage=session.role,
-        payload={"session_id": session.id, "question": question},
+        payload={"session_id": session.id, "question": redaction.redact(question)},
     )
 
 
@@ -330,6 +338,8 @@ def escalation_raise(
     """
     if not runs.run_wait_for_human(run_id=run_id, stage_run_id=stage_run_id, attempt=attempt):
         return None
+    redaction.load_run(run_id)  # the question may be an agent's words
+    question, context = redaction.redact(question), redaction.redact_data(context)
     escalation = Escalation.objects.create(
         run_id=run_id,
         stage=stage,

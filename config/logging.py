@@ -2,6 +2,10 @@
 
 Pipeline code binds ``run_id``, ``stage`` and ``task_id`` with structlog's contextvars, so every
 line logged while a stage works carries them.
+
+Every line, structlog's and the standard library's alike, passes through the secrets redaction
+(``secrets_meta.redaction``): each string of the event is redacted before rendering, and the
+rendered line once more (a traceback is only text once rendered).
 """
 
 from __future__ import annotations
@@ -11,13 +15,17 @@ import sys
 
 import structlog
 
+from secrets_meta.redaction import redact_event, redact_rendered
 
-def configure_logging(*, json: bool, level: str) -> None:
+
+def configure_logging(*, json: bool, level: str, stream=None) -> None:
+    """``stream``: where lines go (default: standard error at the time of the call)."""
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_event,
     ]
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
@@ -27,10 +35,10 @@ def configure_logging(*, json: bool, level: str) -> None:
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer, redact_rendered],
         foreign_pre_chain=shared,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -17,14 +18,19 @@ import structlog
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Count, Max
 
+from config.errors import PermanentError
+from secrets_meta import redaction
 from secrets_meta.models import SecretValue
 
 log = structlog.get_logger(__name__)
 
 
-class SecretStoreError(Exception):
+class SecretStoreError(PermanentError):
     """A store could not do what was asked (the message names the secret, never its value)."""
+
+    code = "secret_store_error"
 
 
 class SecretStore(Protocol):
@@ -40,12 +46,22 @@ class SecretStore(Protocol):
 
     def names(self, scope: str) -> list[str]: ...
 
+    def version(self, scope: str) -> str:
+        """A marker that changes whenever a value of the scope is put or deleted (cheap: no
+        value is read), so a process can tell whether what it learnt of the scope is current."""
+        ...
+
 
 def project_scope(project_id: int) -> str:
     return f"project:{project_id}"
 
 
 BOTS_SCOPE = "bots"
+
+
+def redaction_name(scope: str, name: str) -> str:
+    """How a value is shown once redacted: its own name, or the bot token's for the bot pool."""
+    return "TELEGRAM_BOT_TOKEN" if scope == BOTS_SCOPE else name
 
 
 _key_lock = threading.Lock()
@@ -86,9 +102,15 @@ class VaultStore:
     readable = True
 
     def __init__(self, keys: list[bytes] | None = None) -> None:
-        self._fernet = MultiFernet([Fernet(k) for k in (keys or _keys())])
+        self._given_keys = keys
+
+    @cached_property
+    def _fernet(self) -> MultiFernet:
+        """Built when a value is first encrypted or decrypted (names and versions need no key)."""
+        return MultiFernet([Fernet(k) for k in (self._given_keys or _keys())])
 
     def put(self, scope: str, name: str, value: str) -> None:
+        redaction.register(redaction_name(scope, name), value)
         token = self._fernet.encrypt(value.encode()).decode()
         SecretValue.objects.update_or_create(scope=scope, name=name, defaults={"ciphertext": token})
 
@@ -96,13 +118,21 @@ class VaultStore:
         row = SecretValue.objects.filter(scope=scope, name=name).only("ciphertext").first()
         if row is None:
             return None
+        value = self._decrypt(scope, name, row.ciphertext)
+        redaction.register(redaction_name(scope, name), value)
+        return value
+
+    def _decrypt(self, scope: str, name: str, ciphertext: str) -> str:
         try:
-            return self._fernet.decrypt(row.ciphertext.encode()).decode()
-        except InvalidToken as exc:
+            return self._fernet.decrypt(ciphertext.encode()).decode()
+        except InvalidToken:
+            # `from None`: the cause would only repeat the ciphertext's details.
             raise SecretStoreError(
                 f"The secret {name} of {scope} cannot be decrypted with the configured keys "
-                "(was SECRETS_ENCRYPTION_KEY changed without keeping the old key?)."
-            ) from exc
+                "(was SECRETS_ENCRYPTION_KEY changed without keeping the old key?).",
+                code="secret_undecryptable",
+                extra={"scope": scope, "name": name},
+            ) from None
 
     def delete(self, scope: str, name: str) -> None:
         SecretValue.objects.filter(scope=scope, name=name).delete()
@@ -110,14 +140,27 @@ class VaultStore:
     def names(self, scope: str) -> list[str]:
         return list(SecretValue.objects.filter(scope=scope).order_by("name").values_list("name", flat=True))
 
+    def version(self, scope: str) -> str:
+        found = SecretValue.objects.filter(scope=scope).aggregate(count=Count("id"), latest=Max("updated_at"))
+        return f"{found['count']}:{found['latest'].isoformat() if found['latest'] else ''}"
+
     def rotate(self) -> int:
-        """Re-encrypt every value under the newest key; returns how many rows were rewritten."""
+        """Re-encrypt every value under the newest key; returns how many rows were rewritten.
+
+        Each row is rewritten by compare-and-set on the ciphertext it read, so a value put
+        meanwhile is never overwritten by the old one re-encrypted."""
         count = 0
-        for row in SecretValue.objects.only("id", "ciphertext").iterator():
-            fresh = self._fernet.rotate(row.ciphertext.encode()).decode()
-            if fresh != row.ciphertext:
-                SecretValue.objects.filter(id=row.id).update(ciphertext=fresh)
-                count += 1
+        for row in SecretValue.objects.only("id", "scope", "name", "ciphertext").iterator():
+            try:
+                fresh = self._fernet.rotate(row.ciphertext.encode()).decode()
+            except InvalidToken:
+                raise SecretStoreError(
+                    f"The secret {row.name} of {row.scope} cannot be decrypted with any configured key; "
+                    "keep the key it was written with in SECRETS_ENCRYPTION_KEY (after the new one).",
+                    code="secret_undecryptable",
+                    extra={"scope": row.scope, "name": row.name},
+                ) from None
+            count += SecretValue.objects.filter(id=row.id, ciphertext=row.ciphertext).update(ciphertext=fresh)
         return count
 
 

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from agents.contracts import AgentResult, TestReport
 from projects.specs import ProjectSpec
+from secrets_meta import redaction
 
 # Runs a command inside the agent's worker: (argv, env) -> (exit code, stdout, stderr).
 WorkerExec = Callable[[list[str], dict[str, str]], tuple[int, str, str]]
@@ -63,6 +64,15 @@ class AgentTurn:
     log: str = ""
     problem: str = ""  # why there is no result, for the person
     agent_session_id: str | None = None  # for the caller to store and hand back as DevelopTask.agent_session_id
+
+
+def redact_turn(turn: AgentTurn) -> AgentTurn:
+    """Defense in depth: every secret value this process knows (``secrets_meta.redaction``; the
+    project's are loaded when its worker gets its token) out of what the agent said."""
+    turn.log, turn.problem = redaction.redact(turn.log), redaction.redact(turn.problem)
+    if turn.result is not None:
+        turn.result = turn.result.model_copy(update=redaction.redact_data(turn.result.model_dump()))
+    return turn
 
 
 class AgentBackend(Protocol):

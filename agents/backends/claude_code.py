@@ -17,7 +17,15 @@ from decimal import Decimal
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.backends.base import AgentTurn, ArchitectResult, DevelopTask, TurnUsage, WorkerExec, develop_prompt
+from agents.backends.base import (
+    AgentTurn,
+    ArchitectResult,
+    DevelopTask,
+    TurnUsage,
+    WorkerExec,
+    develop_prompt,
+    redact_turn,
+)
 from agents.contracts import AgentResult
 from agents.models import AgentConfig
 from config.errors import PermanentError
@@ -151,6 +159,9 @@ class ClaudeCodeBackend:
         return env
 
     def develop(self, task: DevelopTask, run: WorkerExec) -> AgentTurn:
+        return redact_turn(self._develop(task, run))
+
+    def _develop(self, task: DevelopTask, run: WorkerExec) -> AgentTurn:
         session_id = task.agent_session_id or (self._last_session_id if task.resume else None)
         report = REPORT_INSTRUCTIONS
         prompt = develop_prompt(

@@ -26,7 +26,15 @@ from typing import Any
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.backends.base import AgentTurn, ArchitectResult, DevelopTask, TurnUsage, WorkerExec, develop_prompt
+from agents.backends.base import (
+    AgentTurn,
+    ArchitectResult,
+    DevelopTask,
+    TurnUsage,
+    WorkerExec,
+    develop_prompt,
+    redact_turn,
+)
 from agents.contracts import AgentResult
 from agents.models import AgentConfig
 from config.errors import PermanentError, TransientError
@@ -352,7 +360,9 @@ class OpenAICompatibleBackend:
         tools = _Tools(task, run)
 
         def turn(result: AgentResult | None = None, problem: str = "") -> AgentTurn:
-            return AgentTurn(result=result, usage=total.usage(), log="\n".join(log)[-4000:], problem=problem)
+            return redact_turn(
+                AgentTurn(result=result, usage=total.usage(), log="\n".join(log)[-4000:], problem=problem)
+            )
 
         for number in range(1, max_turns + 1):
             if time.monotonic() > deadline:

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from agents.backends.base import AgentTurn, ArchitectResult, DevelopTask, TurnUsage, WorkerExec, parse_agent_result
+from agents.backends.base import (
+    AgentTurn,
+    ArchitectResult,
+    DevelopTask,
+    TurnUsage,
+    WorkerExec,
+    parse_agent_result,
+    redact_turn,
+)
 from agents.models import AgentConfig
 from agents.scripted.catalogue import ScriptedPlanError, plan
 from config.errors import PermanentError
@@ -62,4 +70,6 @@ class ScriptedBackend:
         result, problem = parse_agent_result(out)
         if result is None and code != 0:
             problem = f"{problem}; exit code {code}: {err.strip()[-500:]}"
-        return AgentTurn(result=result, usage=TurnUsage(model="scripted"), log=err[-4000:], problem=problem)
+        return redact_turn(
+            AgentTurn(result=result, usage=TurnUsage(model="scripted"), log=err[-4000:], problem=problem)
+        )
