@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -38,13 +39,16 @@ from pydantic import (
 
 from agents import selectors as agent_selectors
 from agents import services as agent_services
-from agents.models import Backend, Role
+from agents.models import Backend, Escalation, Role
 from agents.scripted.catalogue import CATALOGUE
 from config.errors import AppError, PermanentError, TransientError, ValidationFailed
+from orchestrator import bots
 from orchestrator.telegram import transport
 from projects import notifications, people, runs, services
 from projects.health import release_health
-from projects.models import TelegramAccount
+from projects.models import OutboundMessage, TelegramAccount
+from secrets_meta import bots as bot_pool
+from secrets_meta import redaction
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +57,10 @@ HELP = (
     "I build and deploy services from a description. Just write what you want, e.g. "
     "“a web service that greets people by name”.\n\n"
     "/new <description> – start a project\n"
+    "/new --own-bot <description> – a Telegram bot project that runs as your own bot (from @BotFather) "
+    "instead of one from the factory's pool\n"
+    "/token <token> – give your own bot's token to your bot project (or /token, then the token); "
+    "I delete the message and keep the token encrypted\n"
     "/examples – what I can build\n"
     "/projects – your projects\n"
     "/status [project] – a project's run, stage, cost, live URL and health\n"
@@ -70,6 +78,16 @@ UNREADABLE = (
     "Please send it again as plain text."
 )
 CRASHED = "Something went wrong on my side. Please try again in a minute."
+TOKEN_PROMPT = (
+    "Send me your bot's token in your next message (from @BotFather: /mybots → your bot → API Token). "
+    "I delete that message at once and keep the token encrypted."
+)
+TOKEN_PROMPT_SECONDS = 600
+NO_BOT_PROJECT = (
+    "You have no bot project to use a token for. Start one with /new --own-bot <description>, "
+    "then send the token with /token."
+)
+OWN_BOT_FLAGS = ("--own-bot", "--own_bot", "—own-bot", "—own_bot", "--ownbot")
 # What a message may carry besides text; anything else without text (a service message) is ignored.
 MEDIA = (
     "animation",
@@ -235,6 +253,17 @@ def handle_message(message: TgMessage) -> None:
         log.info("telegram_message_unreadable", telegram_user_id=sender.id, handler=handler.__name__)
         reply(UNREADABLE)
         return
+    if account is not None and _carries_token(message, account):
+        # Never stored as text, never an escalation's answer: deleted from the chat, validated
+        # and stored by the token intake, outside a transaction (it calls Telegram).
+        try:
+            reply(Handlers.token(Incoming(message, sender, account, args)))
+        except AppError as exc:
+            reply(exc.message)
+        except Exception:
+            log.exception("telegram_handler_crashed", handler="token", telegram_user_id=sender.id)
+            reply(CRASHED)
+        return
     try:
         # The answer is committed with what the command did: it goes out before anything that
         # follows from it (the run's first stage is enqueued only on this commit).
@@ -291,11 +320,44 @@ class Handlers:
 
     @staticmethod
     def new(inc: Incoming) -> str:
-        project, run = services.project_create(owner=inc.user, description=inc.args)
-        return (
+        own_bot, description = _own_bot_flag(inc.args)
+        project, run = services.project_create(owner=inc.user, description=description)
+        answer = (
             f"Got it: project #{project.id}, run #{run.id} is queued. I'll write to you as it moves through "
             f"planning, code, tests and deploy. /status {project.id} shows where it is."
         )
+        if own_bot:
+            bot_pool.project_own_bot_set(project_id=project.id)
+            answer += (
+                "\nIt will run as your own bot: create one with @BotFather and send me its token with /token "
+                "(now, or when I ask for it)."
+            )
+        return answer
+
+    @staticmethod
+    def token(inc: Incoming) -> str:
+        """A person's own bot token: /token <token>, /token then the token, a reply to the question
+        asking for it, or any message carrying a token. The message is deleted first."""
+        text = inc.message.text or ""
+        command, args = parse_command(text)
+        candidate = bots.looks_like_token(text) or (args if command == "token" else text.strip())
+        escalation = _replied_escalation(inc) if inc.message.reply_to_message is not None else None
+        if not candidate:
+            if bots.token_project_for(user=inc.user) is None:
+                return NO_BOT_PROJECT
+            return TOKEN_PROMPT
+        redaction.register("TELEGRAM_BOT_TOKEN", candidate)
+        deleted = _delete_token_message(inc)
+        note = "" if deleted else " I could not delete your message with the token: please delete it yourself."
+        project = bots.token_project_for(user=inc.user, escalation=escalation)
+        if project is None:
+            return NO_BOT_PROJECT + note
+        try:
+            row = bots.own_token_intake(project.id, candidate, actor=f"user:{inc.user.id}")
+        except AppError as exc:
+            return exc.message + note
+        name = project.name or f"#{project.id}"
+        return f"Got it: your project will run as @{row.username} (project {name}).{note}"
 
     @staticmethod
     def text(inc: Incoming) -> str:
@@ -398,7 +460,62 @@ COMMANDS: dict[str, Callable[[Incoming], str | None]] = {
     "cancel": Handlers.cancel,
     "answer": Handlers.answer,
     "budget": Handlers.budget,
+    "token": Handlers.token,
 }
+
+
+def _own_bot_flag(args: str) -> tuple[bool, str]:
+    """(own bot asked for, the description without the flag) of /new's arguments."""
+    words = args.split(maxsplit=1)
+    if words and words[0].lower() in OWN_BOT_FLAGS:
+        return True, words[1] if len(words) > 1 else ""
+    return False, args
+
+
+# --- bot tokens ------------------------------------------------------------------------
+def _carries_token(message: TgMessage, account: TelegramAccount) -> bool:
+    """Whether a person's message is (or may be) a bot token: /token, anything with a token in it,
+    a reply to the question asking for one, or the next message after /token's prompt."""
+    text = message.text
+    if not text:
+        return False
+    command, _ = parse_command(text)
+    if command == "token" or bots.looks_like_token(text):
+        return True
+    if command is not None:
+        return False
+    replied = message.reply_to_message
+    if replied is not None:
+        escalation = agent_selectors.escalation_for_reply(
+            telegram_message_id=replied.message_id, user_id=account.user_id
+        )
+        return escalation is not None and escalation.reason == Escalation.Reason.BOT_TOKEN
+    return _awaiting_token(account)
+
+
+def _awaiting_token(account: TelegramAccount) -> bool:
+    """The last thing said to this person in answer to a message was /token's prompt, lately."""
+    last = (
+        OutboundMessage.objects.filter(
+            account_id=account.id, run__isnull=True, event__isnull=True, escalation__isnull=True
+        )
+        .order_by("-id")
+        .values("text", "created_at")
+        .first()
+    )
+    if last is None or last["text"] != TOKEN_PROMPT:
+        return False
+    return (timezone.now() - last["created_at"]).total_seconds() < TOKEN_PROMPT_SECONDS
+
+
+def _delete_token_message(inc: Incoming) -> bool:
+    """Delete the message that carried a token from the chat; False when Telegram would not."""
+    try:
+        transport.delete_message(inc.message.chat.id, inc.message.message_id)
+    except AppError as exc:
+        log.warning("telegram_token_message_not_deleted", chat_id=inc.message.chat.id, code=exc.code)
+        return False
+    return True
 
 
 def _health(project_id: int) -> str:

@@ -11,7 +11,8 @@ Errors are sorted here, once:
 - 403 (bot blocked, user deactivated, kicked) and 400 "chat not found" → ``ChatUnavailable``;
 - 400 "can't parse entities" → ``FormattingRejected``;
 - 5xx, timeouts, connection errors, unreadable answers → ``TransientError``;
-- 401/404 (the token) → ``PermanentError`` ``telegram_unauthorized``; any other 4xx → ``PermanentError``.
+- 401/404 (the token) → ``PermanentError`` ``telegram_unauthorized``; 409 (getUpdates: another
+  poller, a webhook set) → ``telegram_conflict``; any other 4xx → ``PermanentError``.
 
 ``TransientError.extra["maybe_delivered"]`` says whether Telegram may have acted on the call
 although we got no answer (a read timeout, a connection lost after the request went out, a 5xx
@@ -125,17 +126,74 @@ def delete_webhook() -> None:
     _call("deleteWebhook", bot.delete_webhook)
 
 
-# --- the client ----------------------------------------------------------------------------
-def _configure() -> str:
-    """Point telebot at the configured Bot API (the one place API_URL is set); return the token."""
+# --- calls as another bot (the pool's, a person's own): the token is given explicitly ---------
+# The same error sorting; the token is never put in a message (Telegram's descriptions do not
+# carry it, and requests' own messages, which do, are never used).
+@dataclass(frozen=True)
+class WebhookInfo:
+    url: str
+    pending_update_count: int
+
+
+def bot_get_me(token: str) -> BotIdentity:
+    """getMe as the bot with this token."""
     from telebot import apihelper
 
+    _point_at_api()
+    me = _call("getMe", lambda: apihelper.get_me(token))
+    return BotIdentity(id=int(me["id"]), username=me.get("username") or "", first_name=me.get("first_name") or "")
+
+
+def bot_get_webhook_info(token: str) -> WebhookInfo:
+    from telebot import apihelper
+
+    _point_at_api()
+    info = _call("getWebhookInfo", lambda: apihelper.get_webhook_info(token))
+    return WebhookInfo(url=info.get("url") or "", pending_update_count=int(info.get("pending_update_count") or 0))
+
+
+def bot_get_updates(token: str, *, timeout: int = 0, limit: int = 1) -> list[Any]:
+    """getUpdates with no offset (so nothing is confirmed: the updates stay for the bot) and no
+    wait unless ``timeout``: a probe whether another program polls the bot (409)."""
+    from telebot import apihelper
+
+    _point_at_api()
+    # telebot replaces a long-polling timeout of 0 by its default (10 s): pass it to the call itself.
+    params = {"limit": limit, "long_polling_timeout": timeout}
+    found = _call("getUpdates", lambda: apihelper._make_request(token, "getUpdates", params=params))
+    return list(found or [])
+
+
+def bot_delete_webhook(token: str) -> None:
+    from telebot import apihelper
+
+    _point_at_api()
+    _call("deleteWebhook", lambda: apihelper.delete_webhook(token))
+
+
+def bot_delete_my_commands(token: str) -> None:
+    from telebot import apihelper
+
+    _point_at_api()
+    _call("deleteMyCommands", lambda: apihelper.delete_my_commands(token))
+
+
+# --- the client ----------------------------------------------------------------------------
+def _point_at_api() -> None:
+    """Point telebot at the configured Bot API: the one place API_URL is set."""
+    from telebot import apihelper
+
+    apihelper.API_URL = settings.TELEGRAM_API_URL
+
+
+def _configure() -> str:
+    """Point telebot at the configured Bot API; return the factory bot's token."""
     token = settings.TELEGRAM_BOT_TOKEN
     if not token:
         raise PermanentError(
             "TELEGRAM_BOT_TOKEN is not set, so the factory cannot talk to Telegram.", code="telegram_not_configured"
         )
-    apihelper.API_URL = settings.TELEGRAM_API_URL
+    _point_at_api()
     return token
 
 
@@ -224,4 +282,6 @@ def sort_api_error(method: str, status: int, description: str, parameters: dict[
         return PermanentError(
             f"Telegram does not accept the bot token ({status} {description}).", code="telegram_unauthorized"
         )
+    if status == 409:  # getUpdates: another poller, or a webhook is set
+        return PermanentError(text, code="telegram_conflict")
     return PermanentError(text, code="telegram_refused")

@@ -1,4 +1,5 @@
-"""A loopback stand-in of the Telegram Bot API, speaking its wire format at ``/bot<token>/<method>``.
+"""The factory bot's test double: a loopback Telegram Bot API for ONE token, speaking its wire
+format at ``/bot<token>/<method>``.
 
 The real client (pyTelegramBotAPI) talks to it unchanged once ``TELEGRAM_API_URL`` points here.
 Parameters arrive as Telegram accepts them: in the query string, a JSON body or a form body.
@@ -16,6 +17,10 @@ What a test does with it:
   the next call of a method at once but answers it only after a delay (the answer of a call
   Telegram accepted, still on its way when the client dies or gives up).
 Thread-safe: the HTTP server answers each request on its own thread.
+
+The wire format (parameters, errors, the HTML check) is the product's stand-in's
+(``orchestrator.telegram.standin``), which serves several bots at once; this double keeps the
+failure scripting and the call log the delivery tests need.
 """
 
 from __future__ import annotations
@@ -25,44 +30,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
+
+from orchestrator.telegram.standin import ApiError, HTMLCheck, make_user
+from orchestrator.telegram.standin import as_chat_id as _chat_id
+from orchestrator.telegram.standin import as_int as _int
+from orchestrator.telegram.standin import parse_params as _params
+from orchestrator.telegram.standin import truthy as _truthy
 
 TOKEN = "7000001:AAH-fake-token-for-the-factory-tests"
-HTML_TAGS = {
-    "b",
-    "strong",
-    "i",
-    "em",
-    "u",
-    "ins",
-    "s",
-    "strike",
-    "del",
-    "a",
-    "code",
-    "pre",
-    "span",
-    "tg-spoiler",
-    "tg-emoji",
-    "blockquote",
-}
-# Parameters Telegram takes as JSON-serialized objects.
-JSON_PARAMS = {"reply_parameters", "reply_markup", "allowed_updates", "entities", "link_preview_options"}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, description: str, retry_after: int | None = None):
-        super().__init__(description)
-        self.status, self.description, self.retry_after = status, description, retry_after
-
-    def body(self) -> dict:
-        body: dict[str, Any] = {"ok": False, "error_code": self.status, "description": self.description}
-        if self.retry_after is not None:
-            body["parameters"] = {"retry_after": self.retry_after}
-        return body
 
 
 @dataclass
@@ -111,41 +89,7 @@ class _Chat:
         return chat
 
 
-class _HTMLCheck(HTMLParser):
-    """Telegram's HTML parse mode refuses unknown tags and unclosed ones."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.open: list[str] = []
-        self.problem: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if self.problem is None and tag not in HTML_TAGS:
-            self.problem = f'Unsupported start tag "{tag}" at byte offset {self.getpos()[1]}'
-        self.open.append(tag)
-
-    def handle_endtag(self, tag: str) -> None:
-        if self.problem is None and (not self.open or self.open[-1] != tag):
-            self.problem = f'Can\'t find end tag corresponding to start tag "{tag}"'
-        elif self.open:
-            self.open.pop()
-
-    @classmethod
-    def problem_in(cls, text: str) -> str | None:
-        check = cls()
-        check.feed(text)
-        check.close()
-        if check.problem is None and check.open:
-            return f'Can\'t find end tag corresponding to start tag "{check.open[-1]}"'
-        return check.problem
-
-
-def user(id: int = 4242, *, first_name: str = "Ada", username: str | None = "ada_l", is_bot: bool = False) -> dict:
-    """A Telegram User object."""
-    found: dict[str, Any] = {"id": id, "is_bot": is_bot, "first_name": first_name, "language_code": "en"}
-    if username:
-        found["username"] = username
-    return found
+user = make_user  # a Telegram User object
 
 
 class FakeTelegram:
@@ -453,7 +397,7 @@ class FakeTelegram:
         if parse_mode not in (None, "HTML", "MarkdownV2", "Markdown"):
             raise ApiError(400, f"Bad Request: unsupported parse_mode {parse_mode!r}")
         if parse_mode == "HTML":
-            problem = _HTMLCheck.problem_in(text)
+            problem = HTMLCheck.problem_in(text)
             if problem:
                 raise ApiError(400, f"Bad Request: can't parse entities: {problem}")
         reply = params.get("reply_parameters") or {}
@@ -521,51 +465,6 @@ class FakeTelegram:
                 "has_custom_certificate": False,
                 "pending_update_count": len(self._updates),
             }
-
-
-def _params(query: str, raw: bytes, content_type: str) -> dict[str, Any]:
-    params: dict[str, Any] = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-    if raw:
-        kind = content_type.split(";")[0].strip().lower()
-        try:
-            if kind == "application/json":
-                body = json.loads(raw)
-                if not isinstance(body, dict):
-                    raise ApiError(400, "Bad Request: the request body must be a JSON object")
-                params.update(body)
-            elif kind == "application/x-www-form-urlencoded":
-                params.update({k: v[-1] for k, v in parse_qs(raw.decode(), keep_blank_values=True).items()})
-            else:
-                raise ApiError(400, f"Bad Request: the fake does not read {kind or 'untyped'} bodies")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "Bad Request: can't parse the request body") from exc
-    for key in JSON_PARAMS & params.keys():
-        if isinstance(params[key], str):
-            try:
-                params[key] = json.loads(params[key])
-            except json.JSONDecodeError as exc:
-                raise ApiError(400, f"Bad Request: can't parse {key} JSON object") from exc
-    return params
-
-
-def _int(value: Any, default: int) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
-        raise ApiError(400, f"Bad Request: {value!r} is not an integer") from exc
-
-
-def _chat_id(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
-        raise ApiError(400, "Bad Request: chat not found") from exc
-
-
-def _truthy(value: Any) -> bool:
-    return value in (True, "true", "True", "1", 1)
 
 
 __all__ = ["TOKEN", "Call", "FakeTelegram", "Sent", "user"]
