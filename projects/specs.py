@@ -18,7 +18,9 @@ class EnvVar(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=ENV_NAME)
-    source: Literal["user_secret", "generated_secret", "derived", "literal"]
+    # "bot_token": a telegram_bot's TELEGRAM_BOT_TOKEN, filled by the Deployer from the bot pool
+    # or the person's own token.
+    source: Literal["user_secret", "generated_secret", "derived", "literal", "bot_token"]
     description: str = ""
     # Only for source == "literal".
     value: str | None = None
@@ -34,6 +36,15 @@ class AcceptanceCheck(BaseModel):
     body: dict | None = None
     expect_status: int = 200
     expect_contains: str | None = None
+
+
+class ConversationCheck(BaseModel):
+    """A check a live bot must pass: a person says ``send``, the bot's reply contains ``expect_contains``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    send: str = Field(min_length=1, max_length=4096)  # what a user says, e.g. "/hello Ada"
+    expect_contains: str = Field(min_length=1)  # e.g. "Hello, Ada!"
 
 
 class Feature(BaseModel):
@@ -52,6 +63,8 @@ class ProjectSpec(BaseModel):
     features: list[Feature] = Field(min_length=1)
     env: list[EnvVar] = Field(default_factory=list)
     acceptance: list[AcceptanceCheck] = Field(default_factory=list)
+    # A telegram_bot's checks (it has no HTTP acceptance checks beyond its /health).
+    conversation: list[ConversationCheck] = Field(default_factory=list)
 
 
 class StartSpec(BaseModel):
