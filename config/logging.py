@@ -34,8 +34,11 @@ def configure_logging(*, json: bool, level: str, stream=None) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    # JSON: a traceback becomes the "exception" field (and is redacted as one); the console
+    # renderer formats tracebacks itself.
+    tracebacks = [structlog.processors.format_exc_info, redact_event] if json else []
     formatter = structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer, redact_rendered],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tracebacks, renderer, redact_rendered],
         foreign_pre_chain=shared,
     )
     handler = logging.StreamHandler(stream or sys.stderr)

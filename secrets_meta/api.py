@@ -62,12 +62,12 @@ class SecretPutSerializer(serializers.Serializer):
     value = SecretValueField()
 
 
-PROJECT_ID = OpenApiParameter("pk", int, OpenApiParameter.PATH, description="The project's id.")
+# drf-spectacular names the path's ``pk`` ``id`` (as for the other project endpoints).
+PROJECT_ID = OpenApiParameter("id", int, OpenApiParameter.PATH, description="The project's id.")
 SECRET_NAME = OpenApiParameter(
     "name",
-    str,
+    {"type": "string", "pattern": services.KEY_PATTERN, "maxLength": services.KEY_MAX_LENGTH},
     OpenApiParameter.PATH,
-    pattern=services.KEY_PATTERN,
     description=f"The secret's name: upper case letters, digits and _, at most {services.KEY_MAX_LENGTH} "
     f"characters; not one the factory sets itself ({', '.join(sorted(services.RESERVED_KEYS))}).",
 )

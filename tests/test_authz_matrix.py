@@ -72,6 +72,8 @@ WORKER = {"anonymous": 401, "malformed": 401, "other": 403, "owner": 202, "staff
 PUBLIC = {"anonymous": 200, "malformed": 401, "other": 200, "owner": 200, "staff": 200}
 TELEGRAM = {"anonymous": 403, "malformed": 403, "other": 403, "owner": 200, "staff": 403}
 DESCRIPTION = {"description": "a web service that greets people by name"}
+OWNED_WRITE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 200, "staff": 200}
+OWNED_DELETE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 204, "staff": 204}
 
 # route name -> (credential kind, {method: (expected status per principal, JSON body)}, lists)
 MATRIX: dict[str, tuple[str, dict[str, tuple[dict[str, int], dict | None]], str | None]] = {
@@ -81,6 +83,13 @@ MATRIX: dict[str, tuple[str, dict[str, tuple[dict[str, int], dict | None]], str 
     "run-list": ("user", {"GET": (USER_READ, None)}, "run"),
     "run-detail": ("user", {"GET": (OWNED_READ, None)}, None),
     "run-events": ("user", {"GET": (OWNED_READ, None)}, None),
+    "project-secrets": ("user", {"GET": (OWNED_READ, None)}, None),
+    # PUT first: the owner's DELETE then finds the secret (a second DELETE is 204 too).
+    "project-secret": (
+        "user",
+        {"PUT": (OWNED_WRITE, {"value": "not-a-real-secret"}), "DELETE": (OWNED_DELETE, None)},
+        None,
+    ),
     "worker-progress": ("worker", {"POST": (WORKER, {"message": "writing handlers"})}, None),
     "worker-ask": ("worker", {"POST": (WORKER, {"question": "Which language?"})}, None),
     "worker-result": ("worker", {"POST": (WORKER, {"status": "failed", "summary": "gave up"})}, None),
@@ -170,6 +179,7 @@ def _url(route: Route, world: World) -> str:
         "content_type_id": 1,
         "id": world.users["staff"].id,
         "url": "nothing-here/",
+        "name": "API_KEY",  # a secret's name
     }
 
     def converter(match: re.Match) -> str:
