@@ -32,6 +32,7 @@ import structlog
 from django.conf import settings
 
 from config.errors import PermanentError, TransientError
+from secrets_meta import redaction
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -139,7 +140,7 @@ def bot_get_me(token: str) -> BotIdentity:
     """getMe as the bot with this token."""
     from telebot import apihelper
 
-    _point_at_api()
+    _point_at_api(token)
     me = _call("getMe", lambda: apihelper.get_me(token))
     return BotIdentity(id=int(me["id"]), username=me.get("username") or "", first_name=me.get("first_name") or "")
 
@@ -147,7 +148,7 @@ def bot_get_me(token: str) -> BotIdentity:
 def bot_get_webhook_info(token: str) -> WebhookInfo:
     from telebot import apihelper
 
-    _point_at_api()
+    _point_at_api(token)
     info = _call("getWebhookInfo", lambda: apihelper.get_webhook_info(token))
     return WebhookInfo(url=info.get("url") or "", pending_update_count=int(info.get("pending_update_count") or 0))
 
@@ -157,7 +158,7 @@ def bot_get_updates(token: str, *, timeout: int = 0, limit: int = 1) -> list[Any
     wait unless ``timeout``: a probe whether another program polls the bot (409)."""
     from telebot import apihelper
 
-    _point_at_api()
+    _point_at_api(token)
     # telebot replaces a long-polling timeout of 0 by its default (10 s): pass it to the call itself.
     params = {"limit": limit, "long_polling_timeout": timeout}
     found = _call("getUpdates", lambda: apihelper._make_request(token, "getUpdates", params=params))
@@ -167,22 +168,24 @@ def bot_get_updates(token: str, *, timeout: int = 0, limit: int = 1) -> list[Any
 def bot_delete_webhook(token: str) -> None:
     from telebot import apihelper
 
-    _point_at_api()
+    _point_at_api(token)
     _call("deleteWebhook", lambda: apihelper.delete_webhook(token))
 
 
 def bot_delete_my_commands(token: str) -> None:
     from telebot import apihelper
 
-    _point_at_api()
+    _point_at_api(token)
     _call("deleteMyCommands", lambda: apihelper.delete_my_commands(token))
 
 
 # --- the client ----------------------------------------------------------------------------
-def _point_at_api() -> None:
-    """Point telebot at the configured Bot API: the one place API_URL is set."""
+def _point_at_api(token: str | None = None, name: str = "TELEGRAM_BOT_TOKEN") -> None:
+    """Point telebot at the configured Bot API: the one place API_URL is set. The token about to
+    be used is registered for redaction: the HTTP libraries log request URLs, which carry it."""
     from telebot import apihelper
 
+    redaction.register(name, token)
     apihelper.API_URL = settings.TELEGRAM_API_URL
 
 
@@ -193,7 +196,7 @@ def _configure() -> str:
         raise PermanentError(
             "TELEGRAM_BOT_TOKEN is not set, so the factory cannot talk to Telegram.", code="telegram_not_configured"
         )
-    _point_at_api()
+    _point_at_api(token, "FACTORY_TELEGRAM_BOT_TOKEN")
     return token
 
 

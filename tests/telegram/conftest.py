@@ -52,3 +52,18 @@ def post_update(
     if deliver:
         deliver_outbox()
     return response
+
+
+@pytest.fixture
+def botapi(settings):
+    """The product's Bot API stand-in serving the factory's own bot (``botapi.factory``) and any
+    bot a test adds: the factory and the people's bots talk to one server, as in production."""
+    from orchestrator.telegram.standin import StandIn
+
+    server = StandIn().start()
+    server.factory = server.add_bot("factory_test_bot")
+    settings.TELEGRAM_API_URL = server.api_url
+    settings.TELEGRAM_BOT_TOKEN = server.factory
+    settings.TELEGRAM_WEBHOOK_SECRET = "webhook-secret-for-tests"
+    yield server
+    server.stop()
