@@ -1,4 +1,5 @@
-"""The scripted Architect: maps a plain description onto a small catalogue of web-service features.
+"""The scripted Architect: maps a plain description onto a small catalogue of features, built as a
+web service or, when the description asks for one ("a telegram bot that ..."), a Telegram bot.
 
 No LLM and no guessing. The description is split into words and filler words ("a", "web",
 "service", "please", ...) are dropped. A feature is selected when one of its keywords appears
@@ -10,6 +11,12 @@ selected feature; otherwise planning is refused with ScriptedPlanError naming th
 were not understood: the scripted architect never builds a service that ignores part of what
 was asked. Anything outside the catalogue needs an LLM backend for the architect role.
 
+The kind: a description with a word of BOT_WORDS ("telegram", "bot", "chat", ...) plans a
+telegram_bot (the same features as chat commands, checked by conversation checks, with the
+TELEGRAM_BOT_TOKEN variable filled by the Deployer); in a bot's description the words of
+BOT_VOCABULARY ("command", "start", "messages", ...) are understood too. Any other description
+plans a web_service.
+
 The developer side (agents/scripted/agent.py) implements each feature by its `name`.
 """
 
@@ -18,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from projects.specs import SLUG, AcceptanceCheck, Feature, ProjectSpec
+from projects.specs import SLUG, AcceptanceCheck, ConversationCheck, EnvVar, Feature, ProjectSpec
 
 SLUG_MAX = 42  # projects.specs.SLUG allows 3 to 42 characters
 
@@ -39,6 +46,10 @@ class CatalogueFeature:
     keywords: frozenset[str]  # words that select the feature, matched exactly
     vocabulary: frozenset[str]  # further words it understands once selected, with inflections
     checks: tuple[AcceptanceCheck, ...]
+    # The same feature in a Telegram bot (kind telegram_bot): its chat contract, an example, checks.
+    bot_summary: str
+    bot_example: str
+    conversation: tuple[ConversationCheck, ...]
     # Neighbouring words that select the feature together, in either order, with inflections.
     key_pairs: tuple[tuple[str, str], ...] = ()
 
@@ -57,6 +68,10 @@ class CatalogueFeature:
 
 def _words(*text: str) -> frozenset[str]:
     return frozenset(" ".join(text).split())
+
+
+def _say(name: str, send: str, contains: str) -> ConversationCheck:
+    return ConversationCheck(name=name, send=send, expect_contains=contains)
 
 
 def _check(
@@ -82,6 +97,10 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
             "name names named world hi hey say says saying message messages personal",
             "personalised personalized friendly politely nicely",
         ),
+        bot_summary='/start -> a greeting starting "Hello, <first name>!" that mentions /hello; /hello Ada -> '
+        '"Hello, Ada!"; /hello alone greets the sender by first name.',
+        bot_example="a telegram bot that greets people by name",
+        conversation=(_say("greet: /start", "/start", "Hello"), _say("greet: /hello Ada", "/hello Ada", "Hello, Ada!")),
         checks=(_check("greet: GET /greet?name=Ada", "/greet?name=Ada", "Hello, Ada!"),),
     ),
     CatalogueFeature(
@@ -98,6 +117,13 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
             "back text texts message messages input inputs word words string",
             "strings whatever same sent send sends say says said body hi",
         ),
+        bot_summary='/echo hi there -> "hi there"; any text that is not a command -> the same text; /echo '
+        "alone -> how to use it.",
+        bot_example="a telegram bot that echoes back whatever I write",
+        conversation=(
+            _say("echo: /echo hi there", "/echo hi there", "hi there"),
+            _say("echo: plain text", "parrot test", "parrot test"),
+        ),
         checks=(
             _check("echo: GET /echo?text=hi", "/echo?text=hi", "hi"),
             _check("echo: POST /echo", "/echo", "hi", method="POST", body={"text": "hi"}),
@@ -112,6 +138,10 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
         example="a service that tells the current time",
         keywords=_words("time clock clocks utc timestamp timestamps date dates datetime"),
         vocabulary=_words("current currently now today iso 8601 format formatted zone timezone", "gmt exact precise"),
+        bot_summary='/time -> "Current UTC time: <ISO-8601 timestamp with +00:00 offset>", e.g. '
+        '"Current UTC time: 2024-05-01T12:00:00+00:00".',
+        bot_example="a telegram bot that tells the current time",
+        conversation=(_say("time: /time", "/time", "+00:00"),),
         checks=(_check("time: GET /time", "/time", "utc"),),
     ),
     CatalogueFeature(
@@ -130,6 +160,10 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
             "current total visit visits visitor visitors click clicks hit hits",
             "memory stored keep keeps keeping track tracks tracking times",
         ),
+        bot_summary='/count -> adds one to the chat\'s counter and answers "Count: n"; /counter -> "Count: n" '
+        "without changing it; each chat's counter starts at 0, kept in memory.",
+        bot_example="a telegram bot with a counter I can increment",
+        conversation=(_say("counter: /count", "/count", "Count: "), _say("counter: /counter", "/counter", "Count: ")),
         checks=(
             _check("counter: POST /counter", "/counter", "count", method="POST"),
             _check("counter: GET /counter", "/counter", "count"),
@@ -149,6 +183,13 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
             "saving store stores storing stored keep keeps keeping list lists",
             "listing read reads memory take takes taking remember remembers",
             "retrieve fetch down short id ids",
+        ),
+        bot_summary='/note buy milk -> "Saved note n: buy milk" (no text -> how to use it); /notes -> the '
+        'chat\'s notes, one "n. text" line each, oldest first, or "No notes yet."; kept in memory per chat.',
+        bot_example="a telegram bot where I can add notes and list them",
+        conversation=(
+            _say("notes: /note buy milk", "/note buy milk", "buy milk"),
+            _say("notes: /notes", "/notes", "buy milk"),
         ),
         checks=(
             _check("notes: POST /notes", "/notes", "buy milk", method="POST", body={"text": "buy milk"}, status=201),
@@ -170,6 +211,13 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
         ),
         vocabulary=_words("add number result together operation integer decimal value times"),
         key_pairs=(("add", "number"), ("add", "integer"), ("add", "decimal"), ("add", "value")),
+        bot_summary='/add 2 3 -> "2 + 3 = 5"; /multiply 4 5 -> "4 * 5 = 20"; whole results as integers; '
+        "operands missing or not finite numbers -> how to use it.",
+        bot_example="a telegram bot that adds and multiplies two numbers",
+        conversation=(
+            _say("calculator: /add 2 3", "/add 2 3", "= 5"),
+            _say("calculator: /multiply 4 5", "/multiply 4 5", "= 20"),
+        ),
         checks=(
             _check("calculator: GET /add?a=2&b=3", "/add?a=2&b=3", "5"),
             _check("calculator: GET /multiply?a=4&b=5", "/multiply?a=4&b=5", "20"),
@@ -186,6 +234,10 @@ CATALOGUE: tuple[CatalogueFeature, ...] = (
         vocabulary=_words(
             "random randomly number numbers side sides sided six twenty game games", "throw throws throwing board"
         ),
+        bot_summary='/roll -> "You rolled n (1-6)." with 1 <= n <= 6; /roll 20 -> "You rolled n (1-20)."; sides '
+        "not a whole number from 2 to 1000 -> how to use it.",
+        bot_example="a telegram bot that rolls dice",
+        conversation=(_say("dice: /roll 6", "/roll 6", "You rolled"),),
         checks=(_check("dice: GET /roll?sides=6", "/roll?sides=6", "roll"),),
     ),
 )
@@ -225,8 +277,19 @@ FILLER = _words(
     "check checks",
 )
 
-# Words that mean the person wants a chat bot; the scripted catalogue builds web services only.
-BOT_WORDS = _words("telegram bot bots chatbot chatbots")
+# Words that mean the person wants a chat bot: they choose the kind telegram_bot.
+BOT_WORDS = _words("telegram bot bots chatbot chatbots chat chats")
+# Words any bot description may use about chatting itself, understood only in a bot's description.
+BOT_VOCABULARY = _words(
+    "command commands slash start help message messages messaging send sends sent write writes",
+    "writing wrote type types typed talk talks talking conversation conversations group groups",
+    "private dm dms",
+)
+BOT_TOKEN_ENV = EnvVar(
+    name="TELEGRAM_BOT_TOKEN",
+    source="bot_token",
+    description="The bot's token: one from the factory's bot pool, or the person's own.",
+)
 
 LLM_HINT = (
     "Anything else needs an LLM: configure an LLM backend for the architect role "
@@ -239,6 +302,14 @@ def _catalogue_help() -> str:
     lines = ["The scripted architect knows these web-service features (any combination):"]
     for feature in CATALOGUE:
         lines.append(f'  {feature.name:<{width}}  {feature.does}: {feature.summary} Example: "{feature.example}".')
+    lines.append(
+        "The same features make a Telegram bot (kind telegram_bot) when the description says so "
+        '("telegram", "bot", "chat"):'
+    )
+    for feature in CATALOGUE:
+        lines.append(
+            f'  {feature.name:<{width}}  {feature.does}: {feature.bot_summary} Example: "{feature.bot_example}".'
+        )
     lines.append(LLM_HINT)
     return "\n".join(lines)
 
@@ -247,18 +318,21 @@ CATALOGUE_HELP = _catalogue_help()
 
 
 def plan(description: str) -> ProjectSpec:
-    """Plan a web service from `description`, or raise ScriptedPlanError saying why not."""
+    """Plan a web service or a Telegram bot from `description`, or raise ScriptedPlanError saying why not."""
     if not description.strip():
         raise ScriptedPlanError(f"The description is empty.\n{CATALOGUE_HELP}")
     tokens = _content_tokens(description)
+    bot = any(token in BOT_WORDS for token in tokens)
+    if bot:
+        tokens = [token for token in tokens if token not in BOT_WORDS and token not in BOT_VOCABULARY]
     selected = [feature for feature in CATALOGUE if feature.selected_by(tokens)]
     unknown: list[str] = []
     for token in tokens:
         if token not in unknown and not any(feature.understands(token) for feature in selected):
             unknown.append(token)
     if not selected or unknown:
-        raise ScriptedPlanError(_refusal(description, unknown))
-    return _spec(selected)
+        raise ScriptedPlanError(_refusal(unknown, bot))
+    return _bot_spec(selected) if bot else _spec(selected)
 
 
 def _content_tokens(description: str) -> list[str]:
@@ -281,16 +355,14 @@ def _forms(word: str) -> set[str]:
     return forms
 
 
-def _refusal(description: str, unknown: list[str]) -> str:
+def _refusal(unknown: list[str], bot: bool) -> str:
     parts = []
     if unknown:
         parts.append("The scripted architect did not understand: " + ", ".join(f'"{word}"' for word in unknown) + ".")
     else:
         parts.append("The scripted architect found no feature it knows in the description.")
-    if BOT_WORDS & set(re.findall(r"[a-z]+", description.lower())):
-        parts.append(
-            "It builds web services only; a Telegram bot (kind telegram_bot) is not in the scripted catalogue."
-        )
+    if bot:
+        parts.append("It read the description as a Telegram bot (kind telegram_bot).")
     parts.append(CATALOGUE_HELP)
     return "\n".join(parts)
 
@@ -308,17 +380,35 @@ def _spec(ordered: list[CatalogueFeature]) -> ProjectSpec:
     )
 
 
+def _bot_spec(ordered: list[CatalogueFeature]) -> ProjectSpec:
+    """A telegram_bot: conversation checks instead of HTTP ones, and the token as its one variable."""
+    titles = [feature.title for feature in ordered]
+    return ProjectSpec(
+        name=f"{_join_and(titles)} Bot",
+        slug=_slug([*titles, "Bot"], keep_last=True),
+        kind="telegram_bot",
+        summary=f"A Telegram bot that {_join_and([feature.does for feature in ordered])}.",
+        features=[Feature(name=feature.name, summary=feature.bot_summary) for feature in ordered],
+        env=[BOT_TOKEN_ENV],
+        acceptance=[],
+        conversation=[check for feature in ordered for check in feature.conversation],
+    )
+
+
 def _join_and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _slug(titles: list[str]) -> str:
-    """Titles joined by dashes, dropping trailing ones that would not fit projects.specs.SLUG."""
+def _slug(titles: list[str], keep_last: bool = False) -> str:
+    """Titles joined by dashes, dropping trailing ones that would not fit projects.specs.SLUG
+    (``keep_last``: the last title always stays, e.g. "bot")."""
+    last = f"-{titles[-1].lower()}" if keep_last else ""
     slug = ""
-    for title in titles:
+    for title in titles[:-1] if keep_last else titles:
         candidate = f"{slug}-{title.lower()}" if slug else title.lower()
-        if len(candidate) > SLUG_MAX:
+        if len(candidate) + len(last) > SLUG_MAX:
             break
         slug = candidate
+    slug += last
     assert re.fullmatch(SLUG, slug), slug
     return slug
