@@ -1,13 +1,14 @@
-"""The scripted Developer: implements a web_service spec's features with canned code, no LLM.
+"""The scripted Developer: implements a spec's features with canned code, no LLM.
 
-Runs inside the project's git working copy (scaffolded from templates/web_service), with only
-the standard library and git:
+Runs inside the project's git working copy (scaffolded from templates/<kind>: web_service or
+telegram_bot), with only the standard library and git:
 
     python -m agents.scripted.agent develop --spec spec.json --iteration 1 --fail-times 0 \\
         --branch run-7 --remote origin
 
 It writes handlers.py (the spec's features, nothing else) and tests/test_features.py (real
-tests through the `client` fixture), commits if anything changed, pushes HEAD to the branch,
+tests through the `client` fixture of a web service, or the `chat` fixture of a bot: see
+bot_features.py), commits if anything changed, pushes HEAD to the branch,
 and prints one line of JSON on stdout: the AgentResult, e.g.
 {"status": "complete", "commit": "<sha>", "summary": "..."}. Failures print
 {"status": "failed", "summary": "..."} and exit 1. Progress goes to stderr.
@@ -32,6 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from agents.scripted.bot_features import BOT_FEATURES, render_bot_handlers, render_bot_tests
 
 GIT_NAME = "Scripted Developer"
 GIT_EMAIL = "scripted-developer@service-factory.invalid"
@@ -351,19 +354,24 @@ def render_tests(names: Sequence[str]) -> str:
     return header + "".join("\n" + feature.tests for feature in features)
 
 
+KINDS = ("web_service", "telegram_bot")
+
+
 def feature_names(spec: Any) -> list[str]:
     """The spec's feature names in order, checked against what this agent can implement."""
     if not isinstance(spec, dict) or not isinstance(spec.get("features"), list):
         raise AgentError("the spec is not a ProjectSpec: it has no features list")
-    if spec.get("kind") != "web_service":
-        raise AgentError(f"the scripted developer builds web_service projects only, not {spec.get('kind')!r}")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise AgentError(f"the scripted developer builds {' and '.join(KINDS)} projects only, not {kind!r}")
+    known = BOT_FEATURES if kind == "telegram_bot" else FEATURES
     names: list[str] = []
     for feature in spec["features"]:
         name = feature.get("name") if isinstance(feature, dict) else None
-        if name not in FEATURES:
+        if name not in known:
             raise AgentError(
                 f"unknown feature {name!r}: the scripted developer implements "
-                f"only {', '.join(FEATURES)}; anything else needs an LLM backend "
+                f"only {', '.join(known)}; anything else needs an LLM backend "
                 "for the developer role"
             )
         if name not in names:
@@ -371,6 +379,16 @@ def feature_names(spec: Any) -> list[str]:
     if not names:
         raise AgentError("the spec has no features")
     return names
+
+
+def scaffold_kind(root: Path) -> str:
+    """The kind the working copy was scaffolded as: factory.json's "kind" (web_service without one)."""
+    try:
+        start = json.loads((root / "factory.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "web_service"
+    kind = start.get("kind") if isinstance(start, dict) else None
+    return kind if isinstance(kind, str) else "web_service"
 
 
 def git(*args: str) -> str:
@@ -426,10 +444,14 @@ def develop(
     except (OSError, ValueError) as exc:
         raise AgentError(f"cannot read the spec {spec_path}: {exc}") from None
     names = feature_names(spec)
+    kind = spec["kind"]
     faulty = iteration <= fail_times
     root = Path(git("rev-parse", "--show-toplevel"))
     if not (root / "app.py").is_file():
-        raise AgentError("this working copy has no app.py: not scaffolded from web_service")
+        raise AgentError(f"this working copy has no app.py: not scaffolded from templates/{kind}")
+    scaffolded = scaffold_kind(root)
+    if scaffolded != kind:
+        raise AgentError(f"this working copy was scaffolded as a {scaffolded}, but the spec is a {kind}")
 
     if work_seconds > 0:
         log(f"working for {work_seconds:g}s")
@@ -438,9 +460,12 @@ def develop(
         f"iteration {iteration}: implementing {', '.join(names)} in {root.name}"
         + (" (deliberately faulty)" if faulty else "")
     )
-    (root / "handlers.py").write_text(render_handlers(names, faulty), encoding="utf-8")
+    bot = kind == "telegram_bot"
+    handlers = render_bot_handlers(names, faulty) if bot else render_handlers(names, faulty)
+    tests = render_bot_tests(names) if bot else render_tests(names)
+    (root / "handlers.py").write_text(handlers, encoding="utf-8")
     (root / "tests").mkdir(exist_ok=True)
-    (root / "tests" / "test_features.py").write_text(render_tests(names), encoding="utf-8")
+    (root / "tests" / "test_features.py").write_text(tests, encoding="utf-8")
     start_spec = root / "factory.json"
     if start_spec.is_file():
         start = json.loads(start_spec.read_text(encoding="utf-8"))
