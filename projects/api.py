@@ -12,7 +12,7 @@ import redis
 import structlog
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -21,7 +21,7 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.renderers import BaseRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -217,7 +217,8 @@ def render_run_detail(run: dict, stages: list[dict], events: list[dict]) -> dict
             "duration_seconds": _seconds(s["started_at"], s["finished_at"]),
             "error": s["error"],
             "output": s["output"],
-            "cost_usd": str(s["usage_cost_usd"]),
+            # "0" without usage rows (as before); six places otherwise (SQLite sums in floats).
+            "cost_usd": "0" if str(s["usage_cost_usd"]) == "0" else _money(s["usage_cost_usd"]),
         }
         for s in stages
     ]
@@ -226,6 +227,12 @@ def render_run_detail(run: dict, stages: list[dict], events: list[dict]) -> dict
         for e in events
     ]
     return data
+
+
+def _json_from_database(request: Request) -> bool:
+    """The database renders the body (PostgreSQL) and the client asked for JSON (not, say, the
+    browsable API)."""
+    return selectors.json_in_database() and isinstance(request.accepted_renderer, JSONRenderer)
 
 
 def _rows_for_pk(queryset, pk) -> list:
@@ -281,8 +288,14 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def list(self, request: Request, *args, **kwargs) -> Response:
         """The caller's projects (everyone's for staff), newest first, without their specs."""
-        rows = selectors.with_total_count(selectors.project_rows(request.user, with_spec=False))
-        page = self.paginator.paginate_counted(rows, request)
+        rows = selectors.project_rows(request.user, with_spec=False)
+        if _json_from_database(request):
+            return self.paginator.json_page_response(
+                request,
+                lambda limit, offset: selectors.project_page_json(request.user, limit=limit, offset=offset),
+                rows.count,
+            )
+        page = self.paginator.paginate_counted(selectors.with_total_count(rows), request)
         return self.get_paginated_response(render_projects(page))
 
     def retrieve(self, request: Request, *args, **kwargs) -> Response:
@@ -324,6 +337,14 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         return self.get_paginated_response([_run_summary(selectors.renamed(row)) for row in page])
 
     def retrieve(self, request: Request, *args, **kwargs) -> Response:
+        if _json_from_database(request):
+            try:
+                text = selectors.run_detail_json(request.user, int(kwargs["pk"]))
+            except ValueError:  # as the ORM reads the id: int() of the URL's text
+                text = None
+            if text is None:
+                raise Http404
+            return HttpResponse(text, content_type="application/json")
         try:
             found = selectors.run_detail_rows(request.user, kwargs["pk"])
         except (TypeError, ValueError, DjangoValidationError):
