@@ -79,7 +79,7 @@ class PollState:
             )
             return {
                 "polling": fresh,
-                "last_poll": self._last_poll.isoformat(timespec="seconds") if self._last_poll else None,
+                "last_poll": self._last_poll.isoformat() if self._last_poll else None,
                 "bot": self.bot_username,
             }
 
