@@ -1,6 +1,6 @@
 """Preparer (no LLM): a repository scaffolded from the bundled template, on branch run-<id>.
 
-The scaffold is made by copier from ``templates/<kind>``; TASK.md and AGENTS.md tell the
+The scaffold is made by copier from ``templates/<kind>`` (web_service, telegram_bot); TASK.md and AGENTS.md tell the
 developer agent what to build and how to report. Idempotent: an existing branch is reused.
 """
 
@@ -69,15 +69,27 @@ def run(ctx: StageContext) -> Outcome:
 
 def render_task(spec: ProjectSpec, run_id: int) -> str:
     features = "\n".join(f"- **{f.name}**: {f.summary}" for f in spec.features)
-    checks = "\n".join(
-        f"- `{c.method} {c.path}` answers {c.expect_status}"
-        + (f" containing `{c.expect_contains}`" if c.expect_contains else "")
-        for c in spec.acceptance
-    )
-    env = (
-        "\n".join(f"- `{v.name}` ({v.source}): {v.description}" for v in spec.env)
-        or "- none beyond PORT, HOST, RELEASE"
-    )
+    if spec.kind == "telegram_bot":
+        checks_title = "Conversation checks (the deployer says these to the live bot, in one chat, in order)"
+        checks = "\n".join(
+            f"- a person sends `{c.send}`; the reply contains `{c.expect_contains}`" for c in spec.conversation
+        )
+        implement = (
+            "Every feature is a command (or handler) added by `register(bot)` in `handlers.py` "
+            "(pyTelegramBotAPI), covered by tests under `tests/` that talk to the bot through the "
+            "`chat` fixture (a loopback Bot API in `tests/conftest.py`)."
+        )
+        runtime = "TELEGRAM_API_URL, PORT, HOST, RELEASE"
+    else:
+        checks_title = "Acceptance checks (the deployer runs these against the live service)"
+        checks = "\n".join(
+            f"- `{c.method} {c.path}` answers {c.expect_status}"
+            + (f" containing `{c.expect_contains}`" if c.expect_contains else "")
+            for c in spec.acceptance
+        )
+        implement = "Every feature is implemented in `handlers.py` and covered by tests under `tests/`."
+        runtime = "PORT, HOST, RELEASE"
+    env = "\n".join(f"- `{v.name}` ({v.source}): {v.description}" for v in spec.env) or f"- none beyond {runtime}"
     return f"""# Task: {spec.name} (run {run_id})
 
 {spec.summary}
@@ -85,14 +97,14 @@ def render_task(spec: ProjectSpec, run_id: int) -> str:
 ## Features to implement
 {features}
 
-## Acceptance checks (the deployer runs these against the live service)
-{checks}
+## {checks_title}
+{checks or "- none"}
 
 ## Environment contract (names only; values are injected at deploy time)
 {env}
 
 ## Definition of done
-- Every feature is implemented in `handlers.py` and covered by tests under `tests/`.
+- {implement}
 - `python -m pytest` passes in this repository.
 - Your work is committed and pushed to this branch, and you reported your result (see AGENTS.md).
 """
@@ -101,7 +113,8 @@ def render_task(spec: ProjectSpec, run_id: int) -> str:
 AGENTS_MD = """# Working agreement for agents
 
 - Read `TASK.md`; `.factory/spec.json` is the same task as data.
-- The service is `app.py` (do not change its /health contract); features go in `handlers.py`.
+- The service (or bot) is `app.py`, the same for every project: do not change it or its /health
+  contract; features go in `handlers.py`.
 - Tests go under `tests/`; run them with `python -m pytest` before you report.
 - Commit your work and push it to the current branch.
 - Secrets: you only ever see variable names, never values; never write a value into a file.
