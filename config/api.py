@@ -79,15 +79,13 @@ class Pagination(LimitOffsetPagination):
             self.count = self.get_count(rows) if self.offset else 0
         return page
 
-    def json_page_response(self, request, fetch, count) -> HttpResponse:
+    def json_page_response(self, request, fetch) -> HttpResponse:
         """The paginated response for a page the database rendered as JSON text:
-        ``fetch(limit, offset)`` gives (the count of all rows, or None for a page past the end;
-        the page's results as JSON text), ``count()`` counts all rows (only past the end)."""
+        ``fetch(limit, offset)`` gives (the count of all rows, the page's results as JSON text)."""
         self.request = request
         self.limit = self.get_limit(request)
         self.offset = self.get_offset(request)
-        total, results = fetch(self.limit, self.offset)
-        self.count = total if total is not None else (count() if self.offset else 0)
+        self.count, results = fetch(self.limit, self.offset)
         links = {"count": self.count, "next": self.get_next_link(), "previous": self.get_previous_link()}
         head = json.dumps(links, separators=(",", ":"))
         return HttpResponse(f'{head[:-1]},"results":{results}}}', content_type="application/json")

@@ -121,7 +121,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
     "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "config.api.Pagination",
-    "PAGE_SIZE": 50,  # the default ?limit=; at most config.api.Pagination.max_limit (100)
+    "PAGE_SIZE": 20,  # the default ?limit=; at most config.api.Pagination.max_limit (100)
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Service factory API",

@@ -288,13 +288,11 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def list(self, request: Request, *args, **kwargs) -> Response:
         """The caller's projects (everyone's for staff), newest first, without their specs."""
-        rows = selectors.project_rows(request.user, with_spec=False)
         if _json_from_database(request):
             return self.paginator.json_page_response(
-                request,
-                lambda limit, offset: selectors.project_page_json(request.user, limit=limit, offset=offset),
-                rows.count,
+                request, lambda limit, offset: selectors.project_page_json(request.user, limit=limit, offset=offset)
             )
+        rows = selectors.project_rows(request.user, with_spec=False)
         page = self.paginator.paginate_counted(selectors.with_total_count(rows), request)
         return self.get_paginated_response(render_projects(page))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from decimal import Decimal
 
+import psycopg
 from django.db import connection
 from django.db.models import (
     CharField,
@@ -262,6 +263,32 @@ def json_in_database() -> bool:
     return connection.vendor == "postgresql"
 
 
+class _PreparingCursor(psycopg.Cursor):
+    """Binds parameters on the server and prepares each statement once per connection."""
+
+    def execute(self, query, params=None, *, prepare=None, binary=None):
+        return super().execute(query, params, prepare=True if prepare is None else prepare, binary=binary)
+
+
+def _fetchone_prepared(sql: str, params: list):
+    """Run one of these statements prepared: PostgreSQL parses and plans it once per connection,
+    not on every request (Django's cursors bind parameters on the client and never prepare).
+    Through Django's cursor wrapper, so it is counted and logged like any query."""
+    with connection.cursor() as cursor:
+        client = cursor.cursor
+        if client.connection.prepare_threshold is None:
+            # Django turns psycopg's automatic preparing off; only these explicit ones then happen
+            # (its own client-side cursors never prepare).
+            client.connection.prepare_threshold = 2**31 - 1
+        cursor.cursor = _PreparingCursor(client.connection)
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+        finally:
+            cursor.cursor.close()
+            cursor.cursor = client
+
+
 def _iso_sql(column: str) -> str:
     """``UtcIso`` of a column, as PostgreSQL SQL (".000000" is what to_char writes for none)."""
     return f"replace(to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '.000000Z', 'Z')"
@@ -319,9 +346,7 @@ def run_detail_json(user, run_id: int) -> str | None:
     may not see the run. One statement."""
     if not 0 < run_id <= MAX_ID:
         return None
-    with connection.cursor() as cursor:
-        cursor.execute(_run_detail_sql(), [run_id, user.is_staff, user.id])
-        row = cursor.fetchone()
+    row = _fetchone_prepared(_run_detail_sql(), [run_id, user.is_staff, user.id])
     return row[0] if row else None
 
 
@@ -348,8 +373,8 @@ FROM page p
 def project_page_json(user, *, limit: int, offset: int) -> tuple[int, str]:
     """A page of ``project_rows(user, with_spec=False)`` as the API renders it: (the count of
     all, the page as JSON text), one statement (PostgreSQL)."""
-    with connection.cursor() as cursor:
-        visible = [user.is_staff, user.id]
-        cursor.execute(_project_page_sql(), [*visible, limit, offset, *visible, Deployment.Status.LIVE])
-        total, text = cursor.fetchone()
+    visible = [user.is_staff, user.id]
+    total, text = _fetchone_prepared(
+        _project_page_sql(), [*visible, limit, offset, *visible, str(Deployment.Status.LIVE)]
+    )
     return total, text
