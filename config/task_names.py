@@ -39,3 +39,7 @@ SECRETS_PROVIDED = "escalations.secrets_provided"
 
 # Make the proxy's routes match the live releases (a restarted Caddy forgets them).
 ROUTES_SYNC = "maintenance.sync_routes"
+
+# Watch live releases (beat), and repair one found down (one step per task, retried with backoff).
+RELEASES_PROBE = "maintenance.probe_releases"
+RELEASES_REPAIR = "releases.repair"

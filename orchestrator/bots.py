@@ -211,6 +211,20 @@ def bot_release(project_id: int, *, actor: str = "system", why: str = "project d
     return released
 
 
+def bot_refused(*, project_id: int, error: str) -> BotToken | None:
+    """Telegram refuses the project's bot now (its token revoked): it stops serving the project
+    (a pool bot is kept as invalid for an operator to look at; a person's own is retired), so the
+    next deploy takes another bot from the pool or asks the person for a token."""
+    row = BotToken.objects.filter(project_id=project_id, status=BotToken.Status.ASSIGNED).first()
+    if row is None:
+        return None
+    with transaction.atomic():  # never free in between: no other project may take it
+        released = pool.bot_release(bot_token_id=row.id, why=f"refused by Telegram: {error}"[:200])
+        if released.status == BotToken.Status.FREE:
+            released = pool.bot_mark_invalid(bot_token_id=row.id, error=error)
+    return released
+
+
 def revalidate(bot_token_id: int, *, actor: str = "system") -> BotToken:
     """Check a bot against Telegram again: valid → its error cleared (an invalid pool bot is free
     again); refused → marked invalid with the reason. Raises TransientError when Telegram cannot

@@ -29,6 +29,7 @@ ESCALATING = {
     "config_inconsistent": Escalation.Reason.STAGE_ERROR,
     "secrets_missing": Escalation.Reason.SECRETS_MISSING,
     "bot_token_needed": Escalation.Reason.BOT_TOKEN,
+    "bot_not_polling": Escalation.Reason.STAGE_ERROR,
 }
 STAGES = (Stage.DEVELOPER, Stage.TESTER, Stage.DEPLOYER)
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from agents import services as agent_services
 from agents.models import AgentConfig, WorkerSession
 from config.errors import PermanentError, TransientError
-from orchestrator import workers
+from orchestrator import bots, workers
 from orchestrator.deploy import caddy, local
 from orchestrator.runtime import WorkerGone, get_runtime
 from projects import deployments, selectors
@@ -49,6 +49,9 @@ def project_teardown(*, project_id: int) -> int:
         local.stop(deployment_id=deployment.id, pid=deployment.pid)
         deployments.deployment_stopped(deployment_id=deployment.id)
         stopped += 1
+    # A bot project's bot goes back to the pool (webhook deleted, commands cleared); a person's
+    # own bot is forgotten.
+    bots.bot_release(project_id)
     router = caddy.get_router()
     slug = Project.objects.filter(id=project_id).values_list("slug", flat=True).first()
     if router is not None and slug:

@@ -30,6 +30,8 @@ def beat_schedule() -> dict:
         # Terminate expired workers and workers of finished runs, fail sessions whose worker
         # vanished, remove orphan workers.
         "workers-reap": _every(names.WORKERS_REAP, sweep),
+        # Probe every live release; one found down opens an incident and is repaired.
+        "releases-probe": _every(names.RELEASES_PROBE, settings.RELEASE_PROBE_INTERVAL_SECONDS),
         # Re-apply the routes of live releases to Caddy (no-op without BASE_DOMAIN).
         "routes-sync": _every(names.ROUTES_SYNC, settings.ROUTES_SYNC_INTERVAL_SECONDS),
     }

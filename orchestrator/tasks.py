@@ -10,7 +10,7 @@ from django.conf import settings
 
 from agents import services as agent_services
 from config import task_names as names
-from orchestrator import maintenance, pipeline, workers
+from orchestrator import maintenance, pipeline, releases, workers
 from orchestrator.stages import Next
 from orchestrator.telegram import delivery
 from projects import notifications, runs
@@ -92,6 +92,8 @@ def reconcile_runs() -> int:
 
 
 SWEEP_TASK = dict(acks_late=True, ignore_result=True, soft_time_limit=120, time_limit=180)
+# A repair step starts a release and waits for its health (bounded by the health timeouts).
+_REPAIR_LIMITS = dict(soft_time_limit=120, time_limit=180)
 
 
 @shared_task(name=names.WORKERS_PAUSE_IDLE, **SWEEP_TASK)
@@ -102,6 +104,22 @@ def pause_idle() -> int:
 @shared_task(name=names.WORKERS_REAP, **SWEEP_TASK)
 def reap() -> int:
     return maintenance.workers_reap().total()
+
+
+@shared_task(name=names.RELEASES_PROBE, **SWEEP_TASK)
+def probe_releases() -> dict:
+    """Look at every live release; one found down opens an incident and starts its repair."""
+    return releases.releases_probe()
+
+
+@shared_task(
+    name=names.RELEASES_REPAIR, bind=True, acks_late=True, ignore_result=True, max_retries=None, **_REPAIR_LIMITS
+)
+def repair_release(self, incident_id: int) -> None:
+    """One repair step (restart, or roll back, or give up); waits between steps by retrying."""
+    countdown = releases.release_repair(incident_id=incident_id)
+    if countdown is not None:
+        raise self.retry(countdown=countdown)
 
 
 @shared_task(name=names.ROUTES_SYNC, **SWEEP_TASK)

@@ -14,15 +14,21 @@ from pathlib import Path
 
 import structlog
 from django.conf import settings
+from django.utils import timezone
 
 from agents.contracts import FailingTest, TestReport
-from orchestrator.deploy import local
+from config.errors import PermanentError
+from orchestrator import bots
+from orchestrator.deploy import botcheck, caddy, environment, local
 from orchestrator.git import git
 from orchestrator.procs import process_alive
 from orchestrator.stages import Next, Outcome, StageContext, StageFailed
+from orchestrator.telegram import transport
+from orchestrator.telegram.standin import StandIn
 from projects import deployments
 from projects.models import Deployment, Stage
 from projects.specs import ProjectSpec
+from secrets_meta import redaction
 
 log = structlog.get_logger(__name__)
 
@@ -32,8 +38,10 @@ def run(ctx: StageContext) -> Outcome:
     prepared = ctx.output_of(Stage.PREPARER)
     tested = ctx.output_of(Stage.TESTER, iteration=ctx.run.iteration)
     commit = tested["commit"]
-    deployment = deployments.deployment_allocate(project_id=ctx.project.id, run_id=ctx.run.id, commit_sha=commit)
-    url = f"http://{settings.DEPLOY_HOST}:{deployment.port}/"
+    # What the release needs before anything starts: its secrets, and a bot's token. Missing
+    # ones make the run wait for the person (an escalation), not fail.
+    bot, public_url, deployment, env = _values(ctx, spec)
+    url = _loopback_url(deployment.port)
     if deployment.status == Deployment.Status.LIVE and process_alive(deployment.pid):
         # A rerun after a crash past going live: keep the release, finish what the crashed
         # attempt may have left undone.
@@ -55,13 +63,15 @@ def run(ctx: StageContext) -> Outcome:
     release_dir.parent.mkdir(parents=True, exist_ok=True)
     git("clone", "--quiet", "--no-checkout", prepared["repo"], str(release_dir))
     git("checkout", "--quiet", "--detach", commit, cwd=release_dir)
+    if bot is not None:
+        return _deploy_bot(ctx, spec, deployment, release_dir, env, bot, commit, prepared["repo"])
     try:
         pid = local.start(
             deployment_id=deployment.id,
             release_dir=release_dir,
             port=deployment.port,
             host=settings.DEPLOY_HOST,
-            env={},
+            env=env,
         )
     except local.ReleaseError as exc:
         deployments.deployment_fail(deployment_id=deployment.id, error=str(exc))
@@ -77,28 +87,199 @@ def run(ctx: StageContext) -> Outcome:
         problems = [r.detail for r in local.run_acceptance(url, checks) if not r.ok]
     if problems:
         local.stop(deployment_id=deployment.id, pid=pid)
-        tail = _log_tail(release_dir)
-        deployments.deployment_fail(deployment_id=deployment.id, error="; ".join(problems) + "\n" + tail)
-        message = (
-            "The new release failed its checks and was stopped; the previous release (if any) still "
-            "serves: " + "; ".join(problems)
-        )
-        # The health failure goes back to the Developer like a failing test, within the cap.
-        report = TestReport(
-            errors=1,
-            failing=[
-                FailingTest(
-                    name="deploy: health and acceptance checks", message=("; ".join(problems) + "\n" + tail)[-2000:]
-                )
-            ],
-        )
-        output = {"commit": commit, "deployment_id": deployment.id, "report": report.model_dump()}
-        if ctx.run.iteration < ctx.run.max_iterations:
-            return Outcome(output, Next.LOOP)
-        raise StageFailed(message, code="deploy_unhealthy", output=output)
-    deployments.deployment_go_live(deployment_id=deployment.id, url=url)
+        return _failed(ctx, deployment.id, release_dir, problems, commit)
+    # Healthy: only now does the name point at it (the route is swapped in place).
+    router = caddy.get_router()
+    if router is not None:
+        upstream = f"{settings.DEPLOY_HOST}:{deployment.port}"
+        router.set_route(caddy.Route(slug=ctx.project.slug, host=caddy.host_for(ctx.project.slug), upstream=upstream))
+    deployments.deployment_go_live(deployment_id=deployment.id, url=public_url)
     replaced = _settle(ctx, prepared["repo"], commit, release_dir)
-    return Outcome({"deployment_id": deployment.id, "url": url, "commit": commit, "replaced": replaced})
+    return Outcome({"deployment_id": deployment.id, "url": public_url, "commit": commit, "replaced": replaced})
+
+
+def _public_url(slug: str) -> str | None:
+    """The name people get when releases are behind Caddy (BASE_DOMAIN set), else None."""
+    if caddy.get_router() is None:
+        return None
+    return f"{'https' if settings.CADDY_HTTPS else 'http'}://{caddy.host_for(slug)}/"
+
+
+def _values(ctx: StageContext, spec: ProjectSpec) -> tuple[environment.ReleaseBot | None, str, Deployment, dict]:
+    """The bot, the URL, the run's deployment row and the release's environment; values a person
+    must give (secrets, a bot token) make the run wait for them."""
+    try:
+        bot = environment.project_bot(ctx.project) if spec.kind == "telegram_bot" else None
+    except environment.ValuesMissing as exc:
+        raise StageFailed(
+            "The bot needs a Telegram bot token.", code="bot_token_needed", output={"reason": exc.bot_reason}
+        ) from None
+    commit = ctx.output_of(Stage.TESTER, iteration=ctx.run.iteration)["commit"]
+    deployment = deployments.deployment_allocate(project_id=ctx.project.id, run_id=ctx.run.id, commit_sha=commit)
+    url = _bot_url(bot.username) if bot else _public_url(ctx.project.slug) or _loopback_url(deployment.port)
+    try:
+        env = environment.release_env(ctx.project, spec, public_url=url, bot=bot)
+    except environment.ValuesMissing as exc:
+        names = ", ".join(exc.missing)
+        raise StageFailed(
+            f"These secrets must be provided before the release can start: {names}.",
+            code="secrets_missing",
+            output={"missing": exc.missing},
+        ) from None
+    return bot, url, deployment, env
+
+
+def _loopback_url(port: int) -> str:
+    return f"http://{settings.DEPLOY_HOST}:{port}/"
+
+
+def _bot_url(username: str) -> str:
+    return f"https://t.me/{username}"
+
+
+def _deploy_bot(
+    ctx: StageContext,
+    spec: ProjectSpec,
+    deployment: Deployment,
+    release_dir: Path,
+    env: dict[str, str],
+    bot: environment.ReleaseBot,
+    commit: str,
+    repo: str,
+) -> Outcome:
+    """A bot goes live in two steps. First a rehearsal: the release runs against the factory's
+    loopback Bot API stand-in with a throwaway token and must answer every conversation check,
+    while the previous release keeps serving. Then the hand-over: Telegram allows one poller per
+    token, so the previous release stops, the new one starts with the real token and must report
+    a successful getUpdates in time; if it does not, it is stopped and the previous one is
+    started again (rollback), and the person is told."""
+    start_spec = local.read_start_spec(release_dir)
+    health_url = f"http://{settings.DEPLOY_HOST}:{deployment.port}/"
+    release = str(deployment.id)
+    problems: list[str] = []
+    standin = StandIn().start()
+    pid = None
+    try:
+        throwaway = standin.add_bot(username=f"{spec.slug.replace('-', '_')[:20]}_check_bot")
+        rehearsal_env = {**env, "TELEGRAM_BOT_TOKEN": throwaway, "TELEGRAM_API_URL": standin.base_url}
+        pid = _start(deployment, release_dir, rehearsal_env)
+        polling = botcheck.wait_polling(
+            pid=pid, url=health_url, path=start_spec.health, release=release, timeout=settings.DEPLOY_HEALTH_TIMEOUT
+        )
+        problems = [] if polling.ok else [f"rehearsal: {polling.detail}"]
+        rehearsed: list[str] = []
+        if polling.ok:
+            results = botcheck.converse(standin, throwaway, spec.conversation, timeout=settings.DEPLOY_HEALTH_TIMEOUT)
+            problems = [f"conversation: {r.detail}" for r in results if not r.ok]
+            rehearsed = [r.detail for r in results]
+    finally:
+        if pid:
+            local.stop(deployment_id=deployment.id, pid=pid)
+        standin.stop()
+    if problems:
+        return _failed(ctx, deployment.id, release_dir, problems, commit)
+    # The token must still work (getMe) before the serving release is disturbed.
+    try:
+        transport.bot_get_me(bot.token)
+    except PermanentError as exc:
+        bots.bot_refused(project_id=ctx.project.id, error=exc.message)
+        raise StageFailed(
+            f"Telegram refused the bot's token ({exc.message}).", code="bot_token_needed", output={"reason": "refused"}
+        ) from None
+    previous = list(
+        Deployment.objects.filter(project_id=ctx.project.id, status=Deployment.Status.LIVE).exclude(id=deployment.id)
+    )
+    for old in previous:
+        local.stop(deployment_id=old.id, pid=old.pid)
+    live_env = {**env, "TELEGRAM_API_URL": settings.BOTS_API_URL}
+    since = timezone.now()
+    pid = _start(deployment, release_dir, live_env)
+    polling = botcheck.wait_polling(
+        pid=pid, url=health_url, path=start_spec.health, release=release, timeout=settings.BOT_POLL_TIMEOUT, since=since
+    )
+    if not polling.ok:
+        local.stop(deployment_id=deployment.id, pid=pid)
+        restored = []
+        for old in previous:
+            try:
+                old_pid = local.start(
+                    deployment_id=old.id,
+                    release_dir=Path(old.release_dir),
+                    port=old.port,
+                    host=settings.DEPLOY_HOST,
+                    env=live_env,
+                )
+            except local.ReleaseError as exc:
+                log.warning("bot_rollback_failed", deployment_id=old.id, error=str(exc))
+                continue
+            deployments.deployment_started(deployment_id=old.id, pid=old_pid, release_dir=old.release_dir)
+            restored.append(old.id)
+        if previous:
+            deployments.deployment_rolled_back(
+                run_id=ctx.run.id, failed_id=deployment.id, restored=restored, reason=polling.detail
+            )
+        # The rehearsal passed, so this is not the code's fault: the token, another program
+        # polling the bot, or Telegram itself. A person decides (retry, or another token).
+        deployments.deployment_fail(deployment_id=deployment.id, error=f"with the real token: {polling.detail}")
+        raise StageFailed(
+            f"The bot passed its checks but could not poll Telegram with its token ({polling.detail}). "
+            + ("The previous release serves again. " if previous else "")
+            + "If another program uses this bot, stop it; then reply to try again, or send /token to use another bot.",
+            code="bot_not_polling",
+            output={"deployment_id": deployment.id, "restored": [d.id for d in previous]},
+        )
+    url = _bot_url(bot.username)
+    deployments.deployment_go_live(deployment_id=deployment.id, url=url)
+    replaced = _settle(ctx, repo, commit, release_dir)
+    return Outcome(
+        {
+            "deployment_id": deployment.id,
+            "url": url,
+            "bot": bot.username,
+            "commit": commit,
+            "replaced": replaced,
+            "rehearsal": rehearsed,
+        }
+    )
+
+
+def _start(deployment: Deployment, release_dir: Path, env: dict[str, str]) -> int:
+    try:
+        pid = local.start(
+            deployment_id=deployment.id,
+            release_dir=release_dir,
+            port=deployment.port,
+            host=settings.DEPLOY_HOST,
+            env=env,
+        )
+    except local.ReleaseError as exc:
+        deployments.deployment_fail(deployment_id=deployment.id, error=str(exc))
+        raise StageFailed(str(exc), code="deploy_failed") from exc
+    deployments.deployment_started(deployment_id=deployment.id, pid=pid, release_dir=str(release_dir))
+    return pid
+
+
+def _failed(ctx: StageContext, deployment_id: int, release_dir: Path, problems: list[str], commit: str) -> Outcome:
+    """The new release failed its checks (it is already stopped): record it, and send the failure
+    back to the Developer like a failing test, within the cap; at the cap, ask a person."""
+    tail = redaction.redact(_log_tail(release_dir))
+    deployments.deployment_fail(deployment_id=deployment_id, error="; ".join(problems) + "\n" + tail)
+    message = (
+        "The new release failed its checks and was stopped; the previous release (if any) still "
+        "serves: " + "; ".join(problems)
+    )
+    report = TestReport(
+        errors=1,
+        failing=[
+            FailingTest(
+                name="deploy: health and acceptance checks", message=("; ".join(problems) + "\n" + tail)[-2000:]
+            )
+        ],
+    )
+    output = {"commit": commit, "deployment_id": deployment_id, "report": report.model_dump()}
+    if ctx.run.iteration < ctx.run.max_iterations:
+        return Outcome(output, Next.LOOP)
+    raise StageFailed(message, code="deploy_unhealthy", output=output)
 
 
 def _settle(ctx: StageContext, repo: str, commit: str, release_dir: Path) -> list[int]:

@@ -1,0 +1,235 @@
+"""Live releases, watched and repaired (beat), and rolled back by hand.
+
+`releases_probe` looks at every live release: its process, its health endpoint answering for
+this very release, and for a bot that it is polling Telegram. A release that is down opens an
+Incident and gets a repair: restart it in place (same port, same environment) up to
+`RELEASE_RESTART_LIMIT` times with backoff; then roll back to the previous healthy release
+(started again from its kept release directory: seconds, no rebuild) on the same port, so its
+name and route do not change; then give up and leave it to a person. Each step is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+
+from config import task_names as names
+from config.errors import Conflict, NotFound
+from orchestrator.deploy import botcheck, environment, local
+from orchestrator.procs import has_marker
+from projects import deployments, incidents
+from projects.models import Deployment, Incident, IncidentEvent, Project
+from projects.specs import ProjectSpec
+
+log = structlog.get_logger(__name__)
+Type = IncidentEvent.Type
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    detail: str
+    ms: int
+
+
+def _internal(deployment: Deployment) -> str:
+    return f"http://{settings.DEPLOY_HOST}:{deployment.port}/"
+
+
+def probe(deployment: Deployment) -> Probe:
+    """One quick look at a live release (no waiting): alive, healthy, and for a bot, polling."""
+    started = time.monotonic()
+
+    def done(ok: bool, detail: str) -> Probe:
+        return Probe(ok, detail, int((time.monotonic() - started) * 1000))
+
+    if not deployment.pid or not has_marker(deployment.pid, local.RELEASE_MARKER, str(deployment.id)):
+        return done(False, "the release's process is gone")
+    path = local.health_path(deployment.release_dir)
+    status, body = local.http(_internal(deployment) + path.lstrip("/"), timeout=settings.RELEASE_PROBE_TIMEOUT)
+    if status != 200:
+        return done(False, f"{path} answered {status or 'nothing'}")
+    answer = local.json_or_empty(body)
+    if str(answer.get("release")) != str(deployment.id):
+        return done(False, f"{path} answered for release {answer.get('release')!r}")
+    if deployment.project.kind == "telegram_bot" and not answer.get("polling"):
+        return done(False, "the bot is not polling Telegram")
+    return done(True, "healthy")
+
+
+def releases_probe() -> dict[str, int]:
+    """Probe every live release; open an incident (and start its repair) for each one down."""
+    counts = {"probed": 0, "down": 0, "opened": 0}
+    live = Deployment.objects.filter(status=Deployment.Status.LIVE).select_related("project")
+    for deployment in live:
+        result = probe(deployment)
+        counts["probed"] += 1
+        deployments.deployment_probed(deployment_id=deployment.id, ok=result.ok, ms=result.ms, detail=result.detail)
+        if result.ok:
+            # Back before any repair began (e.g. a slow moment): close it as recovered.
+            waiting = Incident.objects.filter(project_id=deployment.project_id, status=Incident.Status.DETECTED).first()
+            if waiting is not None:
+                incidents.incident_resolve(
+                    incident_id=waiting.id, serving_id=deployment.id, type=Type.RECOVERED, detail=""
+                )
+            continue
+        counts["down"] += 1
+        with transaction.atomic():
+            incident, created = incidents.incident_open(deployment_id=deployment.id, reason=result.detail)
+            if created:
+                counts["opened"] += 1
+                _enqueue_repair(incident.id)
+        log.warning("release_down", deployment_id=deployment.id, project_id=deployment.project_id, why=result.detail)
+    return counts
+
+
+def _enqueue_repair(incident_id: int, countdown: float = 0) -> None:
+    transaction.on_commit(
+        lambda: current_app.send_task(names.RELEASES_REPAIR, kwargs={"incident_id": incident_id}, countdown=countdown)
+    )
+
+
+def _start(deployment: Deployment, release_dir: Path) -> tuple[int | None, str]:
+    """Start a kept release on its port with its environment; (pid, "") or (None, why not)."""
+    project = deployment.project
+    spec = ProjectSpec.model_validate(project.spec)
+    try:
+        bot = environment.project_bot(project) if spec.kind == "telegram_bot" else None
+        env = environment.release_env(project, spec, public_url=deployment.url, bot=bot)
+    except environment.ValuesMissing as exc:
+        return None, str(exc)
+    if bot is not None:
+        env["TELEGRAM_API_URL"] = settings.BOTS_API_URL
+    try:
+        pid = local.start(
+            deployment_id=deployment.id,
+            release_dir=release_dir,
+            port=deployment.port,
+            host=settings.DEPLOY_HOST,
+            env=env,
+        )
+    except local.ReleaseError as exc:
+        return None, str(exc)
+    path = local.health_path(release_dir)
+    if spec.kind == "telegram_bot":
+        check = botcheck.wait_polling(
+            pid=pid, url=_internal(deployment), path=path, release=str(deployment.id), timeout=settings.BOT_POLL_TIMEOUT
+        )
+    else:
+        check = local.wait_healthy(
+            pid=pid,
+            url=_internal(deployment),
+            path=path,
+            release=str(deployment.id),
+            timeout=settings.DEPLOY_HEALTH_TIMEOUT,
+        )
+    if not check.ok:
+        local.stop(deployment_id=deployment.id, pid=pid)
+        return None, check.detail
+    return pid, ""
+
+
+def release_repair(*, incident_id: int) -> float | None:
+    """One repair step of an open incident; the countdown to the next step, or None when over."""
+    incident = Incident.objects.select_related("deployment__project").filter(id=incident_id).first()
+    if incident is None or incident.status not in Incident.OPEN:
+        return None
+    failing = incident.deployment
+    if failing.status != Deployment.Status.LIVE:
+        # A new deploy replaced it meanwhile: whatever is live now serves.
+        current = Deployment.objects.filter(project_id=failing.project_id, status=Deployment.Status.LIVE).first()
+        if current is not None:
+            incidents.incident_resolve(
+                incident_id=incident.id, serving_id=current.id, type=Type.RECOVERED, detail="a new release is live"
+            )
+        else:
+            incidents.incident_give_up(incident_id=incident.id, detail="the release is no longer live")
+        return None
+    if incident.restarts < settings.RELEASE_RESTART_LIMIT:
+        incidents.incident_step(
+            incident_id=incident.id, type=Type.RESTARTING, detail=f"restart {incident.restarts + 1}", restarted=True
+        )
+        local.stop(deployment_id=failing.id, pid=failing.pid)
+        pid, why = _start(failing, Path(failing.release_dir))
+        if pid is not None:
+            deployments.deployment_restarted(deployment_id=failing.id, pid=pid)
+            incidents.incident_resolve(incident_id=incident.id, serving_id=failing.id, type=Type.RESTARTED)
+            return None
+        incidents.incident_step(incident_id=incident.id, type=Type.RESTART_FAILED, detail=why)
+        return settings.RELEASE_RESTART_BACKOFF_SECONDS * (2**incident.restarts)
+    return _roll_back(incident, failing)
+
+
+def _previous_healthy(failing: Deployment) -> Deployment | None:
+    """The most recent earlier release that served and was replaced normally, still on disk."""
+    for candidate in Deployment.objects.filter(
+        project_id=failing.project_id, status=Deployment.Status.STOPPED, id__lt=failing.id, live_at__isnull=False
+    ).order_by("-id")[: settings.RELEASES_KEPT]:
+        if candidate.release_dir and Path(candidate.release_dir).is_dir():
+            return candidate
+    return None
+
+
+def _roll_back(incident: Incident, failing: Deployment) -> None:
+    previous = _previous_healthy(failing)
+    if previous is None:
+        incidents.incident_give_up(
+            incident_id=incident.id, detail=f"restarted {incident.restarts} times; no earlier release to roll back to"
+        )
+        return None
+    incidents.incident_step(incident_id=incident.id, type=Type.ROLLING_BACK, detail=f"to release {previous.id}")
+    local.stop(deployment_id=failing.id, pid=failing.pid)
+    restored = deployments.deployment_reactivate(failing_id=failing.id, previous_id=previous.id)
+    restored = Deployment.objects.select_related("project").get(id=restored.id)
+    pid, why = _start(restored, Path(restored.release_dir))
+    if pid is None:
+        incidents.incident_step(incident_id=incident.id, type=Type.ROLLBACK_FAILED, detail=why)
+        deployments.deployment_fail(deployment_id=restored.id, error=f"rollback failed: {why}")
+        incidents.incident_give_up(incident_id=incident.id, detail=f"the rollback to release {previous.id} failed")
+        return None
+    deployments.deployment_restored(deployment_id=restored.id, pid=pid)
+    incidents.incident_resolve(
+        incident_id=incident.id, serving_id=restored.id, type=Type.ROLLED_BACK, detail=f"release {restored.id}"
+    )
+    return None
+
+
+def rollback_by_hand(*, project: Project, to_deployment_id: int | None = None) -> Deployment:
+    """A person rolls back their live project to an earlier kept release (default: the one
+    before). The live release is stopped and the earlier one serves on the same port."""
+    live = Deployment.objects.select_related("project").filter(project=project, status=Deployment.Status.LIVE).first()
+    if live is None:
+        raise Conflict("The project has no live release to roll back.", code="not_live")
+    if to_deployment_id is None:
+        target = _previous_healthy(live)
+        if target is None:
+            raise Conflict("There is no earlier release kept to roll back to.", code="no_previous_release")
+    else:
+        target = Deployment.objects.filter(
+            project=project, id=to_deployment_id, status=Deployment.Status.STOPPED, live_at__isnull=False
+        ).first()
+        if target is None or not (target.release_dir and Path(target.release_dir).is_dir()):
+            raise NotFound(
+                f"Release {to_deployment_id} is not an earlier live release of this project that is still kept.",
+                code="release_not_found",
+            )
+    local.stop(deployment_id=live.id, pid=live.pid)
+    restored = deployments.deployment_reactivate(failing_id=live.id, previous_id=target.id, by_hand=True)
+    restored = Deployment.objects.select_related("project").get(id=restored.id)
+    pid, why = _start(restored, Path(restored.release_dir))
+    if pid is None:
+        # The earlier release does not start: the one that served before serves again.
+        back = deployments.deployment_reactivate(failing_id=restored.id, previous_id=live.id)
+        back = Deployment.objects.select_related("project").get(id=back.id)
+        again, _ = _start(back, Path(back.release_dir))
+        if again is not None:
+            deployments.deployment_restored(deployment_id=back.id, pid=again)
+        raise Conflict(f"The rollback to release {target.id} failed: {why}", code="rollback_failed")
+    deployments.deployment_restored(deployment_id=restored.id, pid=pid)
+    return Deployment.objects.get(id=restored.id)
