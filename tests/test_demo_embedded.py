@@ -53,3 +53,24 @@ def test_demo_refuses_a_description_it_cannot_build_and_says_why(tmp_path):
     assert done.returncode != 0
     assert "architect FAILED" in done.stdout
     assert "weather" in done.stdout and "LLM" in done.stdout
+
+
+def test_demo_builds_a_telegram_bot_from_the_pool_and_shows_it_answering(tmp_path):
+    home = tmp_path / "embedded"
+    env_url = os.environ.pop("TELEGRAM_API_URL", None)
+    try:
+        done = run_demo(home, "a telegram bot that greets people by name", "--exit")
+    finally:
+        if env_url is not None:
+            os.environ["TELEGRAM_API_URL"] = env_url
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "you: /hello Ada → bot: Hello, Ada!" in out, out
+    name = re.search(r"^Bot @(\w+_bot) running$", out, re.M)
+    assert name, out
+    db = sqlite3.connect(home / "db.sqlite3")
+    # The pool's bot served the project and went back to the pool when the demo stopped.
+    assert db.execute("select username, status from secrets_meta_bottoken").fetchall() == [(name.group(1), "free")]
+    # Its token is in the vault, encrypted: not in the database's plain text.
+    assert db.execute("select count(*) from secrets_meta_secretvalue where scope = 'bots'").fetchone() == (1,)
+    assert (home / "secrets.key").stat().st_mode & 0o777 == 0o600

@@ -1,8 +1,14 @@
 """``manage.py demo "<description>"``: the whole product on this machine, no services needed.
 
 Starts a real Celery worker and beat, creates a person and a project, shows every stage as it
-happens, and ends with the URL of the running service. ``--exit`` stops everything once the
-service has passed its checks; without it the service runs until Ctrl-C.
+happens, and ends with the URL of the running service (``Service running at …``) or, for a bot,
+``Bot @name running``. ``--exit`` stops everything once the service has passed its checks;
+without it the service runs until Ctrl-C.
+
+Bots: unless ``TELEGRAM_API_URL`` is set, the factory's loopback Bot API stand-in is started
+here and a stand-in token is put in the pool (or ``--bot-token`` is used), and a short exchange
+with the live bot is shown. With ``TELEGRAM_API_URL`` pointing at another Bot API server and
+``--bot-token``, that server and token are used and no exchange is invented.
 """
 
 from __future__ import annotations
@@ -22,13 +28,17 @@ from django.core.management.base import BaseCommand, CommandError
 from agents.models import Escalation
 from agents.services import escalation_answer
 from config.errors import AppError
+from orchestrator import bots
 from orchestrator.deploy import local
 from orchestrator.maintenance import project_teardown
+from orchestrator.telegram.standin import StandIn
 from projects import people, selectors, services
 from projects.models import PipelineRun, RunEvent
 from projects.specs import ProjectSpec
+from secrets_meta.models import BotToken
 
 CELERY = [sys.executable, "-m", "celery", "-A", "config"]
+DEMO_USER = {"id": 424242, "is_bot": False, "first_name": "Ada", "username": "ada_demo"}
 STAGES = ["architect", "preparer", "developer", "tester", "deployer", "notify"]
 
 
@@ -40,14 +50,22 @@ class Command(BaseCommand):
         parser.add_argument("--exit", action="store_true", help="stop everything once the service is healthy")
         parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
         parser.add_argument("--user", default="demo", help="the person the project belongs to")
+        parser.add_argument("--bot-token", default="", help="run a bot as this bot (your own token)")
 
-    def handle(self, *args, description: str, exit: bool, timeout: float, user: str, **options):
+    def handle(self, *args, description: str, exit: bool, timeout: float, user: str, bot_token: str, **options):
         call_command("migrate", verbosity=0, interactive=False)
         logs = Path(settings.FACTORY_HOME) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         # The web app serves the API that agents call from inside workers (orchestrator-cli).
         api_url = self.api_url = f"http://127.0.0.1:{_free_port()}"
         env = {**os.environ, "FACTORY_API_URL": api_url}
+        # Bots talk to a Bot API: Telegram's when TELEGRAM_API_URL says so, else the stand-in.
+        self.standin = None
+        if not os.environ.get("TELEGRAM_API_URL"):
+            self.standin = StandIn().start()
+            env |= {"TELEGRAM_API_URL": self.standin.api_url, "BOTS_API_URL": self.standin.base_url}
+            # This process validates and adds bots itself: it talks to the stand-in too.
+            settings.TELEGRAM_API_URL, settings.BOTS_API_URL = self.standin.api_url, self.standin.base_url
         procs = [
             self._spawn(
                 "web",
@@ -96,6 +114,7 @@ class Command(BaseCommand):
                 project, run = services.project_create(owner=person, description=description)
             except AppError as exc:
                 raise CommandError(exc.message) from exc
+            self._bot_token(project.id, bot_token)
             self.stdout.write(f"Project #{project.id}, run #{run.id}: {description}")
             self.stdout.write(f"API and admin at {api_url}/ ; logs in {logs}")
             run = self._watch(run.id, timeout, procs)
@@ -103,8 +122,12 @@ class Command(BaseCommand):
             if run.status != PipelineRun.Status.SUCCEEDED:
                 self.stdout.write(run.result_message or f"Run #{run.id} ended {run.status}: {run.error_message}")
                 raise CommandError(f"The run {run.status}.")
-            self._verify(project.id)
-            self.stdout.write(run.result_message.splitlines()[-1])
+            project.refresh_from_db()
+            if project.kind == "telegram_bot":
+                self._verify_bot(project.id)
+            else:
+                self._verify(project.id)
+                self.stdout.write(run.result_message.splitlines()[-1])
             if not exit:
                 self.stdout.write("Press Ctrl-C to stop the service.")
                 while True:
@@ -116,6 +139,47 @@ class Command(BaseCommand):
                 project_teardown(project_id=project.id)
             for proc in procs:
                 _stop(proc)
+            if self.standin is not None:
+                self.standin.stop()
+
+    def _bot_token(self, project_id: int, token: str) -> None:
+        """A bot needs a token: the person's own (--bot-token), else one from the pool; with the
+        stand-in and an empty pool, a stand-in bot is put in the pool first."""
+        if token:
+            try:
+                bot = bots.own_token_intake(project_id, token, actor="demo")
+            except AppError as exc:
+                raise CommandError(f"The bot token was refused: {exc.message}") from exc
+            self.stdout.write(f"Your own bot @{bot.username} will run this project (if it is a bot).")
+        elif self.standin is not None and not BotToken.objects.filter(status=BotToken.Status.FREE).exists():
+            bots.pool_add(self.standin.add_bot(f"factory_demo_{os.getpid() % 10000}_bot"), actor="demo")
+
+    def _reply(self, token: str, before: int, timeout: float = 15.0) -> str:
+        """The bot's first message to the demo's person after the `before` it had sent already."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sent = self.standin.sent(token, chat_id=DEMO_USER["id"])
+            if len(sent) > before:
+                return str(sent[before].get("text", ""))
+            time.sleep(0.05)
+        return ""
+
+    def _verify_bot(self, project_id: int) -> None:
+        """Show a short exchange with the live bot (through the stand-in only: nothing is invented
+        on a real Bot API), then the bot's name."""
+        live = selectors.live_deployment(project_id=project_id)
+        username = live.url.rstrip("/").rsplit("/", 1)[-1]
+        spec = ProjectSpec.model_validate(live.project.spec)
+        bot = bots.bot_for_project(project_id=project_id)
+        if self.standin is not None and bot is not None:
+            for check in spec.conversation:
+                before = len(self.standin.sent(bot.token, chat_id=DEMO_USER["id"]))
+                self.standin.say(bot.token, check.send, user=DEMO_USER)
+                text = self._reply(bot.token, before)
+                self.stdout.write(f"you: {check.send} → bot: {text or '(no reply)'}")
+                if check.expect_contains not in text:
+                    raise CommandError("The bot does not answer what was asked for.")
+        self.stdout.write(f"Bot @{username} running")
 
     def _spawn(self, name: str, argv: list[str], logs: Path, env: dict[str, str]) -> subprocess.Popen:
         with open(logs / f"{name}.log", "ab") as log:
@@ -179,13 +243,14 @@ class Command(BaseCommand):
         """Show that the live service answers its health check and what the description asked for."""
         live = selectors.live_deployment(project_id=project_id)
         project = live.project
-        status, body = local.http(live.url + "health")
+        internal = f"http://{settings.DEPLOY_HOST}:{live.port}/"  # the release itself, whatever its name
+        status, body = local.http(internal + "health")
         self.stdout.write(f"GET /health -> {status} {body.strip()}")
         spec = ProjectSpec.model_validate(project.spec)
         for check in spec.acceptance:
             if check.path == "/health":
                 continue
-            result = local.run_acceptance(live.url, [check])[0]
+            result = local.run_acceptance(internal, [check])[0]
             self.stdout.write(f"{result.detail.strip()} [{'ok' if result.ok else 'FAILED'}]")
             if not result.ok:
                 raise CommandError("The service does not answer what was asked for.")
