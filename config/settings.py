@@ -335,7 +335,8 @@ TELEGRAM_REQUEST_TIMEOUT_SECONDS = env_int("TELEGRAM_REQUEST_TIMEOUT_SECONDS", 1
 # `manage.py secrets_rotate`). Required in production; the embedded default keeps a generated key
 # in FACTORY_HOME/secrets.key (mode 0600).
 SECRETS_ENCRYPTION_KEY = env_str("SECRETS_ENCRYPTION_KEY", "" if not env_bool("PRODUCTION") else None)
-SECRETS_KEY_FILE = env_path("SECRETS_KEY_FILE", FACTORY_HOME / "secrets.key")
+# Empty: FACTORY_HOME/secrets.key (read where FACTORY_HOME is when the key is needed).
+SECRETS_KEY_FILE = env_str("SECRETS_KEY_FILE", "")
 # Where project secrets are kept: `vault` (encrypted in the database).
 SECRET_STORE = env_str("SECRET_STORE", "vault")
 

@@ -73,7 +73,7 @@ def _keys() -> list[bytes]:
     if settings.SECRETS_ENCRYPTION_KEY:
         keys = [k.strip().encode() for k in settings.SECRETS_ENCRYPTION_KEY.split(",") if k.strip()]
     else:
-        path = Path(settings.SECRETS_KEY_FILE)
+        path = Path(settings.SECRETS_KEY_FILE or Path(settings.FACTORY_HOME) / "secrets.key")
         with _key_lock:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -192,8 +192,9 @@ class CeleryProcesses:
                 except subprocess.TimeoutExpired:
                     self.kill(proc)
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.log.name}\n{p.log.read_text(errors='replace')[-4000:]}" for p in self.procs)
+    def logs(self, tail: int | None = 4000) -> str:
+        texts = [(p.log.name, p.log.read_text(errors="replace")) for p in self.procs]
+        return "\n".join(f"--- {name}\n{text[-tail:] if tail else text}" for name, text in texts)
 
 
 @pytest.fixture
