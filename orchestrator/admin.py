@@ -11,7 +11,9 @@ from django import forms
 from django.contrib import admin, messages
 
 from config.errors import AppError
-from orchestrator import bots
+from orchestrator import bots, maintenance
+from projects.admin import ProjectAdmin
+from projects.models import Project
 from secrets_meta import bots as pool
 from secrets_meta.models import BotToken
 
@@ -124,3 +126,22 @@ class BotTokenAdmin(admin.ModelAdmin):
             return "retired; its token is forgotten"
 
         self._each(request, queryset, call)
+
+
+# --- Projects: deleting one tears it down first ------------------------------------------------
+# Registered over projects' own ProjectAdmin (projects may not import the engine): a deleted
+# project's releases are stopped, its route removed, its workers ended and its bot given back to
+# the pool before its rows go.
+admin.site.unregister(Project)
+
+
+@admin.register(Project)
+class ProjectTeardownAdmin(ProjectAdmin):
+    def delete_model(self, request, obj: Project) -> None:
+        maintenance.project_teardown(project_id=obj.id)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for project_id in queryset.values_list("id", flat=True):
+            maintenance.project_teardown(project_id=project_id)
+        super().delete_queryset(request, queryset)

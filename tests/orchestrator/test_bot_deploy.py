@@ -140,3 +140,19 @@ def test_a_bot_release_never_sees_the_factorys_own_token_or_other_bots(new_run, 
     with open(f"/proc/{_live(run).pid}/environ", "rb") as fh:
         environ = fh.read()
     assert token.encode() in environ and other.encode() not in environ
+
+
+def test_deleting_a_live_bot_project_in_admin_stops_it_and_gives_its_bot_back(new_run, botapi, admin_client):
+    token = botapi.add_bot("greeter_42_bot")
+    bots.pool_add(token)
+    run = new_run(BOT)
+    drive(run.id)
+    live = _live(run)
+
+    response = admin_client.post(f"/admin/projects/project/{run.project_id}/delete/", {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not process_alive(live.pid)
+    bot = BotToken.objects.get(username="greeter_42_bot")
+    assert (bot.status, bot.project_id) == ("free", None)
+    assert botapi.webhook(token) == "" and botapi.commands(token) == []
