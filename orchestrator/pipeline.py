@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import import_module
 from types import ModuleType
@@ -23,7 +25,7 @@ import structlog
 from celery import chain, signature
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 
 from agents import services as agent_services
 from agents.services import WorkerQuotaExceeded
@@ -88,31 +90,67 @@ def chain_from(run_id: int, stage: str = Stage.ARCHITECT, until: str | None = No
     return chain(*(stage_signature(run_id, s, delay if i == 0 else 0) for i, s in enumerate(stages)))
 
 
-class _Heartbeat:
-    """Writes the claim's heartbeat from a side thread while the stage works."""
+class _Heartbeats:
+    """One side thread per process writes the heartbeat of every claim the process is working
+    on (and touches the run's running workers, so they are not idle). A thread started and
+    joined for each stage cost both on every stage, a no-op one included; this one is started
+    once per process (again after a fork) and beats each claim every STAGE_HEARTBEAT_SECONDS,
+    the first time that long after the claim, as before."""
 
-    def __init__(self, run_id: int, stage_run_id: int, attempt: int):
-        self.run_id, self.stage_run_id, self.attempt = run_id, stage_run_id, attempt
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{stage_run_id}")
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._claims: dict[int, tuple[int, int, float]] = {}  # stage_run_id -> (run_id, attempt, next beat)
+        self._thread: threading.Thread | None = None
+        self._pid = 0
 
-    def _beat(self) -> None:
+    @contextmanager
+    def watching(self, run_id: int, stage_run_id: int, attempt: int):
+        with self._lock:
+            self._claims[stage_run_id] = (run_id, attempt, time.monotonic() + settings.STAGE_HEARTBEAT_SECONDS)
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._beat_forever, daemon=True, name="heartbeats")
+                self._thread.start()
         try:
-            while not self._stop.wait(settings.STAGE_HEARTBEAT_SECONDS):
-                if not runs.stage_heartbeat(stage_run_id=self.stage_run_id, attempt=self.attempt):
-                    log.warning("heartbeat_claim_lost", stage_run_id=self.stage_run_id)
-                    return
-                agent_services.sessions_touch(run_id=self.run_id)
+            yield
         finally:
-            connection.close()
+            with self._lock:
+                if self._claims.get(stage_run_id, (0, attempt))[1] == attempt:
+                    self._claims.pop(stage_run_id, None)
 
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
+    def _beat_forever(self) -> None:
+        while True:
+            time.sleep(settings.STAGE_HEARTBEAT_SECONDS / 4)
+            self._beat_due()
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def _beat_due(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [(stage_run_id, claim) for stage_run_id, claim in self._claims.items() if claim[2] <= now]
+        for stage_run_id, (run_id, attempt, _) in due:
+            try:
+                alive = runs.stage_heartbeat(stage_run_id=stage_run_id, attempt=attempt)
+                if alive:
+                    agent_services.sessions_touch(run_id=run_id)
+            except DatabaseError as exc:  # try again at the next beat, on a new connection
+                log.warning("heartbeat_failed", stage_run_id=stage_run_id, error=str(exc))
+                connection.close()
+                continue
+            with self._lock:
+                if self._claims.get(stage_run_id, (0, None))[1] != attempt:
+                    continue  # the stage ended meanwhile
+                if alive:
+                    self._claims[stage_run_id] = (run_id, attempt, now + settings.STAGE_HEARTBEAT_SECONDS)
+                else:
+                    log.warning("heartbeat_claim_lost", stage_run_id=stage_run_id)
+                    del self._claims[stage_run_id]
+        with self._lock:
+            idle = not self._claims
+        if idle:
+            connection.close()  # this thread's own connection: none is held while nothing runs
+
+
+HEARTBEATS = _Heartbeats()
 
 
 def _stage_module(stage: str) -> ModuleType:
@@ -141,7 +179,7 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     ctx = StageContext(run=run, stage_run=row, project=run.project, task_id=task_id)
     with (
         structlog.contextvars.bound_contextvars(run_id=run_id, stage=stage, task_id=task_id),
-        _Heartbeat(run_id, row.id, row.attempt),
+        HEARTBEATS.watching(run_id, row.id, row.attempt),
     ):
         try:
             outcome = _stage_module(stage).run(ctx)

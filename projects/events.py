@@ -96,7 +96,17 @@ def event_record(*, run_id: int, type: str, stage: str = "", payload: dict[str, 
             return RunEvent.objects.get(run_id=run_id, type=type)
     else:
         event = RunEvent.objects.create(run_id=run_id, type=type, stage=stage, payload=payload or {})
-    log.info("run_event", run_id=run_id, type=type, stage=stage or None, payload=payload or {})
+    event_inserted(event)
+    return event
+
+
+def event_inserted(event: RunEvent, *, reachable: bool | None = None) -> None:
+    """What follows a stored event: the log line; once committed, the publish on ``run:<id>``
+    and the person's notification. ``event_record`` calls it; so does the run state machine for
+    the events its own single statements insert (projects/runs.py), which also say whether the
+    run's owner has a reachable chat (``reachable=False``: nobody to tell, no query)."""
+    run_id, type, stage = event.run_id, event.type, event.stage
+    log.info("run_event", run_id=run_id, type=type, stage=stage or None, payload=event.payload)
     transaction.on_commit(
         lambda: publish(
             run_id=run_id,
@@ -107,9 +117,9 @@ def event_record(*, run_id: int, type: str, stage: str = "", payload: dict[str, 
             created_at=event.created_at.isoformat(),
         )
     )
-    if type in notifications.TOLD:  # the others are never news to a person: not even a query
+    # The others are never news to a person: not even a query.
+    if type in notifications.TOLD and reachable is not False:
         transaction.on_commit(lambda: notifications.run_event_notify(event.id), robust=True)
-    return event
 
 
 # --- open streams: a capped lease per stream ---------------------------------------------

@@ -10,6 +10,8 @@ functions here.
 from __future__ import annotations
 
 import enum
+import functools
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -19,14 +21,15 @@ import structlog
 from celery import current_app
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from config import task_names
 from config.errors import Conflict, NotFound
-from projects.events import event_record
-from projects.models import PipelineRun, Project, RunEvent, Stage, StageRun
+from projects import sql
+from projects.events import event_inserted, event_record
+from projects.models import PipelineRun, Project, RunEvent, Stage, StageRun, TelegramAccount
 
 log = structlog.get_logger(__name__)
 
@@ -131,10 +134,17 @@ def _fenced(stage_run_id: int, attempt: int, **fields: Any) -> bool:
 def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
     """Claim the run's ``stage`` for this task by compare-and-set on its row.
 
-    Reads the run and its stage rows once; the claim's writes are the row's compare-and-set (on
-    the status and the attempt read, so a row claimed and given back meanwhile is not taken on a
-    stale read), the run's status and current stage, and the events.
+    On PostgreSQL, the usual case (a running run's next stage, every earlier one done) is one
+    statement (``_claim_in_one_statement``). Otherwise, and whenever that statement claims
+    nothing, the run and its stage rows are read once and the case decided here; the claim's
+    writes are the row's compare-and-set (on the status and the attempt read, so a row claimed
+    and given back meanwhile is not taken on a stale read), the run's status and current stage,
+    and the events.
     """
+    if sql.postgresql() and stage != Stage.ARCHITECT:  # a first stage mostly finds its run queued
+        claim = _claim_in_one_statement(run_id=run_id, stage=stage, task_id=task_id)
+        if claim is not None:
+            return claim
     run, rows = _run_with_current_stage_runs(run_id)
     if run is None:
         return Claim(ClaimState.GONE)
@@ -186,6 +196,103 @@ def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
             payload={"iteration": row.iteration, "attempt": row.attempt},
         )
     return Claim(ClaimState.CLAIMED, row, run)
+
+
+def _columns(model, alias: str) -> tuple[list[str], str]:
+    fields = model._meta.concrete_fields
+    return [f.attname for f in fields], ", ".join(f'{alias}."{f.column}"' for f in fields)
+
+
+def _from_row(model, values: list):
+    """A model instance from its concrete fields' raw values, converted as the ORM would (JSON)."""
+    fields = model._meta.concrete_fields
+    converted = [
+        f.from_db_value(v, None, connection) if v is not None and hasattr(f, "from_db_value") else v
+        for f, v in zip(fields, values, strict=True)
+    ]
+    return model.from_db("default", [f.attname for f in fields], converted)
+
+
+@functools.cache
+def _claim_sql() -> str:
+    stages, runs_ = StageRun._meta.db_table, PipelineRun._meta.db_table
+    _, stage_cols = _columns(StageRun, "claimed")
+    _, run_cols = _columns(PipelineRun, "moved")
+    _, project_cols = _columns(Project, "p")
+    S, R = StageRun.Status, PipelineRun.Status
+    # Parameters carry their types: psycopg would send a small id as smallint, and a plan made for
+    # that type skips the indexes. The UPDATE's own conditions are the compare-and-set: a row
+    # claimed meanwhile by another task is re-checked once its lock is free and no longer matches.
+    return f"""
+WITH claimed AS (
+    UPDATE {stages} s SET status = '{S.RUNNING}', attempt = s.attempt + 1, task_id = %(task)s::text,
+        started_at = %(now)s::timestamptz, heartbeat_at = %(now)s::timestamptz, finished_at = NULL, error = ''
+    FROM {runs_} r
+    WHERE s.run_id = %(run)s::bigint AND s.stage = %(stage)s::text AND s.status = '{S.PENDING}'
+      AND r.id = %(run)s::bigint AND r.status = '{R.RUNNING}'
+      AND (s.stage <> ALL(%(iterated)s::text[]) OR s.iteration = r.iteration)
+      AND NOT EXISTS (
+          SELECT 1 FROM {stages} e WHERE e.run_id = %(run)s::bigint AND e.stage = ANY(%(earlier)s::text[])
+            AND (e.stage <> ALL(%(iterated)s::text[]) OR e.iteration = r.iteration)
+            AND e.status NOT IN ('{S.SUCCEEDED}', '{S.SKIPPED}'))
+    RETURNING s.*
+), moved AS (
+    UPDATE {runs_} r SET current_stage = %(stage)s::text
+    WHERE r.id = %(run)s::bigint AND r.status = '{R.RUNNING}' AND EXISTS (SELECT 1 FROM claimed)
+    RETURNING r.*
+), event AS (
+    INSERT INTO {RunEvent._meta.db_table} (run_id, type, stage, payload, created_at)
+    SELECT run_id, '{RunEvent.Type.STAGE_STARTED}', %(stage)s::text,
+        jsonb_build_object('iteration', iteration, 'attempt', attempt), %(now)s::timestamptz
+    FROM claimed
+    RETURNING id
+)
+SELECT {stage_cols}, moved.id IS NOT NULL, {run_cols}, {project_cols}, event.id,
+    EXISTS (SELECT 1 FROM {TelegramAccount._meta.db_table} t
+            WHERE t.user_id = p.owner_id AND t.chat_id IS NOT NULL AND t.blocked_at IS NULL)
+FROM claimed CROSS JOIN event LEFT JOIN moved ON true LEFT JOIN {Project._meta.db_table} p ON p.id = moved.project_id
+"""
+
+
+def _claim_in_one_statement(*, run_id: int, stage: str, task_id: str) -> Claim | None:
+    """PostgreSQL: the claim of a running run's pending stage whose earlier stages (of the
+    current iteration) are all done, in one statement: the compare-and-set on the row's status
+    (re-checked on the newest row once a concurrent claim's lock is free), the run's current
+    stage, the ``stage.started`` event, and the rows the stage needs, returned. None when it
+    claimed nothing (done, busy, waiting, not started, finished: ``stage_claim`` then reads and
+    decides as on any database)."""
+    now = timezone.now()
+    position = STAGE_ORDER.index(stage)
+    row = sql.fetchone_prepared(
+        _claim_sql(),
+        {
+            "run": run_id,
+            "stage": stage,
+            "task": task_id or "",
+            "now": now,
+            "iterated": list(ITERATED_STAGES),
+            "earlier": list(STAGE_ORDER[:position]),
+        },
+    )
+    if row is None:
+        return None
+    stage_n, run_n = len(StageRun._meta.concrete_fields), len(PipelineRun._meta.concrete_fields)
+    values = list(row)
+    claimed = _from_row(StageRun, values[:stage_n])
+    moved, values = values[stage_n], values[stage_n + 1 :]
+    if moved:
+        run = _from_row(PipelineRun, values[:run_n])
+        run.project = _from_row(Project, values[run_n:-2])
+    else:  # the run ended or stopped meanwhile: the stage sees it as it is
+        run = PipelineRun.objects.select_related("project").get(id=run_id)
+    claimed.run = run
+    event_id, reachable = values[-2], values[-1]
+    payload = {"iteration": claimed.iteration, "attempt": claimed.attempt}
+    event = RunEvent(
+        id=event_id, run_id=run_id, type=RunEvent.Type.STAGE_STARTED, stage=stage, payload=payload, created_at=now
+    )
+    event_inserted(event, reachable=reachable if moved else None)
+    return Claim(ClaimState.CLAIMED, claimed, run)
 
 
 def _person_may_start(run: PipelineRun) -> bool:
@@ -250,25 +357,88 @@ def _mark_next_queued(row: StageRun, now) -> None:
     due.update(queued_at=now)
 
 
-@transaction.atomic
 def stage_succeed(*, stage_run_id: int, attempt: int, output: dict[str, Any], claimed: StageRun | None = None) -> bool:
     """The claimed stage succeeded. ``claimed`` is the row as ``stage_claim`` returned it (its
-    run, stage, iteration and start are fixed while the claim holds), which saves reading it again."""
+    run, stage, iteration and start are fixed while the claim holds), which saves reading it
+    again (and on PostgreSQL makes the record one statement)."""
     if claimed is not None and (claimed.id, claimed.attempt) != (stage_run_id, attempt):
         raise ValueError("claimed is not the row of this claim")
     now = timezone.now()
-    if not _fenced(stage_run_id, attempt, status=StageRun.Status.SUCCEEDED, output=output, finished_at=now):
+    if claimed is not None and sql.postgresql():
+        return _succeed_in_one_statement(claimed, output, now)
+    with transaction.atomic():
+        if not _fenced(stage_run_id, attempt, status=StageRun.Status.SUCCEEDED, output=output, finished_at=now):
+            return False
+        if claimed is not None:
+            claimed.status, claimed.output, claimed.finished_at = StageRun.Status.SUCCEEDED, output, now
+        row = claimed if claimed is not None else StageRun.objects.get(id=stage_run_id)
+        _mark_next_queued(row, now)
+        seconds = (now - row.started_at).total_seconds() if row.started_at else None
+        event_record(
+            run_id=row.run_id,
+            type=RunEvent.Type.STAGE_SUCCEEDED,
+            stage=row.stage,
+            payload={"iteration": row.iteration, "seconds": seconds},
+        )
+    return True
+
+
+@functools.cache
+def _succeed_sql() -> str:
+    stages, S = StageRun._meta.db_table, StageRun.Status
+    return f"""
+WITH done AS (
+    UPDATE {stages} SET status = '{S.SUCCEEDED}', output = %(output)s::jsonb, finished_at = %(now)s::timestamptz
+    WHERE id = %(id)s::bigint AND attempt = %(attempt)s::integer AND status = '{S.RUNNING}'
+    RETURNING run_id
+), due AS (
+    UPDATE {stages} n SET queued_at = %(now)s::timestamptz FROM done, {PipelineRun._meta.db_table} r
+    WHERE r.id = done.run_id AND n.run_id = done.run_id AND n.stage = %(next)s::text
+      AND n.status = '{S.PENDING}' AND (NOT %(iterated)s::boolean OR n.iteration = r.iteration)
+), event AS (
+    INSERT INTO {RunEvent._meta.db_table} (run_id, type, stage, payload, created_at)
+    SELECT run_id, '{RunEvent.Type.STAGE_SUCCEEDED}', %(stage)s::text, %(payload)s::jsonb, %(now)s::timestamptz
+    FROM done
+    RETURNING id
+)
+SELECT id FROM event
+"""
+
+
+def _succeed_in_one_statement(claimed: StageRun, output: dict[str, Any], now) -> bool:
+    """PostgreSQL: ``stage_succeed`` in one statement: the fenced write, the next stage's due
+    time (as ``_mark_next_queued``) and the ``stage.succeeded`` event, or nothing at all when the
+    claim was lost."""
+    position = STAGE_ORDER.index(claimed.stage)
+    nxt = STAGE_ORDER[position + 1] if position + 1 < len(STAGE_ORDER) else ""
+    seconds = (now - claimed.started_at).total_seconds() if claimed.started_at else None
+    payload = {"iteration": claimed.iteration, "seconds": seconds}
+    row = sql.fetchone_prepared(
+        _succeed_sql(),
+        {
+            "id": claimed.id,
+            "attempt": claimed.attempt,
+            "output": None if output is None else json.dumps(output),
+            "now": now,
+            "next": nxt,
+            "iterated": nxt in ITERATED_STAGES,
+            "stage": claimed.stage,
+            "payload": json.dumps(payload),
+        },
+    )
+    if row is None:
+        log.warning("stage_claim_lost", stage_run_id=claimed.id, attempt=claimed.attempt)
         return False
-    if claimed is not None:
-        claimed.status, claimed.output, claimed.finished_at = StageRun.Status.SUCCEEDED, output, now
-    row = claimed if claimed is not None else StageRun.objects.get(id=stage_run_id)
-    _mark_next_queued(row, now)
-    seconds = (now - row.started_at).total_seconds() if row.started_at else None
-    event_record(
-        run_id=row.run_id,
-        type=RunEvent.Type.STAGE_SUCCEEDED,
-        stage=row.stage,
-        payload={"iteration": row.iteration, "seconds": seconds},
+    claimed.status, claimed.output, claimed.finished_at = StageRun.Status.SUCCEEDED, output, now
+    event_inserted(
+        RunEvent(
+            id=row[0],
+            run_id=claimed.run_id,
+            type=RunEvent.Type.STAGE_SUCCEEDED,
+            stage=claimed.stage,
+            payload=payload,
+            created_at=now,
+        )
     )
     return True
 

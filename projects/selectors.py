@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 from decimal import Decimal
 
-import psycopg
-from django.db import connection
 from django.db.models import (
     CharField,
     Count,
@@ -24,6 +22,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 
+from projects import sql
 from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
 
 
@@ -260,33 +259,7 @@ MAX_ID = 2**63 - 1
 
 
 def json_in_database() -> bool:
-    return connection.vendor == "postgresql"
-
-
-class _PreparingCursor(psycopg.Cursor):
-    """Binds parameters on the server and prepares each statement once per connection."""
-
-    def execute(self, query, params=None, *, prepare=None, binary=None):
-        return super().execute(query, params, prepare=True if prepare is None else prepare, binary=binary)
-
-
-def _fetchone_prepared(sql: str, params: list):
-    """Run one of these statements prepared: PostgreSQL parses and plans it once per connection,
-    not on every request (Django's cursors bind parameters on the client and never prepare).
-    Through Django's cursor wrapper, so it is counted and logged like any query."""
-    with connection.cursor() as cursor:
-        client = cursor.cursor
-        if client.connection.prepare_threshold is None:
-            # Django turns psycopg's automatic preparing off; only these explicit ones then happen
-            # (its own client-side cursors never prepare).
-            client.connection.prepare_threshold = 2**31 - 1
-        cursor.cursor = _PreparingCursor(client.connection)
-        try:
-            cursor.execute(sql, params)
-            return cursor.fetchone()
-        finally:
-            cursor.cursor.close()
-            cursor.cursor = client
+    return sql.postgresql()
 
 
 def _iso_sql(column: str) -> str:
@@ -337,7 +310,7 @@ SELECT json_build_object(
     )
 )::text
 FROM {PipelineRun._meta.db_table} r JOIN {Project._meta.db_table} p ON p.id = r.project_id
-WHERE r.id = %s AND (%s OR p.owner_id = %s)
+WHERE r.id = %s::bigint AND (%s::boolean OR p.owner_id = %s::bigint)
 """
 
 
@@ -346,7 +319,7 @@ def run_detail_json(user, run_id: int) -> str | None:
     may not see the run. One statement."""
     if not 0 < run_id <= MAX_ID:
         return None
-    row = _fetchone_prepared(_run_detail_sql(), [run_id, user.is_staff, user.id])
+    row = sql.fetchone_prepared(_run_detail_sql(), [run_id, user.is_staff, user.id])
     return row[0] if row else None
 
 
@@ -356,14 +329,16 @@ def _project_page_sql() -> str:
     deployments = Deployment._meta.db_table
     return f"""
 WITH page AS (
-    SELECT p.* FROM {projects} p WHERE (%s OR p.owner_id = %s) ORDER BY p.id DESC LIMIT %s OFFSET %s
+    SELECT p.* FROM {projects} p WHERE (%s::boolean OR p.owner_id = %s::bigint)
+    ORDER BY p.id DESC LIMIT %s::bigint OFFSET %s::bigint
 )
-SELECT (SELECT count(*) FROM {projects} p WHERE (%s OR p.owner_id = %s)), coalesce(json_agg(json_build_object(
+SELECT (SELECT count(*) FROM {projects} p WHERE (%s::boolean OR p.owner_id = %s::bigint)),
+coalesce(json_agg(json_build_object(
     'id', p.id, 'name', p.name, 'slug', p.slug, 'kind', p.kind, 'description', p.description,
     'created_at', {_iso_sql("p.created_at")},
     'latest_run', (SELECT json_build_object({_run_summary_sql("r")}) FROM {runs} r
                    WHERE r.project_id = p.id ORDER BY r.id DESC LIMIT 1),
-    'live_url', (SELECT d.url FROM {deployments} d WHERE d.project_id = p.id AND d.status = %s LIMIT 1),
+    'live_url', (SELECT d.url FROM {deployments} d WHERE d.project_id = p.id AND d.status = %s::text LIMIT 1),
     'cost_usd', (SELECT round(coalesce(sum(c.cost_usd), 0), 6) FROM {runs} c WHERE c.project_id = p.id)::text
 ) ORDER BY p.id DESC), '[]')::text
 FROM page p
@@ -374,7 +349,7 @@ def project_page_json(user, *, limit: int, offset: int) -> tuple[int, str]:
     """A page of ``project_rows(user, with_spec=False)`` as the API renders it: (the count of
     all, the page as JSON text), one statement (PostgreSQL)."""
     visible = [user.is_staff, user.id]
-    total, text = _fetchone_prepared(
+    total, text = sql.fetchone_prepared(
         _project_page_sql(), [*visible, limit, offset, *visible, str(Deployment.Status.LIVE)]
     )
     return total, text
