@@ -5,6 +5,6 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
-ENV FACTORY_HOME=/data PYTHONUNBUFFERED=1
-RUN mkdir -p /data
+ENV FACTORY_HOME=/srv/factory PYTHONUNBUFFERED=1
+RUN mkdir -p /srv/factory
 CMD ["gunicorn", "-c", "config/gunicorn.py", "config.wsgi"]

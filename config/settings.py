@@ -26,6 +26,11 @@ DEBUG = env_bool("DJANGO_DEBUG", False)
 # A fixed key is fine for the embedded default on loopback; production must set its own.
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "embedded-default-not-for-production" if not env_bool("PRODUCTION") else None)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
+# Behind a reverse proxy (Caddy in compose): the origins admin forms may be posted from, and
+# whether X-Forwarded-Proto tells that the request came over https.
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+if env_bool("DJANGO_BEHIND_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -346,6 +351,13 @@ SECRET_STORE = env_str("SECRET_STORE", "vault")
 BOTS_API_URL = env_str("BOTS_API_URL", TELEGRAM_API_URL)
 # A bot release must report a successful getUpdates within this many seconds of starting.
 BOT_POLL_TIMEOUT = env_float("BOT_POLL_TIMEOUT", 20.0)
+
+# --- Flower ---------------------------------------------------------------------------
+# user:password for Flower's basic auth (`manage.py flower`); required when PRODUCTION=true.
+FLOWER_BASIC_AUTH = env_str("FLOWER_BASIC_AUTH", "")
+FLOWER_ADDRESS = env_str("FLOWER_ADDRESS", "127.0.0.1")
+FLOWER_PORT = env_int("FLOWER_PORT", 5555)
+PRODUCTION = env_bool("PRODUCTION", False)
 
 # --- Logging --------------------------------------------------------------------------
 LOG_JSON = env_bool("LOG_JSON", False)

@@ -26,6 +26,9 @@ from config.errors import PermanentError, TransientError
 log = structlog.get_logger(__name__)
 
 ROUTE_PREFIX = "factory-"
+# The factory's own routes (a slug never starts with "-"): the fallback, and in compose the admin
+# site and Flower; sync leaves them alone.
+INFRA_PREFIX = "factory--"
 FALLBACK_ID = "factory--fallback"
 
 
@@ -137,8 +140,8 @@ class CaddyRouter:
         found = {}
         for raw in self._call("GET", self._server_path + "/routes", missing_ok=True) or []:
             rid = str(raw.get("@id") or "")
-            if not rid.startswith(ROUTE_PREFIX) or rid == FALLBACK_ID:
-                continue
+            if not rid.startswith(ROUTE_PREFIX) or rid.startswith(INFRA_PREFIX):
+                continue  # not the factory's, or its own (the fallback, the admin site, Flower)
             try:
                 host = raw["match"][0]["host"][0]
                 upstream = raw["handle"][0]["upstreams"][0]["dial"]
