@@ -353,3 +353,13 @@ def project_page_json(user, *, limit: int, offset: int) -> tuple[int, str]:
         _project_page_sql(), [*visible, limit, offset, *visible, str(Deployment.Status.LIVE)]
     )
     return total, text
+
+
+def live_routes() -> list[tuple[str, int]]:
+    """(slug, internal port) of every live web release: what the proxy must route by name."""
+    return list(
+        Deployment.objects.filter(status=Deployment.Status.LIVE, project__kind="web_service")
+        .exclude(project__slug=None)
+        .order_by("project__slug")
+        .values_list("project__slug", "port")
+    )
