@@ -24,7 +24,9 @@ redis-server on a free loopback port (or uses BENCH_REDIS_URL, whose db it flush
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -291,8 +293,30 @@ def engine_batch(user, runs: int) -> dict:
     }
 
 
+def task_runtimes(log: Path) -> dict[str, tuple[int, float]]:
+    """From the worker's JSON log: each task name's count and median run time (ms), as Celery
+    measured it ("Task <name>[<id>] succeeded in <s>s"; retried tasks are counted apart)."""
+    seen: dict[str, list[float]] = defaultdict(list)
+    pattern = re.compile(r"Task (\S+)\[[^\]]*\] succeeded in ([0-9.e-]+)s")
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        match = pattern.match(str(json.loads(line).get("event", "")))
+        if match:
+            seen[match.group(1)].append(float(match.group(2)) * 1000)
+    return {name: (len(ms), statistics.median(ms)) for name, ms in seen.items()}
+
+
 # --- the report -----------------------------------------------------------------------------
-def report(queries: dict, raw: dict, engine: dict, batch: dict, redis_per_event: float | None, when: str) -> str:
+def report(
+    queries: dict,
+    raw: dict,
+    engine: dict,
+    batch: dict,
+    redis_per_event: float | None,
+    when: str,
+    runtimes: dict[str, tuple[int, float]],
+) -> str:
     per_stage, ms = queries["per_stage"], queries["ms"]
     ratio = engine["stage_tasks_per_s"] / raw["tasks_per_s"]
     lat, total = batch["latency"], batch["all"]
@@ -336,6 +360,15 @@ def report(queries: dict, raw: dict, engine: dict, batch: dict, redis_per_event:
             f"| {stage} | " + " | ".join(f"{c:g}" for c in cells) + f" | {total_q:g} | "
             f"{statistics.median(ms[stage]):.1f} | {queries['sql_ms'][stage]:.1f} |"
         )
+    lines += [
+        "",
+        "Run time of each task in the worker (Celery's own measure, median over every run of the three phases; "
+        "a stage task retried while its run waits for its turn counts once per try):",
+        "",
+        "| task | runs | median ms |",
+        "|---|---|---|",
+        *(f"| `{name}` | {n} | {ms:.2f} |" for name, (n, ms) in sorted(runtimes.items())),
+    ]
     lines += [
         "",
         f"Engine queries per stage (execute + claim + record, events included), architect to deployer: "
@@ -387,7 +420,7 @@ def main() -> None:
         batch = engine_batch(user, args.batch)
     finally:
         worker.stop()
-    body = report(queries, raw, engine, batch, redis_per_event, when)
+    body = report(queries, raw, engine, batch, redis_per_event, when, task_runtimes(worker.log))
     print(body)
     if args.write:
         write_section(args.heading, body)

@@ -17,8 +17,9 @@ import redis
 import structlog
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from projects import notifications
+from projects import notifications, sql
 from projects.models import RunEvent
 
 log = structlog.get_logger(__name__)
@@ -87,7 +88,19 @@ class Subscription:
 
 def event_record(*, run_id: int, type: str, stage: str = "", payload: dict[str, Any] | None = None) -> RunEvent:
     """Store a typed event; once committed, publish it on ``run:<id>`` and tell the person."""
-    if type in RunEvent.ONCE:
+    if type in RunEvent.ONCE and sql.postgresql():
+        # One statement: no savepoint to set and release around the insert.
+        now = timezone.now()
+        row = sql.fetchone_prepared(
+            f"INSERT INTO {RunEvent._meta.db_table} (run_id, type, stage, payload, created_at) "
+            "VALUES (%s::bigint, %s::text, %s::text, %s::jsonb, %s::timestamptz) ON CONFLICT DO NOTHING RETURNING id",
+            [run_id, str(type), str(stage), json.dumps(payload or {}), now],
+        )
+        if row is None:  # recorded by an earlier attempt: the person was told already
+            log.info("run_event_exists", run_id=run_id, type=type)
+            return RunEvent.objects.get(run_id=run_id, type=type)
+        event = RunEvent(id=row[0], run_id=run_id, type=type, stage=stage, payload=payload or {}, created_at=now)
+    elif type in RunEvent.ONCE:
         try:
             with transaction.atomic():
                 event = RunEvent.objects.create(run_id=run_id, type=type, stage=stage, payload=payload or {})

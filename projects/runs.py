@@ -22,7 +22,7 @@ from celery import current_app
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Subquery
 from django.utils import timezone
 
 from config import task_names
@@ -118,6 +118,8 @@ def first_open_stage(run: PipelineRun) -> str:
     """The stage a run's chain should start from: its first unfinished stage (Notify when ended)."""
     if run.is_finished:
         return Stage.NOTIFY
+    if run.status == PipelineRun.Status.QUEUED:  # never started: every stage is still to run
+        return Stage.ARCHITECT
     rows = current_stage_runs(run)
     return next((r.stage for r in rows if r.status in (StageRun.Status.PENDING, StageRun.Status.RUNNING)), Stage.NOTIFY)
 
@@ -315,9 +317,9 @@ def _start_next_queued(run_id: int) -> None:
     its next retry)."""
     if not settings.RUNS_PER_PERSON:
         return
-    owner_id = PipelineRun.objects.filter(id=run_id).values_list("project__owner_id", flat=True).first()
+    owner = PipelineRun.objects.filter(id=run_id).values("project__owner_id")
     waiting = (
-        PipelineRun.objects.filter(project__owner_id=owner_id, status=PipelineRun.Status.QUEUED)
+        PipelineRun.objects.filter(project__owner_id=Subquery(owner), status=PipelineRun.Status.QUEUED)
         .order_by("created_at", "id")
         .values_list("id", flat=True)
         .first()
