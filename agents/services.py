@@ -206,12 +206,22 @@ def session_for_token(token: str) -> WorkerSession | None:
     )
 
 
+# An AgentResult's fields that are validated identifiers, not words: a secret that happens to
+# look like part of a commit hash must not corrupt it.
+_RESULT_IDENTIFIERS = ("status", "commit")
+
+
+def _redacted_result(result: AgentResult) -> dict:
+    data = result.model_dump()
+    return {k: v if k in _RESULT_IDENTIFIERS else redaction.redact_data(v) for k, v in data.items()}
+
+
 @transaction.atomic
 def session_report_result(*, session_id: int, result: AgentResult) -> None:
     """The agent's result through channel 2; it is the worker's last word, so its token ends."""
     redaction.load_project(WorkerSession.objects.filter(id=session_id).values_list("project_id", flat=True).first())
     WorkerSession.objects.filter(id=session_id).update(
-        reported_result=redaction.redact_data(result.model_dump()),
+        reported_result=_redacted_result(result),
         last_activity_at=timezone.now(),
         api_token_hash="",
         api_token_expires_at=None,

@@ -4,6 +4,8 @@ secrets are generated once. Stages driven in this process, a real release on loo
 
 from __future__ import annotations
 
+import secrets
+
 from agents import services as agent_services
 from agents.models import Escalation
 from projects.models import Deployment, Project
@@ -46,7 +48,8 @@ def test_missing_user_secrets_make_the_run_wait_and_giving_them_lets_it_go_live(
     assert SecretMeta.objects.get(project_id=run.project_id, key="WEATHER_API_KEY").filled is False
     assert not Deployment.objects.filter(run=run, status="live").exists()
 
-    secret_services.secret_put(project_id=run.project_id, key="WEATHER_API_KEY", value="wk-12345678", actor="test")
+    key = "wk-" + secrets.token_urlsafe(16)
+    secret_services.secret_put(project_id=run.project_id, key="WEATHER_API_KEY", value=key, actor="test")
     assert agent_services.escalation_values_provided(project_id=run.project_id) is not None
     drive(run.id)
 
@@ -54,7 +57,7 @@ def test_missing_user_secrets_make_the_run_wait_and_giving_them_lets_it_go_live(
     assert run.status == "succeeded", run.error_message
     live = Deployment.objects.get(run=run, status="live")
     env = _environ(live.pid)
-    assert env["WEATHER_API_KEY"] == "wk-12345678" and env["GREETING"] == "Hello" and env["PUBLIC_URL"] == live.url
+    assert env["WEATHER_API_KEY"] == key and env["GREETING"] == "Hello" and env["PUBLIC_URL"] == live.url
     assert len(env["SESSION_SECRET"]) >= 32
     generated = SecretMeta.objects.get(project_id=run.project_id, key="SESSION_SECRET")
     assert generated.kind == "infra" and generated.filled
@@ -65,6 +68,6 @@ def test_values_provided_does_nothing_while_a_missing_secret_is_still_missing(ne
     drive(run.id, until="tester")
     _with_contract(run, {"name": "A_KEY", "source": "user_secret"}, {"name": "B_KEY", "source": "user_secret"})
     drive(run.id)
-    secret_services.secret_put(project_id=run.project_id, key="A_KEY", value="aaaaaaaa", actor="test")
+    secret_services.secret_put(project_id=run.project_id, key="A_KEY", value=secrets.token_urlsafe(16), actor="test")
     assert agent_services.escalation_values_provided(project_id=run.project_id) is None
     assert Escalation.objects.get(run=run).status == "open"

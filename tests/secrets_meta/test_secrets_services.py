@@ -12,6 +12,7 @@ import redis
 from django.conf import settings
 
 from config import task_names
+from config.celery import app as celery_app
 from config.errors import AppError, NotFound, PermanentError, ValidationFailed
 from projects.specs import EnvVar
 from secrets_meta import selectors, services
@@ -63,6 +64,7 @@ def test_put_enqueues_secrets_provided_once_committed(project, django_capture_on
     assert len(callbacks) == 1
     if not settings.REDIS_URL:
         return
+    celery_app.set_current()  # the factory's app (another test may have made its own current)
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.delete("maintenance")  # escalations.* are routed to the maintenance queue
     try:
