@@ -54,6 +54,21 @@ def _fail_vanished_workers(**_: object) -> None:
         connection.close()  # the main process does not keep a connection its pool does not use
 
 
+@signals.worker_ready.connect
+def _adopt_releases(**_: object) -> None:
+    """A node that starts adopts the releases it finds (they outlive the factory's processes):
+    rows left "stopping" are finished, releases without a live or starting row are stopped, and a
+    live row whose release is not running is found down at once (its repair restarts it)."""
+    from django.db import connection
+
+    from orchestrator.maintenance import releases_reconcile
+
+    try:
+        releases_reconcile(adopt=True)  # an error is logged by Celery's signal dispatch; the node starts
+    finally:
+        connection.close()
+
+
 @signals.worker_shutdown.connect
 def _terminate_owned_workers(**_: object) -> None:
     """A node that shuts down ends the worker sessions it owns (a SIGKILL leaves them to the reaper)."""

@@ -309,6 +309,18 @@ RELEASE_RESTART_LIMIT = env_int("RELEASE_RESTART_LIMIT", 2)
 RELEASE_RESTART_BACKOFF_SECONDS = env_float("RELEASE_RESTART_BACKOFF_SECONDS", 1.0)
 # Earlier releases kept on disk per project, for rollbacks without a rebuild.
 RELEASES_KEPT = env_int("RELEASES_KEPT", 3)
+# Where releases run: "local" (a process group on this machine, the embedded default) or "docker"
+# (an image built from the project's Dockerfile, run as a container on the Docker engine).
+DEPLOY_TARGET = env_str("DEPLOY_TARGET", "local")
+if DEPLOY_TARGET not in ("local", "docker"):
+    raise ImproperlyConfigured(f"DEPLOY_TARGET must be local or docker, not {DEPLOY_TARGET!r}.")
+# docker target: the local image releases are built on (python3; pyTelegramBotAPI + requests for
+# bots), and each release container's limits.
+RELEASE_BASE_IMAGE = env_str("RELEASE_BASE_IMAGE", "factory-worker:test")
+RELEASE_CPU_LIMIT = env_float("RELEASE_CPU_LIMIT", 1.0)
+RELEASE_MEMORY_LIMIT_MB = env_int("RELEASE_MEMORY_LIMIT_MB", 256)
+# Beat finishes releases left "stopping" and stops releases no live row accounts for.
+RELEASES_RECONCILE_INTERVAL_SECONDS = env_float("RELEASES_RECONCILE_INTERVAL_SECONDS", 30.0)
 
 # --- Names: Caddy in front of releases ---------------------------------------------------
 # Releases are reachable as http://<slug>.<BASE_DOMAIN>/ through Caddy; empty: loopback ports.

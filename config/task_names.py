@@ -43,3 +43,5 @@ ROUTES_SYNC = "maintenance.sync_routes"
 # Watch live releases (beat), and repair one found down (one step per task, retried with backoff).
 RELEASES_PROBE = "maintenance.probe_releases"
 RELEASES_REPAIR = "releases.repair"
+# Finish releases left "stopping" and stop releases no live row accounts for (beat).
+RELEASES_RECONCILE = "maintenance.reconcile_releases"

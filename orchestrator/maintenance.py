@@ -1,4 +1,5 @@
-"""Clean-up the engine does on schedule (beat) or on request: the worker lifecycle sweeps."""
+"""Clean-up the engine does on schedule (beat) or on request: the worker lifecycle sweeps, and
+releases reconciled with the database (adopted when a node starts, swept by beat)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from django.utils import timezone
 from agents import services as agent_services
 from agents.models import AgentConfig, WorkerSession
 from config.errors import PermanentError, TransientError
-from orchestrator import bots, workers
-from orchestrator.deploy import caddy, local
+from orchestrator import bots, releases, workers
+from orchestrator.deploy import caddy, local, targets
 from orchestrator.runtime import WorkerGone, get_runtime
 from projects import deployments, selectors
 from projects.models import Deployment, PipelineRun, Project
@@ -46,7 +47,7 @@ def project_teardown(*, project_id: int) -> int:
     workers."""
     stopped = 0
     for deployment in Deployment.objects.filter(project_id=project_id, status__in=Deployment.HOLDS_PORT):
-        local.stop(deployment_id=deployment.id, pid=deployment.pid)
+        targets.target_for(deployment).stop(deployment_id=deployment.id, pid=deployment.pid)
         deployments.deployment_stopped(deployment_id=deployment.id)
         stopped += 1
     # A bot project's bot goes back to the pool (webhook deleted, commands cleared); a person's
@@ -59,6 +60,79 @@ def project_teardown(*, project_id: int) -> int:
     workers.sessions_terminate_for_project(project_id=project_id, reason="project torn down")
     log.info("project_torn_down", project_id=project_id, releases=stopped)
     return stopped
+
+
+@dataclass
+class ReleasesReport:
+    stopped: list[int] = field(default_factory=list)  # "stopping" rows finished
+    orphans: list[int] = field(default_factory=list)  # running releases no live/starting row accounts for
+    down: list[int] = field(default_factory=list)  # live rows whose release does not run (incident opened)
+
+    def total(self) -> int:
+        return len(self.stopped) + len(self.orphans) + len(self.down)
+
+
+def _deploy_targets() -> set[str]:
+    """Every target this installation may have releases on: the setting and any a row names."""
+    names = {settings.DEPLOY_TARGET}
+    names |= set(Deployment.objects.filter(status__in=Deployment.HOLDS_PORT).values_list("target", flat=True))
+    return names
+
+
+def releases_reconcile(*, adopt: bool = False) -> ReleasesReport:
+    """Make what runs on the deploy targets match the Deployment rows.
+
+    - A row left ``stopping`` (a Deployer killed while stopping what it replaced) is stopped by
+      its marker or label (SIGTERM, then SIGKILL) and marked stopped, unless a live Deployer of
+      the project is at it (it holds the project's deploy lock).
+    - A running release whose row is neither live nor starting (or that has no row) is stopped.
+      Each target is listed *before* the rows are read, so a release started meanwhile (its row
+      is starting before it starts) is never taken for an orphan.
+    - With ``adopt`` (a node starting): a live row whose release does not run is down; its
+      incident is opened and its repair restarts it (the probe would find it within a sweep).
+    """
+    report = ReleasesReport()
+    for name in _deploy_targets():
+        try:
+            target = targets.get_target(name)
+            found = target.list_releases()
+        except (TransientError, PermanentError) as exc:
+            log.warning("deploy_target_unreachable", target=name, error=str(exc))
+            continue
+        ids = {r.deployment_id for r in found}
+        rows = dict(Deployment.objects.filter(id__in=ids).values_list("id", "status"))
+        for deployment_id in sorted(ids):
+            if rows.get(deployment_id) in (
+                Deployment.Status.LIVE,
+                Deployment.Status.STARTING,
+                Deployment.Status.STOPPING,
+            ):
+                continue  # stopping rows are finished below, with their lock checked
+            target.stop(deployment_id=deployment_id, pid=None)
+            report.orphans.append(deployment_id)
+    for deployment in Deployment.objects.filter(status=Deployment.Status.STOPPING).select_related("project"):
+        if deployments.deploy_lock_held(project_id=deployment.project_id):
+            continue  # its Deployer is stopping it right now
+        try:
+            targets.target_for(deployment).stop(deployment_id=deployment.id, pid=deployment.pid)
+        except (TransientError, PermanentError, local.ReleaseError) as exc:
+            log.warning("release_stop_failed", deployment_id=deployment.id, error=str(exc))
+            continue
+        deployments.deployment_stopped(deployment_id=deployment.id)
+        report.stopped.append(deployment.id)
+    if adopt:
+        for deployment in Deployment.objects.filter(status=Deployment.Status.LIVE).select_related("project"):
+            try:
+                running = targets.target_for(deployment).alive(deployment_id=deployment.id, pid=deployment.pid)
+            except (TransientError, PermanentError) as exc:
+                log.warning("deploy_target_unreachable", target=deployment.target, error=str(exc))
+                continue
+            if not running:
+                releases.release_down(deployment, "the release was not running when the factory started")
+                report.down.append(deployment.id)
+    if report.total():
+        log.info("releases_reconciled", stopped=report.stopped, orphans=report.orphans, down=report.down, adopt=adopt)
+    return report
 
 
 def _ttls() -> dict[str, AgentConfig]:

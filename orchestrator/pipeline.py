@@ -36,6 +36,7 @@ from orchestrator.stages import (
     Next,
     StageContext,
     StageFailed,
+    StageWait,
     architect,
     deployer,
     developer,
@@ -183,9 +184,10 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     ):
         try:
             outcome = _stage_module(stage).run(ctx)
-        except WorkerQuotaExceeded as exc:
-            # Not a failure: too many live workers. Give the claim back; the task retries later.
-            log.info("worker_quota_wait", reason=exc.message)
+        except (WorkerQuotaExceeded, StageWait) as exc:
+            # Not a failure: too many live workers, or the project's deploy lock is held. Give
+            # the claim back; the task retries later.
+            log.info("worker_quota_wait" if isinstance(exc, WorkerQuotaExceeded) else "stage_wait", reason=exc.message)
             runs.stage_release(stage_run_id=row.id, attempt=row.attempt, reason=exc.message)
             return Next.WAIT
         except TransientError as exc:

@@ -21,8 +21,7 @@ from django.db import transaction
 
 from config import task_names as names
 from config.errors import Conflict, NotFound
-from orchestrator.deploy import botcheck, environment, local
-from orchestrator.procs import has_marker
+from orchestrator.deploy import botcheck, environment, local, targets
 from projects import deployments, incidents
 from projects.models import Deployment, Incident, IncidentEvent, Project
 from projects.specs import ProjectSpec
@@ -49,7 +48,7 @@ def probe(deployment: Deployment) -> Probe:
     def done(ok: bool, detail: str) -> Probe:
         return Probe(ok, detail, int((time.monotonic() - started) * 1000))
 
-    if not deployment.pid or not has_marker(deployment.pid, local.RELEASE_MARKER, str(deployment.id)):
+    if not deployment.pid or not targets.target_for(deployment).alive(deployment_id=deployment.id, pid=deployment.pid):
         return done(False, "the release's process is gone")
     path = local.health_path(deployment.release_dir)
     status, body = local.http(_internal(deployment) + path.lstrip("/"), timeout=settings.RELEASE_PROBE_TIMEOUT)
@@ -80,13 +79,20 @@ def releases_probe() -> dict[str, int]:
                 )
             continue
         counts["down"] += 1
-        with transaction.atomic():
-            incident, created = incidents.incident_open(deployment_id=deployment.id, reason=result.detail)
-            if created:
-                counts["opened"] += 1
-                _enqueue_repair(incident.id)
-        log.warning("release_down", deployment_id=deployment.id, project_id=deployment.project_id, why=result.detail)
+        if release_down(deployment, result.detail):
+            counts["opened"] += 1
     return counts
+
+
+def release_down(deployment: Deployment, detail: str) -> bool:
+    """A live release is down: open its incident (once per outage) and start its repair.
+    True when this opened the incident."""
+    with transaction.atomic():
+        incident, created = incidents.incident_open(deployment_id=deployment.id, reason=detail)
+        if created:
+            _enqueue_repair(incident.id)
+    log.warning("release_down", deployment_id=deployment.id, project_id=deployment.project_id, why=detail)
+    return created
 
 
 def _enqueue_repair(incident_id: int, countdown: float = 0) -> None:
@@ -106,9 +112,11 @@ def _start(deployment: Deployment, release_dir: Path) -> tuple[int | None, str]:
         return None, str(exc)
     if bot is not None:
         env["TELEGRAM_API_URL"] = settings.BOTS_API_URL
+    target = targets.target_for(deployment)
     try:
-        pid = local.start(
+        pid = target.start(
             deployment_id=deployment.id,
+            project_slug=project.slug,
             release_dir=release_dir,
             port=deployment.port,
             host=settings.DEPLOY_HOST,
@@ -117,9 +125,15 @@ def _start(deployment: Deployment, release_dir: Path) -> tuple[int | None, str]:
     except local.ReleaseError as exc:
         return None, str(exc)
     path = local.health_path(release_dir)
+    alive = lambda: target.alive(deployment_id=deployment.id, pid=pid)  # noqa: E731
     if spec.kind == "telegram_bot":
         check = botcheck.wait_polling(
-            pid=pid, url=_internal(deployment), path=path, release=str(deployment.id), timeout=settings.BOT_POLL_TIMEOUT
+            pid=pid,
+            url=_internal(deployment),
+            path=path,
+            release=str(deployment.id),
+            timeout=settings.BOT_POLL_TIMEOUT,
+            alive=alive,
         )
     else:
         check = local.wait_healthy(
@@ -128,9 +142,10 @@ def _start(deployment: Deployment, release_dir: Path) -> tuple[int | None, str]:
             path=path,
             release=str(deployment.id),
             timeout=settings.DEPLOY_HEALTH_TIMEOUT,
+            alive=alive,
         )
     if not check.ok:
-        local.stop(deployment_id=deployment.id, pid=pid)
+        target.stop(deployment_id=deployment.id, pid=pid)
         return None, check.detail
     return pid, ""
 
@@ -155,7 +170,7 @@ def release_repair(*, incident_id: int) -> float | None:
         incidents.incident_step(
             incident_id=incident.id, type=Type.RESTARTING, detail=f"restart {incident.restarts + 1}", restarted=True
         )
-        local.stop(deployment_id=failing.id, pid=failing.pid)
+        targets.target_for(failing).stop(deployment_id=failing.id, pid=failing.pid)
         pid, why = _start(failing, Path(failing.release_dir))
         if pid is not None:
             deployments.deployment_restarted(deployment_id=failing.id, pid=pid)
@@ -184,7 +199,7 @@ def _roll_back(incident: Incident, failing: Deployment) -> None:
         )
         return None
     incidents.incident_step(incident_id=incident.id, type=Type.ROLLING_BACK, detail=f"to release {previous.id}")
-    local.stop(deployment_id=failing.id, pid=failing.pid)
+    targets.target_for(failing).stop(deployment_id=failing.id, pid=failing.pid)
     restored = deployments.deployment_reactivate(failing_id=failing.id, previous_id=previous.id)
     restored = Deployment.objects.select_related("project").get(id=restored.id)
     pid, why = _start(restored, Path(restored.release_dir))
@@ -219,7 +234,7 @@ def rollback_by_hand(*, project: Project, to_deployment_id: int | None = None) -
                 f"Release {to_deployment_id} is not an earlier live release of this project that is still kept.",
                 code="release_not_found",
             )
-    local.stop(deployment_id=live.id, pid=live.pid)
+    targets.target_for(live).stop(deployment_id=live.id, pid=live.pid)
     restored = deployments.deployment_reactivate(failing_id=live.id, previous_id=target.id, by_hand=True)
     restored = Deployment.objects.select_related("project").get(id=restored.id)
     pid, why = _start(restored, Path(restored.release_dir))

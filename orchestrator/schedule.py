@@ -32,6 +32,8 @@ def beat_schedule() -> dict:
         "workers-reap": _every(names.WORKERS_REAP, sweep),
         # Probe every live release; one found down opens an incident and is repaired.
         "releases-probe": _every(names.RELEASES_PROBE, settings.RELEASE_PROBE_INTERVAL_SECONDS),
+        # Finish releases left "stopping" by a killed Deployer; stop releases no row accounts for.
+        "releases-reconcile": _every(names.RELEASES_RECONCILE, settings.RELEASES_RECONCILE_INTERVAL_SECONDS),
         # Re-apply the routes of live releases to Caddy (no-op without BASE_DOMAIN).
         "routes-sync": _every(names.ROUTES_SYNC, settings.ROUTES_SYNC_INTERVAL_SECONDS),
     }

@@ -122,6 +122,12 @@ def repair_release(self, incident_id: int) -> None:
         raise self.retry(countdown=countdown)
 
 
+@shared_task(name=names.RELEASES_RECONCILE, **SWEEP_TASK)
+def reconcile_releases() -> int:
+    """Finish "stopping" releases, stop releases no live or starting row accounts for."""
+    return maintenance.releases_reconcile().total()
+
+
 @shared_task(name=names.ROUTES_SYNC, **SWEEP_TASK)
 def sync_routes() -> int:
     return maintenance.routes_sync()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -11,7 +12,7 @@ from django.utils import timezone
 
 from config.errors import Conflict
 from projects.events import event_record
-from projects.models import Deployment, RunEvent, Stage
+from projects.models import DeployLock, Deployment, RunEvent, Stage, StageRun
 
 
 def _port_bindable(port: int) -> bool:
@@ -56,7 +57,13 @@ def deployment_allocate(*, project_id: int, run_id: int, commit_sha: str) -> Dep
             raise Conflict("Every deploy port is in use.", code="no_free_port")
         try:
             with transaction.atomic():
-                return Deployment.objects.create(project_id=project_id, run_id=run_id, port=port, commit_sha=commit_sha)
+                return Deployment.objects.create(
+                    project_id=project_id,
+                    run_id=run_id,
+                    port=port,
+                    commit_sha=commit_sha,
+                    target=settings.DEPLOY_TARGET,
+                )
         except IntegrityError:
             existing = _current(run_id)
             if existing is not None:
@@ -138,3 +145,46 @@ def deployment_reactivate(*, failing_id: int, previous_id: int, by_hand: bool = 
 
 def deployment_restored(*, deployment_id: int, pid: int) -> None:
     Deployment.objects.filter(id=deployment_id).update(status=Deployment.Status.LIVE, pid=pid, live_at=timezone.now())
+
+
+# --- one deploy per project at a time -------------------------------------------------------
+def _holder_alive(lock: DeployLock, now) -> bool:
+    """The holding stage still runs: claimed, its heartbeat fresh, and the lock not expired."""
+    if lock.expires_at <= now:
+        return False
+    return StageRun.objects.filter(
+        id=lock.stage_run_id,
+        status=StageRun.Status.RUNNING,
+        heartbeat_at__gte=now - timedelta(seconds=settings.STAGE_STALE_SECONDS),
+    ).exists()
+
+
+@transaction.atomic
+def deploy_lock_acquire(*, project_id: int, stage_run_id: int) -> int | None:
+    """Take the project's deploy lock for this Deployer stage (again, if it holds it already).
+    None when taken; else the run id of the live holder, and the caller waits."""
+    now = timezone.now()
+    expires = now + timedelta(seconds=settings.STAGE_TIME_LIMIT)
+    lock, created = DeployLock.objects.select_for_update().get_or_create(
+        project_id=project_id, defaults={"stage_run_id": stage_run_id, "acquired_at": now, "expires_at": expires}
+    )
+    if created:
+        return None
+    if lock.stage_run_id != stage_run_id and _holder_alive(lock, now):
+        return StageRun.objects.filter(id=lock.stage_run_id).values_list("run_id", flat=True).first() or 0
+    DeployLock.objects.filter(project_id=project_id).update(
+        stage_run_id=stage_run_id, acquired_at=now, expires_at=expires
+    )
+    return None
+
+
+def deploy_lock_release(*, project_id: int, stage_run_id: int) -> bool:
+    """Give the lock back (only the holder's own release counts)."""
+    deleted, _ = DeployLock.objects.filter(project_id=project_id, stage_run_id=stage_run_id).delete()
+    return bool(deleted)
+
+
+def deploy_lock_held(*, project_id: int) -> bool:
+    """Is a deploy of this project under way (a live holder)?"""
+    lock = DeployLock.objects.filter(project_id=project_id).first()
+    return lock is not None and _holder_alive(lock, timezone.now())

@@ -253,6 +253,20 @@ class Deployment(models.Model):
         return f"deployment #{self.pk} of {self.project} ({self.status})"
 
 
+class DeployLock(models.Model):
+    """One deploy per project at a time: the Deployer holds its project's row while it starts,
+    checks and swaps releases. The holder is a StageRun; its lock is free once that stage is no
+    longer running with a fresh heartbeat (a crashed holder) or past ``expires_at``."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, primary_key=True, related_name="deploy_lock")
+    stage_run = models.ForeignKey(StageRun, on_delete=models.CASCADE, related_name="+")
+    acquired_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"deploy lock of {self.project} (stage run {self.stage_run_id})"
+
+
 class Incident(models.Model):
     """An outage of a project's live release, from detection to its end: restarted, rolled back,
     recovered by itself (resolved), or given up on (failed: a person must decide)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from orchestrator.deploy.local import CheckResult, http
@@ -31,13 +32,21 @@ def _parse_time(value: object) -> datetime | None:
 
 
 def wait_polling(
-    *, pid: int, url: str, path: str, release: str, timeout: float, since: datetime | None = None
+    *,
+    pid: int,
+    url: str,
+    path: str,
+    release: str,
+    timeout: float,
+    since: datetime | None = None,
+    alive: Callable[[], bool] | None = None,
 ) -> CheckResult:
-    """Wait until the release reports a successful getUpdates (after `since`, when given)."""
+    """Wait until the release reports a successful getUpdates (after `since`, when given).
+    ``alive`` tells whether the release still runs (default: its process ``pid``)."""
     deadline = time.monotonic() + timeout
     delay, last = 0.05, "no answer yet"
     while time.monotonic() < deadline:
-        if not process_alive(pid):
+        if not (alive() if alive is not None else process_alive(pid)):
             return CheckResult(False, "the bot process exited")
         status, body = http(url + path.lstrip("/"))
         if status == 200:

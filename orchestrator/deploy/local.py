@@ -1,4 +1,9 @@
-"""The local deploy target: a release is a process group on loopback, on an internal port."""
+"""The local deploy target: a release is a process group on loopback, on an internal port.
+
+A release runs in its own session (so it outlives the Celery worker that started it) and carries
+its deployment id and this installation's id in its environment: a release is found, stopped or
+adopted by these markers whatever the database says, and never one of another installation.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.procs import has_marker, process_alive, stop_group
+from orchestrator.procs import has_marker, pids_with_marker, process_alive, stop_group
+from orchestrator.runtime.base import INSTANCE_MARKER, factory_instance
 from projects import specs
 from projects.specs import AcceptanceCheck, StartSpec
 
@@ -74,6 +81,7 @@ def start(*, deployment_id: int, release_dir: Path, port: int, host: str, env: d
                 "HOST": host,
                 "RELEASE": str(deployment_id),
                 RELEASE_MARKER: str(deployment_id),
+                INSTANCE_MARKER: factory_instance(),
             },
         )
     finally:
@@ -81,18 +89,53 @@ def start(*, deployment_id: int, release_dir: Path, port: int, host: str, env: d
     return proc.pid
 
 
-def stop(*, deployment_id: int, pid: int | None) -> None:
-    """Stop a release, only if ``pid`` is still the release we started (pids get reused)."""
+def stop(*, deployment_id: int, pid: int | None, grace: float = 5.0) -> None:
+    """Stop a release: the process group ``pid`` if it is still the release we started (pids get
+    reused), and every other process of this installation carrying the deployment's marker (one
+    started by an attempt killed before it recorded its pid). SIGTERM, then SIGKILL after
+    ``grace`` seconds."""
     if pid and has_marker(pid, RELEASE_MARKER, str(deployment_id)):
-        stop_group(pid)
+        stop_group(pid, grace=grace)
+    for group in sorted({_group_of(p) for p in release_pids(deployment_id)} - {None}):
+        stop_group(group, grace=grace)
 
 
-def wait_healthy(*, pid: int, url: str, path: str, release: str, timeout: float) -> CheckResult:
-    """Probe the health endpoint with backoff until it answers for *this* release, or time out."""
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def release_pids(deployment_id: int | None = None) -> list[int]:
+    """This installation's live release processes (of one deployment, or of any)."""
+    instance = factory_instance()
+    value = None if deployment_id is None else str(deployment_id)
+    return [p for p in pids_with_marker(RELEASE_MARKER, value) if has_marker(p, INSTANCE_MARKER, instance)]
+
+
+def release_of(pid: int) -> int | None:
+    """The deployment id a release process carries."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    prefix = f"{RELEASE_MARKER}=".encode()
+    for item in environ.split(b"\0"):
+        if item.startswith(prefix) and item[len(prefix) :].isdigit():
+            return int(item[len(prefix) :])
+    return None
+
+
+def wait_healthy(
+    *, pid: int, url: str, path: str, release: str, timeout: float, alive: Callable[[], bool] | None = None
+) -> CheckResult:
+    """Probe the health endpoint with backoff until it answers for *this* release, or time out.
+    ``alive`` tells whether the release still runs (default: its process ``pid``)."""
     deadline = time.monotonic() + timeout
     delay, last = 0.05, "no answer yet"
     while time.monotonic() < deadline:
-        if not process_alive(pid):
+        if not (alive() if alive is not None else process_alive(pid)):
             return CheckResult(False, "the service process exited")
         status, body = http(url + path.lstrip("/"))
         if status == 200:

@@ -22,6 +22,13 @@ class Outcome:
     next: Next = Next.CONTINUE
 
 
+class StageWait(AppError):
+    """Not a failure: something the stage needs is busy (another deploy of the project); the
+    claim is given back and the stage retries later, like a full worker quota."""
+
+    code = "stage_wait"
+
+
 class StageFailed(AppError):
     """The stage cannot succeed; the run fails with this code and message."""
 

@@ -4,7 +4,11 @@ The previous release keeps serving until the new one is healthy and has passed t
 acceptance checks; a release that fails is stopped and the old one stays live (rollback), and
 the failure goes back to the Developer as a failing check (or, at the iteration cap, to a
 person; their answer deploys again as a new Deployment).
-Idempotent: a rerun finds the run's Deployment under way and either keeps it (live) or restarts it.
+Idempotent: a rerun finds the run's Deployment under way and either keeps it (live) or restarts it
+(first stopping whatever of it still runs: a release started by an attempt killed before it
+recorded the pid). One deploy per project at a time: the stage holds the project's deploy lock
+(a database row) from before it starts a release until it ends; a second deploy waits.
+Releases run on the deploy target their row names (`DEPLOY_TARGET` when it was made).
 """
 
 from __future__ import annotations
@@ -17,12 +21,11 @@ from django.conf import settings
 from django.utils import timezone
 
 from agents.contracts import FailingTest, TestReport
-from config.errors import PermanentError
+from config.errors import PermanentError, TransientError
 from orchestrator import bots
-from orchestrator.deploy import botcheck, caddy, environment, local
+from orchestrator.deploy import botcheck, caddy, environment, local, targets
 from orchestrator.git import git
-from orchestrator.procs import process_alive
-from orchestrator.stages import Next, Outcome, StageContext, StageFailed
+from orchestrator.stages import Next, Outcome, StageContext, StageFailed, StageWait
 from orchestrator.telegram import transport
 from orchestrator.telegram.standin import StandIn
 from projects import deployments
@@ -34,6 +37,22 @@ log = structlog.get_logger(__name__)
 
 
 def run(ctx: StageContext) -> Outcome:
+    holder = deployments.deploy_lock_acquire(project_id=ctx.project.id, stage_run_id=ctx.stage_run.id)
+    if holder is not None:
+        raise StageWait(
+            f"Another deploy of this project (run {holder}) is under way; this one waits.", code="deploy_busy"
+        )
+    try:
+        return _deploy(ctx)
+    finally:
+        deployments.deploy_lock_release(project_id=ctx.project.id, stage_run_id=ctx.stage_run.id)
+
+
+def _alive(target: targets.DeployTarget, deployment_id: int, pid: int):
+    return lambda: target.alive(deployment_id=deployment_id, pid=pid)
+
+
+def _deploy(ctx: StageContext) -> Outcome:
     spec = ProjectSpec.model_validate(ctx.project.spec)
     prepared = ctx.output_of(Stage.PREPARER)
     tested = ctx.output_of(Stage.TESTER, iteration=ctx.run.iteration)
@@ -42,7 +61,8 @@ def run(ctx: StageContext) -> Outcome:
     # ones make the run wait for the person (an escalation), not fail.
     bot, public_url, deployment, env = _values(ctx, spec)
     url = _loopback_url(deployment.port)
-    if deployment.status == Deployment.Status.LIVE and process_alive(deployment.pid):
+    target = targets.target_for(deployment)
+    if deployment.status == Deployment.Status.LIVE and target.alive(deployment_id=deployment.id, pid=deployment.pid):
         # A rerun after a crash past going live: keep the release, finish what the crashed
         # attempt may have left undone.
         replaced = _settle(ctx, prepared["repo"], commit, Path(deployment.release_dir))
@@ -55,8 +75,9 @@ def run(ctx: StageContext) -> Outcome:
                 "reused": True,
             }
         )
-    # A rerun after a crash: stop whatever the interrupted attempt started, then start afresh.
-    local.stop(deployment_id=deployment.id, pid=deployment.pid)
+    # A rerun after a crash: stop whatever the interrupted attempt started (by its marker, even
+    # one whose pid was never recorded), then start afresh.
+    target.stop(deployment_id=deployment.id, pid=deployment.pid)
     release_dir = Path(settings.FACTORY_HOME) / "releases" / ctx.project.slug / str(deployment.id)
     if release_dir.exists():
         shutil.rmtree(release_dir)
@@ -65,29 +86,24 @@ def run(ctx: StageContext) -> Outcome:
     git("checkout", "--quiet", "--detach", commit, cwd=release_dir)
     if bot is not None:
         return _deploy_bot(ctx, spec, deployment, release_dir, env, bot, commit, prepared["repo"])
-    try:
-        pid = local.start(
-            deployment_id=deployment.id,
-            release_dir=release_dir,
-            port=deployment.port,
-            host=settings.DEPLOY_HOST,
-            env=env,
-        )
-    except local.ReleaseError as exc:
-        deployments.deployment_fail(deployment_id=deployment.id, error=str(exc))
-        raise StageFailed(str(exc), code="deploy_failed") from exc
-    deployments.deployment_started(deployment_id=deployment.id, pid=pid, release_dir=str(release_dir))
+    pid = _start(deployment, release_dir, env)
     start_spec = local.read_start_spec(release_dir)
     health = local.wait_healthy(
-        pid=pid, url=url, path=start_spec.health, release=str(deployment.id), timeout=settings.DEPLOY_HEALTH_TIMEOUT
+        pid=pid,
+        url=url,
+        path=start_spec.health,
+        release=str(deployment.id),
+        timeout=settings.DEPLOY_HEALTH_TIMEOUT,
+        alive=_alive(target, deployment.id, pid),
     )
     problems = [] if health.ok else [health.detail]
     if health.ok:
         checks = [c for c in spec.acceptance if c.path != start_spec.health]
         problems = [r.detail for r in local.run_acceptance(url, checks) if not r.ok]
     if problems:
-        local.stop(deployment_id=deployment.id, pid=pid)
-        return _failed(ctx, deployment.id, release_dir, problems, commit)
+        tail = target.log_tail(deployment_id=deployment.id, release_dir=release_dir)
+        target.stop(deployment_id=deployment.id, pid=pid)
+        return _failed(ctx, deployment.id, tail, problems, commit)
     # Healthy: only now does the name point at it (the route is swapped in place).
     router = caddy.get_router()
     if router is not None:
@@ -154,6 +170,7 @@ def _deploy_bot(
     a successful getUpdates in time; if it does not, it is stopped and the previous one is
     started again (rollback), and the person is told."""
     start_spec = local.read_start_spec(release_dir)
+    target = targets.target_for(deployment)
     health_url = f"http://{settings.DEPLOY_HOST}:{deployment.port}/"
     release = str(deployment.id)
     problems: list[str] = []
@@ -164,7 +181,12 @@ def _deploy_bot(
         rehearsal_env = {**env, "TELEGRAM_BOT_TOKEN": throwaway, "TELEGRAM_API_URL": standin.base_url}
         pid = _start(deployment, release_dir, rehearsal_env)
         polling = botcheck.wait_polling(
-            pid=pid, url=health_url, path=start_spec.health, release=release, timeout=settings.DEPLOY_HEALTH_TIMEOUT
+            pid=pid,
+            url=health_url,
+            path=start_spec.health,
+            release=release,
+            timeout=settings.DEPLOY_HEALTH_TIMEOUT,
+            alive=_alive(target, deployment.id, pid),
         )
         problems = [] if polling.ok else [f"rehearsal: {polling.detail}"]
         rehearsed: list[str] = []
@@ -173,11 +195,12 @@ def _deploy_bot(
             problems = [f"conversation: {r.detail}" for r in results if not r.ok]
             rehearsed = [r.detail for r in results]
     finally:
+        tail = target.log_tail(deployment_id=deployment.id, release_dir=release_dir) if pid else ""
         if pid:
-            local.stop(deployment_id=deployment.id, pid=pid)
+            target.stop(deployment_id=deployment.id, pid=pid)
         standin.stop()
     if problems:
-        return _failed(ctx, deployment.id, release_dir, problems, commit)
+        return _failed(ctx, deployment.id, tail, problems, commit)
     # The token must still work (getMe) before the serving release is disturbed.
     try:
         transport.bot_get_me(bot.token)
@@ -190,20 +213,27 @@ def _deploy_bot(
         Deployment.objects.filter(project_id=ctx.project.id, status=Deployment.Status.LIVE).exclude(id=deployment.id)
     )
     for old in previous:
-        local.stop(deployment_id=old.id, pid=old.pid)
+        targets.target_for(old).stop(deployment_id=old.id, pid=old.pid)
     live_env = {**env, "TELEGRAM_API_URL": settings.BOTS_API_URL}
     since = timezone.now()
     pid = _start(deployment, release_dir, live_env)
     polling = botcheck.wait_polling(
-        pid=pid, url=health_url, path=start_spec.health, release=release, timeout=settings.BOT_POLL_TIMEOUT, since=since
+        pid=pid,
+        url=health_url,
+        path=start_spec.health,
+        release=release,
+        timeout=settings.BOT_POLL_TIMEOUT,
+        since=since,
+        alive=_alive(target, deployment.id, pid),
     )
     if not polling.ok:
-        local.stop(deployment_id=deployment.id, pid=pid)
+        target.stop(deployment_id=deployment.id, pid=pid)
         restored = []
         for old in previous:
             try:
-                old_pid = local.start(
+                old_pid = targets.target_for(old).start(
                     deployment_id=old.id,
+                    project_slug=ctx.project.slug,
                     release_dir=Path(old.release_dir),
                     port=old.port,
                     host=settings.DEPLOY_HOST,
@@ -245,8 +275,9 @@ def _deploy_bot(
 
 def _start(deployment: Deployment, release_dir: Path, env: dict[str, str]) -> int:
     try:
-        pid = local.start(
+        pid = targets.target_for(deployment).start(
             deployment_id=deployment.id,
+            project_slug=deployment.project.slug,
             release_dir=release_dir,
             port=deployment.port,
             host=settings.DEPLOY_HOST,
@@ -259,10 +290,10 @@ def _start(deployment: Deployment, release_dir: Path, env: dict[str, str]) -> in
     return pid
 
 
-def _failed(ctx: StageContext, deployment_id: int, release_dir: Path, problems: list[str], commit: str) -> Outcome:
+def _failed(ctx: StageContext, deployment_id: int, log_tail: str, problems: list[str], commit: str) -> Outcome:
     """The new release failed its checks (it is already stopped): record it, and send the failure
     back to the Developer like a failing test, within the cap; at the cap, ask a person."""
-    tail = redaction.redact(_log_tail(release_dir))
+    tail = redaction.redact(log_tail)
     deployments.deployment_fail(deployment_id=deployment_id, error="; ".join(problems) + "\n" + tail)
     message = (
         "The new release failed its checks and was stopped; the previous release (if any) still "
@@ -288,16 +319,24 @@ def _settle(ctx: StageContext, repo: str, commit: str, release_dir: Path) -> lis
     finishes what a crash between going live and here left undone."""
     replaced = []
     for old in Deployment.objects.filter(project_id=ctx.project.id, status=Deployment.Status.STOPPING):
-        local.stop(deployment_id=old.id, pid=old.pid)
+        targets.target_for(old).stop(deployment_id=old.id, pid=old.pid)
         deployments.deployment_stopped(deployment_id=old.id)
         replaced.append(old.id)
     git("push", "--quiet", "--force", repo, f"{commit}:refs/heads/main", cwd=release_dir)
+    _prune(ctx.project.id, ctx.project.slug)
     return replaced
 
 
-def _log_tail(release_dir: Path, limit: int = 1500) -> str:
-    path = release_dir.parent / f"{release_dir.name}.log"
-    try:
-        return path.read_text(errors="replace")[-limit:]
-    except FileNotFoundError:
-        return ""
+def _prune(project_id: int, slug: str) -> None:
+    """Keep what the target built for the releases that hold a port and the RELEASES_KEPT
+    earlier ones that served (rollbacks); remove the rest. Never fails a deploy."""
+    rows = Deployment.objects.filter(project_id=project_id)
+    keep = set(rows.filter(status__in=Deployment.HOLDS_PORT).values_list("id", flat=True))
+    keep |= set(
+        rows.filter(live_at__isnull=False).order_by("-id").values_list("id", flat=True)[: settings.RELEASES_KEPT + 1]
+    )
+    for name in set(rows.values_list("target", flat=True)):
+        try:
+            targets.get_target(name).prune(project_slug=slug, keep=keep)
+        except (TransientError, PermanentError, local.ReleaseError) as exc:
+            log.warning("release_prune_failed", project_id=project_id, target=name, error=str(exc)[:300])
