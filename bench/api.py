@@ -61,6 +61,7 @@ import django  # noqa: E402
 django.setup()
 
 import yaml  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
@@ -213,8 +214,8 @@ def compose_web_command() -> list[str]:
         command = " ".join(command)
     if command.startswith("sh -c"):
         command = shlex.split(command)[2]
-    part = next(p.strip() for p in command.split("&&") if p.strip().startswith("gunicorn"))
-    return shlex.split(part)
+    parts = [p.strip().removeprefix("exec ").strip() for p in command.split("&&")]
+    return shlex.split(next(p for p in parts if p.startswith("gunicorn")))
 
 
 def _free_port() -> int:
@@ -364,7 +365,8 @@ def report(
         "| in process, one request | ms | SQL ms | queries |",
         "|---|---|---|---|",
     ]
-    for name, label in (("projects", "`GET /api/projects/` (a page of 50)"), ("run", "`GET /api/runs/<id>/`")):
+    page = f"`GET /api/projects/` (the default page, {settings.REST_FRAMEWORK['PAGE_SIZE']})"
+    for name, label in (("projects", page), ("run", "`GET /api/runs/<id>/`")):
         f = inproc[name]
         lines.append(f"| {label} | {f['ms']:.1f} | {f['sql_ms']:.1f} | {f['queries']} |")
     lines += [
