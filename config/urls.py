@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from agents.api import WorkerAskView, WorkerProgressView, WorkerResultView
+from orchestrator.api import ProjectBotView
 from orchestrator.telegram.webhook import telegram_webhook
 from projects.api import ProjectViewSet, RunEventStreamView, RunViewSet
 from secrets_meta.api import ProjectSecretsView, ProjectSecretView
@@ -17,6 +18,7 @@ urlpatterns = [
     path("api/runs/<int:pk>/events/", RunEventStreamView.as_view(), name="run-events"),
     path("api/projects/<int:pk>/secrets/", ProjectSecretsView.as_view(), name="project-secrets"),
     path("api/projects/<int:pk>/secrets/<str:name>/", ProjectSecretView.as_view(), name="project-secret"),
+    path("api/projects/<int:pk>/bot/", ProjectBotView.as_view(), name="project-bot"),
     path("api/", include(router.urls)),
     path("api/runs/<int:run_id>/worker/progress/", WorkerProgressView.as_view(), name="worker-progress"),
     path("api/runs/<int:run_id>/worker/ask/", WorkerAskView.as_view(), name="worker-ask"),

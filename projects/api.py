@@ -270,8 +270,23 @@ class DescriptionField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """JSON true or false only (DRF's BooleanField also takes "yes", 1, "on", ...)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class ProjectCreateSerializer(serializers.Serializer):
     description = DescriptionField(trim_whitespace=True, allow_blank=False)
+    own_bot = StrictBooleanField(
+        required=False,
+        default=False,
+        help_text="A Telegram bot that runs as your own bot: give its token with PUT /api/projects/{id}/bot/ "
+        "(the run asks for it before going live); never a bot from the factory's pool.",
+    )
 
 
 # The router's ``{id}`` is any text (a non-number is simply not found); documented as what it names.
@@ -313,7 +328,9 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         """Create a project from a description; its first run starts at once."""
         body = ProjectCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        project, run = services.project_create(owner=request.user, description=body.validated_data["description"])
+        project, run = services.project_create(
+            owner=request.user, description=body.validated_data["description"], own_bot=body.validated_data["own_bot"]
+        )
         data = render_projects(list(self.get_queryset().filter(id=project.id)))[0]
         data["run_id"] = run.id
         return Response(data, status=status.HTTP_201_CREATED)

@@ -60,11 +60,14 @@ def _check_create_rate(owner) -> None:
 
 
 @transaction.atomic
-def project_create(*, owner, description: str) -> tuple[Project, PipelineRun]:
-    """Create a project from a description and start its first run."""
+def project_create(*, owner, description: str, own_bot: bool = False) -> tuple[Project, PipelineRun]:
+    """Create a project from a description and start its first run.
+
+    ``own_bot``: if it is a Telegram bot, it runs as the person's own bot (they give its token),
+    never one from the factory's pool; set before the run starts, so no stage sees it unset."""
     text = _clean_description(description)
     _check_create_rate(owner)
-    project = Project.objects.create(owner=owner, description=text)
+    project = Project.objects.create(owner=owner, description=text, own_bot=bool(own_bot))
     run = runs.run_create(project=project, kind=PipelineRun.Kind.CREATE)
     return project, run
 

@@ -194,9 +194,3 @@ def bot_mark_valid(*, bot_token_id: int, identity: Identity, actor: str = "syste
     row.save(update_fields=["username", "first_name", "last_error", "last_validated_at", "status", "updated_at"])
     _audit(row, action="validated", actor=actor)
     return row
-
-
-@transaction.atomic
-def project_own_bot_set(*, project_id: int, own_bot: bool = True) -> None:
-    """The person wants the project to run as their own bot (they give its token), not a pool bot."""
-    Project.objects.filter(id=project_id).update(own_bot=own_bot, updated_at=timezone.now())

@@ -35,6 +35,10 @@ SECRETS_PER_PROJECT = 100
 RESERVED_KEYS = frozenset(
     {"PATH", "HOME", "PORT", "PYTHONPATH", "PYTHONHOME", "LD_PRELOAD", "LD_LIBRARY_PATH", "RELEASE_ID"}
 )
+# A bot's token is no plain secret: it must pass Telegram's checks before anything uses it, and
+# that is the engine's job (orchestrator.bots), which this app may not call. It comes in through
+# the project's bot endpoint or /token in the chat.
+BOT_TOKEN_KEY = "TELEGRAM_BOT_TOKEN"
 _KEY_RE = re.compile(KEY_PATTERN)
 Kind = SecretMeta.Kind
 
@@ -109,6 +113,13 @@ def secret_put(*, project_id: int, key: str, value: str, actor: str, kind: str =
     """Store a secret's value (new or replaced) and its metadata; a run waiting for the project's
     secrets is told once this commits (SECRETS_PROVIDED). An existing secret keeps its kind."""
     validate_key(key)
+    if key == BOT_TOKEN_KEY:
+        raise ValidationFailed(
+            f"{BOT_TOKEN_KEY} is a bot's token: it is checked with Telegram before it is used, so it is not "
+            f"set as a secret. Give it with PUT /api/projects/{project_id}/bot/ (or /token in the factory's chat).",
+            code="secret_name_reserved",
+            extra={"use": f"/api/projects/{project_id}/bot/"},
+        )
     validate_value(key, value)
     if kind not in Kind.values:
         raise ValidationFailed(f"Unknown secret kind {kind!r}.", code="secret_kind_invalid")

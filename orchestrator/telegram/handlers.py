@@ -17,6 +17,7 @@ order by the ``notify.send_message`` task, so a 429 or a hiccup is retried, not 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -46,21 +47,26 @@ from orchestrator import bots
 from orchestrator.telegram import transport
 from projects import notifications, people, runs, services
 from projects.health import release_health
-from projects.models import OutboundMessage, TelegramAccount
-from secrets_meta import bots as bot_pool
+from projects.models import OutboundMessage, Project, TelegramAccount
 from secrets_meta import redaction
+from secrets_meta import selectors as secret_selectors
+from secrets_meta import services as secret_services
 
 log = structlog.get_logger(__name__)
 
 MAX_TEXT = 4096
 HELP = (
-    "I build and deploy services from a description. Just write what you want, e.g. "
-    "“a web service that greets people by name”.\n\n"
+    "I build and deploy web services and Telegram bots from a description. Just write what you want, e.g. "
+    "“a web service that greets people by name” or “a telegram bot that rolls dice”.\n\n"
     "/new <description> – start a project\n"
     "/new --own-bot <description> – a Telegram bot project that runs as your own bot (from @BotFather) "
     "instead of one from the factory's pool\n"
     "/token <token> – give your own bot's token to your bot project (or /token, then the token); "
     "I delete the message and keep the token encrypted\n"
+    "/secret NAME – give a secret your project needs (an API key, ...): then send its value in the next "
+    "message (or /secret NAME value; /secret <project> NAME for another project); I delete the message "
+    "and keep the value encrypted\n"
+    "/secrets [project] – the secrets a project has and the ones it still needs (names only)\n"
     "/examples – what I can build\n"
     "/projects – your projects\n"
     "/status [project] – a project's run, stage, cost, live URL and health\n"
@@ -88,6 +94,24 @@ NO_BOT_PROJECT = (
     "then send the token with /token."
 )
 OWN_BOT_FLAGS = ("--own-bot", "--own_bot", "—own-bot", "—own_bot", "--ownbot")
+# /secret NAME's prompt: the next message is NAME's value for that project. The prompt says which
+# (SECRET_PROMPT_RE reads it back from the outbox), like /token's.
+SECRET_PROMPT = (
+    "Send me the value of {name} for project #{project_id} ({project}) in your next message. "
+    "I delete that message at once and keep the value encrypted; nobody sees it again, no agent either."
+)
+SECRET_PROMPT_RE = re.compile(r"^Send me the value of ([A-Z_][A-Z0-9_]*) for project #([0-9]+) ")
+SECRET_USAGE = (
+    "Send /secret NAME, then the value in the next message (or /secret NAME value), e.g. /secret API_KEY. "
+    "For another project than your newest: /secret <project id> NAME. /secrets lists what a project needs."
+)
+SECRET_BAD_NAME = (
+    "That is not a secret name: use upper case letters, digits and _, not starting with a digit (e.g. API_KEY). "
+) + SECRET_USAGE
+SECRET_BOT_TOKEN = (
+    f"{secret_services.BOT_TOKEN_KEY} is your bot's token: send it with /token instead "
+    "(it is checked with Telegram before it is used)."
+)
 # What a message may carry besides text; anything else without text (a service message) is ignored.
 MEDIA = (
     "animation",
@@ -253,7 +277,12 @@ def handle_message(message: TgMessage) -> None:
         log.info("telegram_message_unreadable", telegram_user_id=sender.id, handler=handler.__name__)
         reply(UNREADABLE)
         return
-    if account is not None and _carries_token(message, account):
+    intake = _intake(message, account) if account is not None else None
+    if isinstance(intake, SecretIntake):
+        # A value (or what may be one): deleted from the chat first, then stored; never logged.
+        _secret_intake(Incoming(message, sender, account, args), intake, reply)
+        return
+    if intake == "token":
         # Never stored as text, never an escalation's answer: deleted from the chat, validated
         # and stored by the token intake, outside a transaction (it calls Telegram).
         try:
@@ -312,22 +341,25 @@ class Handlers:
     @staticmethod
     def examples(inc: Incoming) -> str:
         if agent_services.agent_config_for(role=Role.ARCHITECT).backend == Backend.SCRIPTED:
-            head = "I can build web services that do these things, one or several together:"
+            head = "I can build web services and Telegram bots that do these things, one or several together:"
         else:
-            head = "Some things you can ask for (describe yours in a sentence):"
-        lines = [f"• {feature.does}, e.g. “{feature.example}”" for feature in CATALOGUE]
-        return "\n".join([head, *lines, "", "Send /new <description>, or simply write it."])
+            head = "Some things you can ask for, as a web service or a Telegram bot (describe yours in a sentence):"
+        lines = [f"• {feature.does}: “{feature.example}” or “{feature.bot_example}”" for feature in CATALOGUE]
+        tail = (
+            "A bot runs as one of the factory's bots, or as your own: /new --own-bot <description>. "
+            "Send /new <description>, or simply write it."
+        )
+        return "\n".join([head, *lines, "", tail])
 
     @staticmethod
     def new(inc: Incoming) -> str:
         own_bot, description = _own_bot_flag(inc.args)
-        project, run = services.project_create(owner=inc.user, description=description)
+        project, run = services.project_create(owner=inc.user, description=description, own_bot=own_bot)
         answer = (
             f"Got it: project #{project.id}, run #{run.id} is queued. I'll write to you as it moves through "
             f"planning, code, tests and deploy. /status {project.id} shows where it is."
         )
         if own_bot:
-            bot_pool.project_own_bot_set(project_id=project.id)
             answer += (
                 "\nIt will run as your own bot: create one with @BotFather and send me its token with /token "
                 "(now, or when I ask for it)."
@@ -347,7 +379,7 @@ class Handlers:
                 return NO_BOT_PROJECT
             return TOKEN_PROMPT
         redaction.register("TELEGRAM_BOT_TOKEN", candidate)
-        deleted = _delete_token_message(inc)
+        deleted = _delete_message(inc)
         note = "" if deleted else " I could not delete your message with the token: please delete it yourself."
         project = bots.token_project_for(user=inc.user, escalation=escalation)
         if project is None:
@@ -426,6 +458,10 @@ class Handlers:
         escalation = _escalation(inc)
         if escalation is None:
             return "Nothing is waiting for your answer right now."
+        if escalation.reason == Escalation.Reason.BOT_TOKEN:
+            return "That question is answered with your bot's token: send /token, then the token."
+        if escalation.reason == Escalation.Reason.SECRETS_MISSING:  # /answer with no text (with text: _intake)
+            return "That question is answered with the secrets themselves. " + _secrets_howto(escalation)
         if not inc.args:
             return "Write your answer after /answer, e.g. /answer use the standard library only."
         return _answer(inc, escalation, action="guidance", answer=inc.args)
@@ -440,6 +476,30 @@ class Handlers:
         except InvalidOperation as exc:
             raise ValidationFailed("Give the amount in dollars, e.g. /budget 5.", code="bad_budget") from exc
         return _answer(inc, escalation, action="raise_budget", budget=amount)
+
+    @staticmethod
+    def secrets(inc: Incoming) -> str:
+        """The project's secrets by name: set, generated or still needed; never a value."""
+        project = _secret_project(inc, name=None, ref=inc.args or None)
+        rows = secret_selectors.secret_rows(project_id=project.id)
+        title = _project_title(project)
+        if not rows:
+            return f"{title} has no secrets. Give one with /secret NAME."
+        lines = []
+        for row in rows:
+            if not row["filled"]:
+                state = "missing: send it with /secret " + row["key"]
+            elif row["kind"] == "infra":
+                state = f"generated by the factory ({row['length']} characters)"
+            else:
+                state = f"set ({row['length']} characters)"
+            lines.append(f"• {row['key']}: {state}")
+        return f"Secrets of {title}:\n" + "\n".join(lines)
+
+    @staticmethod
+    def secret(inc: Incoming) -> str:
+        """Reached only through the secret intake (``_intake`` sends every /secret there)."""
+        return SECRET_USAGE
 
     @staticmethod
     def unknown_command(inc: Incoming) -> str:
@@ -461,6 +521,8 @@ COMMANDS: dict[str, Callable[[Incoming], str | None]] = {
     "answer": Handlers.answer,
     "budget": Handlers.budget,
     "token": Handlers.token,
+    "secret": Handlers.secret,
+    "secrets": Handlers.secrets,
 }
 
 
@@ -472,29 +534,91 @@ def _own_bot_flag(args: str) -> tuple[bool, str]:
     return False, args
 
 
-# --- bot tokens ------------------------------------------------------------------------
-def _carries_token(message: TgMessage, account: TelegramAccount) -> bool:
-    """Whether a person's message is (or may be) a bot token: /token, anything with a token in it,
-    a reply to the question asking for one, or the next message after /token's prompt."""
+# --- values: bot tokens and secrets ---------------------------------------------------------
+@dataclass(frozen=True)
+class SecretIntake:
+    """A message that gives (or may give) a secret's value; ``value`` None: it carries none.
+
+    ``name`` None: a reply to the question asking for secrets (or /answer to it), which is no way
+    to give one (which secret would it be?): it is deleted and the person told how."""
+
+    name: str | None
+    ref: str | None = None  # the project the person named (or /secret's prompt did)
+    value: str | None = None
+
+    @property
+    def carries_value(self) -> bool:
+        """Whether the message must leave the chat: it has a value, or may (a malformed name may be
+        one, e.g. ``/secret KEY=abc``)."""
+        return self.value is not None or self.name is None or not re.match(secret_services.KEY_PATTERN, self.name)
+
+
+def _intake(message: TgMessage, account: TelegramAccount) -> SecretIntake | Literal["token"] | None:
+    """Whether a person's message gives a value, and which kind:
+
+    - a secret (SecretIntake): /secret; the next message after /secret NAME's prompt; a reply to
+      the question asking for secrets, or /answer to it (refused: deleted, the person told how);
+    - a bot token ("token"): /token, anything with a token in it, a reply to the question asking
+      for one, or the next message after /token's prompt.
+    """
     text = message.text
     if not text:
-        return False
-    command, _ = parse_command(text)
-    if command == "token" or bots.looks_like_token(text):
-        return True
+        return None
+    command, args = parse_command(text)
+    if command == "secret":
+        return _parse_secret(args)
+    if command == "token":
+        return "token"
+    if command == "answer" and args:
+        escalation = _escalation_of(message, account, newest=True)
+        if escalation is not None and escalation.reason == Escalation.Reason.SECRETS_MISSING:
+            return SecretIntake(name=None)
+    prompt = _recent_prompt(account) if command is None else None
+    found = SECRET_PROMPT_RE.match(prompt or "")
+    if found:  # /secret NAME asked for this very message
+        return SecretIntake(name=found.group(1), ref=found.group(2), value=text.strip())
+    if bots.looks_like_token(text):
+        return "token"
     if command is not None:
-        return False
-    replied = message.reply_to_message
-    if replied is not None:
+        return None
+    if message.reply_to_message is not None:
+        escalation = _escalation_of(message, account, newest=False)
+        reason = escalation.reason if escalation is not None else None
+        if reason == Escalation.Reason.BOT_TOKEN:
+            return "token"
+        if reason == Escalation.Reason.SECRETS_MISSING:
+            return SecretIntake(name=None)
+        return None
+    return "token" if prompt == TOKEN_PROMPT else None
+
+
+def _parse_secret(args: str) -> SecretIntake:
+    """``/secret [project] NAME [value]``: a project is an id (``12`` or ``#12``), since a name never
+    starts with a digit; the value is the rest of the message."""
+    ref = None
+    words = args.split(maxsplit=1)
+    if words and words[0].lstrip("#").isdigit():
+        ref, args = words[0], words[1] if len(words) > 1 else ""
+        words = args.split(maxsplit=1)
+    if not words:
+        return SecretIntake(name="", ref=ref)
+    return SecretIntake(name=words[0], ref=ref, value=words[1] if len(words) > 1 else None)
+
+
+def _escalation_of(message: TgMessage, account: TelegramAccount, *, newest: bool) -> Escalation | None:
+    """The open question the message replies to; with ``newest``, else the person's newest one."""
+    if message.reply_to_message is not None:
         escalation = agent_selectors.escalation_for_reply(
-            telegram_message_id=replied.message_id, user_id=account.user_id
+            telegram_message_id=message.reply_to_message.message_id, user_id=account.user_id
         )
-        return escalation is not None and escalation.reason == Escalation.Reason.BOT_TOKEN
-    return _awaiting_token(account)
+        if escalation is not None or not newest:
+            return escalation
+    return agent_selectors.open_escalation_for_user(user_id=account.user_id) if newest else None
 
 
-def _awaiting_token(account: TelegramAccount) -> bool:
-    """The last thing said to this person in answer to a message was /token's prompt, lately."""
+def _recent_prompt(account: TelegramAccount) -> str | None:
+    """The last thing said to this person in answer to a message, if lately (a prompt for a value
+    is answered by the next message within TOKEN_PROMPT_SECONDS)."""
     last = (
         OutboundMessage.objects.filter(
             account_id=account.id, run__isnull=True, event__isnull=True, escalation__isnull=True
@@ -503,17 +627,105 @@ def _awaiting_token(account: TelegramAccount) -> bool:
         .values("text", "created_at")
         .first()
     )
-    if last is None or last["text"] != TOKEN_PROMPT:
-        return False
-    return (timezone.now() - last["created_at"]).total_seconds() < TOKEN_PROMPT_SECONDS
+    if last is None or (timezone.now() - last["created_at"]).total_seconds() >= TOKEN_PROMPT_SECONDS:
+        return None
+    return last["text"]
 
 
-def _delete_token_message(inc: Incoming) -> bool:
-    """Delete the message that carried a token from the chat; False when Telegram would not."""
+def _secret_intake(inc: Incoming, intake: SecretIntake, reply: Callable[[str], object]) -> None:
+    """Delete the message if it carries a value (before anything else), then store the value, or
+    prompt for it, or refuse. The value is never logged, not even in a crash's traceback (its
+    locals), and every answer names the secret and its length only."""
+    note = ""
+    if intake.carries_value:
+        if intake.value and intake.name:
+            redaction.register(intake.name, intake.value)
+        if not _delete_message(inc):
+            note = " I could not delete your message with the value: please delete it yourself."
+    try:
+        with transaction.atomic():
+            reply(_secret_answer(inc, intake) + note)
+    except AppError as exc:
+        reply(exc.message + note)
+    except Exception as exc:  # noqa: BLE001 (a bug: logged by its type only, no traceback: its locals hold the value)
+        log.error("telegram_handler_crashed", handler="secret", user_id=inc.user.id, error=type(exc).__name__)
+        reply(CRASHED + note)
+
+
+def _secret_answer(inc: Incoming, intake: SecretIntake) -> str:
+    if intake.name is None:  # a text answer to the question asking for secrets
+        escalation = _escalation_of(inc.message, inc.account, newest=True)
+        return (
+            "Secrets are not given as a reply: I did not keep your message, and deleted it from this chat in case "
+            "it held a value. " + _secrets_howto(escalation)
+        )
+    if not intake.name:
+        return SECRET_USAGE
+    if not re.match(secret_services.KEY_PATTERN, intake.name) or len(intake.name) > secret_services.KEY_MAX_LENGTH:
+        return SECRET_BAD_NAME  # the "name" is never repeated: it may be a value
+    if intake.name == secret_services.BOT_TOKEN_KEY:
+        return SECRET_BOT_TOKEN
+    name = secret_services.validate_key(intake.name)  # a name the factory sets itself is refused
+    project = _secret_project(inc, name=name, ref=intake.ref)
+    if intake.value is None:
+        return SECRET_PROMPT.format(name=name, project_id=project.id, project=project.name or "not planned yet")
+    meta = secret_services.secret_put(project_id=project.id, key=name, value=intake.value, actor=f"user:{inc.user.id}")
+    answer = f"Stored {name} ({meta.length} characters) for {_project_title(project)}."
+    missing = secret_selectors.secrets_missing(project_id=project.id)
+    if missing:
+        answer += f" Still needed: {', '.join(missing)}."
+    return answer
+
+
+def _missing_of(escalation: Escalation | None) -> list[str]:
+    """The secrets a question asking for them lists (what the Deployer found missing)."""
+    if escalation is None:
+        return []
+    return list(((escalation.context or {}).get("output") or {}).get("missing") or [])
+
+
+def _secrets_howto(escalation: Escalation | None) -> str:
+    missing = _missing_of(escalation)
+    example = missing[0] if missing else "API_KEY"
+    return f"Send each one with /secret NAME, then its value in the next message, e.g. /secret {example}." + (
+        f" Still needed: {', '.join(missing)}." if missing else ""
+    )
+
+
+def _secret_project(inc: Incoming, *, name: str | None, ref: str | None) -> Project:
+    """The project a secret is for: the one named; else the one whose question the message
+    replies to; else the person's newest project waiting for secrets (for ``name``, among those
+    listing it); else their newest project."""
+    if ref:
+        return people.project_for(user=inc.user, ref=ref)
+    escalation = _escalation_of(inc.message, inc.account, newest=False)
+    if escalation is not None and escalation.reason == Escalation.Reason.SECRETS_MISSING:
+        return escalation.run.project
+    waiting = (
+        Escalation.objects.select_related("run__project")
+        .filter(
+            run__project__owner_id=inc.user.id,
+            status=Escalation.Status.OPEN,
+            reason=Escalation.Reason.SECRETS_MISSING,
+        )
+        .order_by("-created_at", "-id")[:20]
+    )
+    for candidate in waiting:
+        if name is None or name in _missing_of(candidate):
+            return candidate.run.project
+    return people.project_latest(user=inc.user)
+
+
+def _project_title(project: Project) -> str:
+    return project.name or f"project #{project.id}"
+
+
+def _delete_message(inc: Incoming) -> bool:
+    """Delete the message that carried a token or a secret from the chat; False when Telegram would not."""
     try:
         transport.delete_message(inc.message.chat.id, inc.message.message_id)
     except AppError as exc:
-        log.warning("telegram_token_message_not_deleted", chat_id=inc.message.chat.id, code=exc.code)
+        log.warning("telegram_value_message_not_deleted", chat_id=inc.message.chat.id, code=exc.code)
         return False
     return True
 

@@ -20,7 +20,6 @@ from orchestrator import bots
 from orchestrator.telegram import delivery
 from projects import notifications, runs, services
 from projects.models import OutboundMessage, Project, RunEvent
-from secrets_meta import bots as pool
 from secrets_meta.models import BotToken, SecretAudit, SecretValue
 from secrets_meta.stores import BOTS_SCOPE, get_store
 from tests.telegram.conftest import ADA_TG, deliver_outbox, post_update
@@ -31,9 +30,7 @@ DICE = "a telegram bot that rolls dice"
 
 
 def project_of(user, *, own_bot=False) -> Project:
-    project, _ = services.project_create(owner=user, description=DICE)
-    if own_bot:
-        pool.project_own_bot_set(project_id=project.id)
+    project, _ = services.project_create(owner=user, description=DICE, own_bot=own_bot)
     return project
 
 

@@ -496,9 +496,9 @@ def test_examples_lists_what_the_scripted_architect_builds_once(client, telegram
     post_update(client, telegram.make_update(from_user=ada_tg, text="/examples"))
 
     reply = only_reply(telegram, ADA_TG)
-    assert reply.startswith("I can build web services that do these things")
-    assert "greets people by name, e.g. “a web service that greets people by name”" in reply
-    assert reply.count("greets people by name,") == 1
+    assert reply.startswith("I can build web services and Telegram bots that do these things")
+    assert "greets people by name: “a web service that greets people by name” or “a telegram bot" in reply
+    assert reply.count("greets people by name:") == 1 and "/new --own-bot" in reply
     assert "LLM" not in reply and "admin" not in reply and len(reply) < 1200
 
 
