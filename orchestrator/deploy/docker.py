@@ -35,9 +35,9 @@ from django.conf import settings
 
 import docker
 from config.errors import TransientError
-from orchestrator.deploy.local import RELEASE_MARKER, ReleaseError, read_start_spec
+from orchestrator.deploy.local import RELEASE_INSTANCE_MARKER, RELEASE_MARKER, ReleaseError, read_start_spec
 from orchestrator.deploy.targets import ReleaseUsage, RunningRelease
-from orchestrator.runtime.base import INSTANCE_MARKER, factory_instance
+from orchestrator.runtime.base import factory_instance
 
 log = structlog.get_logger(__name__)
 
@@ -209,7 +209,7 @@ class DockerTarget:
                 "HOST": host,
                 "RELEASE": str(deployment_id),
                 RELEASE_MARKER: str(deployment_id),
-                INSTANCE_MARKER: factory_instance(),
+                RELEASE_INSTANCE_MARKER: factory_instance(),
             },
             network_mode="host",
             restart_policy={"Name": "unless-stopped"},

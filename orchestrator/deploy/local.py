@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.procs import has_marker, pids_with_marker, process_alive, stop_group
-from orchestrator.runtime.base import INSTANCE_MARKER, factory_instance
+from orchestrator.runtime.base import factory_instance
 from projects import specs
 from projects.specs import AcceptanceCheck, StartSpec
 
 RELEASE_MARKER = "FACTORY_DEPLOYMENT"
+# The installation a release belongs to (its own name: FACTORY_INSTANCE marks workers).
+RELEASE_INSTANCE_MARKER = "FACTORY_RELEASE_INSTANCE"
 
 
 class ReleaseError(Exception):
@@ -81,7 +83,7 @@ def start(*, deployment_id: int, release_dir: Path, port: int, host: str, env: d
                 "HOST": host,
                 "RELEASE": str(deployment_id),
                 RELEASE_MARKER: str(deployment_id),
-                INSTANCE_MARKER: factory_instance(),
+                RELEASE_INSTANCE_MARKER: factory_instance(),
             },
         )
     finally:
@@ -111,7 +113,7 @@ def release_pids(deployment_id: int | None = None) -> list[int]:
     """This installation's live release processes (of one deployment, or of any)."""
     instance = factory_instance()
     value = None if deployment_id is None else str(deployment_id)
-    return [p for p in pids_with_marker(RELEASE_MARKER, value) if has_marker(p, INSTANCE_MARKER, instance)]
+    return [p for p in pids_with_marker(RELEASE_MARKER, value) if has_marker(p, RELEASE_INSTANCE_MARKER, instance)]
 
 
 def release_of(pid: int) -> int | None:
