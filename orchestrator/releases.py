@@ -95,6 +95,12 @@ def release_down(deployment: Deployment, detail: str) -> bool:
     return created
 
 
+def release_usage(deployment: Deployment) -> targets.ReleaseUsage | None:
+    """CPU (percent of one core) and memory of a release, from the target that runs it; None
+    when it does not run."""
+    return targets.target_for(deployment).usage(deployment_id=deployment.id, pid=deployment.pid)
+
+
 def _enqueue_repair(incident_id: int, countdown: float = 0) -> None:
     transaction.on_commit(
         lambda: current_app.send_task(names.RELEASES_REPAIR, kwargs={"incident_id": incident_id}, countdown=countdown)
