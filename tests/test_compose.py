@@ -33,7 +33,13 @@ def _compose() -> list[str]:
 @pytest.fixture
 def clone(tmp_path) -> Path:
     """What a fresh clone holds of it: compose.yaml, the Caddy entrypoint, the init script."""
-    for name in ("compose.yaml", "Dockerfile", "docker/caddy/entrypoint.sh", "scripts/server-init"):
+    for name in (
+        "compose.yaml",
+        "Dockerfile",
+        "docker/caddy/entrypoint.sh",
+        "docker/release-base/Dockerfile",
+        "scripts/server-init",
+    ):
         target = tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, target)
@@ -69,7 +75,9 @@ def test_compose_config_is_valid_and_safe_for_one_server(clone):
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     services = config["services"]
-    assert set(services) == {"postgres", "redis", "caddy", *APP_SERVICES}
+    assert set(services) == {"postgres", "redis", "caddy", "release-base", *APP_SERVICES}
+    assert services["worker"]["environment"]["DEPLOY_TARGET"] == "docker"
+    assert services["release-base"]["image"] == services["worker"]["environment"]["RELEASE_BASE_IMAGE"]
     for name in APP_SERVICES:
         env = services[name]["environment"]
         assert env["PRODUCTION"] == "true" and env["DJANGO_SECRET_KEY"], name  # from .env, not empty
