@@ -12,7 +12,7 @@ import redis
 import structlog
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, QueryDict, StreamingHttpResponse
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -271,12 +271,15 @@ class DescriptionField(serializers.CharField):
 
 
 class StrictBooleanField(serializers.BooleanField):
-    """JSON true or false only (DRF's BooleanField also takes "yes", 1, "on", ...)."""
+    """true or false only (DRF's BooleanField also takes "yes", 1, "on", ...): JSON's, or a form's
+    "true" and "false" (a form's fields are text)."""
 
     def to_internal_value(self, data):
-        if not isinstance(data, bool):
-            self.fail("invalid", input=data)
-        return data
+        if isinstance(data, bool):
+            return data
+        if isinstance(getattr(self.parent, "initial_data", None), QueryDict) and data in ("true", "false"):
+            return data == "true"
+        self.fail("invalid", input=data)
 
 
 class ProjectCreateSerializer(serializers.Serializer):

@@ -35,9 +35,9 @@ SECRETS_PER_PROJECT = 100
 RESERVED_KEYS = frozenset(
     {"PATH", "HOME", "PORT", "PYTHONPATH", "PYTHONHOME", "LD_PRELOAD", "LD_LIBRARY_PATH", "RELEASE_ID"}
 )
-# A bot's token is no plain secret: it must pass Telegram's checks before anything uses it, and
-# that is the engine's job (orchestrator.bots), which this app may not call. It comes in through
-# the project's bot endpoint or /token in the chat.
+# A bot project's token is no plain secret: it must pass Telegram's checks before anything uses
+# it, and that is the engine's job (orchestrator.bots), which this app may not call. It comes in
+# through the project's bot endpoint or /token in the chat (see ``validate_key_for``).
 BOT_TOKEN_KEY = "TELEGRAM_BOT_TOKEN"
 _KEY_RE = re.compile(KEY_PATTERN)
 Kind = SecretMeta.Kind
@@ -90,6 +90,24 @@ def validate_value(key: str, value: object) -> str:
     return value
 
 
+def validate_key_for(*, project_id: int, key: str) -> str:
+    """``validate_key``, and TELEGRAM_BOT_TOKEN refused for a project that runs (or may run: not
+    planned yet) as a Telegram bot: the Deployer gives a bot release its bot's token, which comes
+    in through the bot endpoint. A web service may need one as a plain secret (to post to a chat)."""
+    validate_key(key)
+    if key == BOT_TOKEN_KEY:
+        kind = Project.objects.filter(id=project_id).values_list("kind", flat=True).first()
+        if kind != Project.Kind.WEB_SERVICE:
+            raise ValidationFailed(
+                f"{BOT_TOKEN_KEY} is the token of the bot the project runs as: it is checked with Telegram "
+                f"before it is used, so it is not set as a secret. Give it with PUT /api/projects/{project_id}/bot/ "
+                "(or /token in the factory's chat).",
+                code="secret_name_reserved",
+                extra={"use": f"/api/projects/{project_id}/bot/"},
+            )
+    return key
+
+
 def _require_project(project_id: int) -> None:
     if not Project.objects.filter(id=project_id).exists():
         raise NotFound(f"There is no project {project_id}.", code="project_not_found")
@@ -112,14 +130,7 @@ def _audit(meta: SecretMeta, *, action: str, actor: str, detail: str = "") -> No
 def secret_put(*, project_id: int, key: str, value: str, actor: str, kind: str = Kind.USER) -> SecretMeta:
     """Store a secret's value (new or replaced) and its metadata; a run waiting for the project's
     secrets is told once this commits (SECRETS_PROVIDED). An existing secret keeps its kind."""
-    validate_key(key)
-    if key == BOT_TOKEN_KEY:
-        raise ValidationFailed(
-            f"{BOT_TOKEN_KEY} is a bot's token: it is checked with Telegram before it is used, so it is not "
-            f"set as a secret. Give it with PUT /api/projects/{project_id}/bot/ (or /token in the factory's chat).",
-            code="secret_name_reserved",
-            extra={"use": f"/api/projects/{project_id}/bot/"},
-        )
+    validate_key_for(project_id=project_id, key=key)
     validate_value(key, value)
     if kind not in Kind.values:
         raise ValidationFailed(f"Unknown secret kind {kind!r}.", code="secret_kind_invalid")

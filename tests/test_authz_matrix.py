@@ -74,6 +74,8 @@ TELEGRAM = {"anonymous": 403, "malformed": 403, "other": 403, "owner": 200, "sta
 DESCRIPTION = {"description": "a web service that greets people by name"}
 OWNED_WRITE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 200, "staff": 200}
 OWNED_DELETE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 204, "staff": 204}
+# A bot the Bot API stand-in serves during this test (the project-bot route checks it with "Telegram").
+BOT_TOKEN = "424242:" + "A" * 35
 
 # route name -> (credential kind, {method: (expected status per principal, JSON body)}, lists)
 MATRIX: dict[str, tuple[str, dict[str, tuple[dict[str, int], dict | None]], str | None]] = {
@@ -88,6 +90,12 @@ MATRIX: dict[str, tuple[str, dict[str, tuple[dict[str, int], dict | None]], str 
     "project-secret": (
         "user",
         {"PUT": (OWNED_WRITE, {"value": "not-a-real-secret"}), "DELETE": (OWNED_DELETE, None)},
+        None,
+    ),
+    # PUT first (the owner's bot, then staff's same bot: a no-op), GET finds it, DELETE lets it go.
+    "project-bot": (
+        "user",
+        {"PUT": (OWNED_WRITE, {"token": BOT_TOKEN}), "GET": (OWNED_READ, None), "DELETE": (OWNED_DELETE, None)},
         None,
     ),
     "worker-progress": ("worker", {"POST": (WORKER, {"message": "writing handlers"})}, None),
@@ -285,8 +293,18 @@ def _check_admin(route: Route, world: World) -> None:
 
 @pytest.fixture
 def telegram_if_needed(request):
-    """The webhook hands an accepted update to the bot, which needs a Bot API to talk to."""
+    """The webhook hands an accepted update to the bot, which needs a Bot API to talk to; the
+    project's bot endpoint checks a token with one."""
     route = request.getfixturevalue("route")
     if route.name == "telegram-webhook":
-        return request.getfixturevalue("telegram")
-    return None
+        yield request.getfixturevalue("telegram")
+    elif route.name == "project-bot":
+        from orchestrator.telegram.standin import StandIn
+
+        settings = request.getfixturevalue("settings")
+        with StandIn() as standin:
+            standin.add_bot("matrix_bot", token=BOT_TOKEN)
+            settings.TELEGRAM_API_URL = standin.api_url
+            yield standin
+    else:
+        yield None

@@ -663,10 +663,10 @@ def _secret_answer(inc: Incoming, intake: SecretIntake) -> str:
         return SECRET_USAGE
     if not re.match(secret_services.KEY_PATTERN, intake.name) or len(intake.name) > secret_services.KEY_MAX_LENGTH:
         return SECRET_BAD_NAME  # the "name" is never repeated: it may be a value
-    if intake.name == secret_services.BOT_TOKEN_KEY:
-        return SECRET_BOT_TOKEN
     name = secret_services.validate_key(intake.name)  # a name the factory sets itself is refused
     project = _secret_project(inc, name=name, ref=intake.ref)
+    if name == secret_services.BOT_TOKEN_KEY and project.kind != Project.Kind.WEB_SERVICE:
+        return SECRET_BOT_TOKEN  # a bot project's token is checked first (secret_put refuses it too)
     if intake.value is None:
         return SECRET_PROMPT.format(name=name, project_id=project.id, project=project.name or "not planned yet")
     meta = secret_services.secret_put(project_id=project.id, key=name, value=intake.value, actor=f"user:{inc.user.id}")
