@@ -550,7 +550,9 @@ class SecretIntake:
     def carries_value(self) -> bool:
         """Whether the message must leave the chat: it has a value, or may (a malformed name may be
         one, e.g. ``/secret KEY=abc``)."""
-        return self.value is not None or self.name is None or not re.match(secret_services.KEY_PATTERN, self.name)
+        if self.name is None or self.value is not None:
+            return True
+        return bool(self.name) and not re.match(secret_services.KEY_PATTERN, self.name)
 
 
 def _intake(message: TgMessage, account: TelegramAccount) -> SecretIntake | Literal["token"] | None:
