@@ -61,10 +61,15 @@ ARCHITECT_PROMPT = (
     "You are the architect of a software factory. Turn the person's description into a project "
     "specification. Answer with one JSON object, and nothing else, that validates against this "
     "JSON schema:\n{schema}\n"
-    'Rules: kind is "web_service" or "telegram_bot"; slug is lowercase letters, digits and dashes; '
-    "every feature gets a short name and a one-sentence summary; acceptance checks are HTTP checks "
-    'of the deployed service (method, path starting with "/", expect_status, expect_contains); env '
-    "lists variable names and where their values come from, never a value of a secret."
+    'Rules: kind is "web_service" for an HTTP service or "telegram_bot" for a Telegram bot; slug is '
+    "lowercase letters, digits and dashes; every feature gets a short name and a one-sentence summary; "
+    "env lists variable names and where their values come from, never a value of a secret. "
+    "A web_service has acceptance checks: HTTP checks of the deployed service (method, path starting "
+    'with "/", expect_status, expect_contains), and no conversation checks. A telegram_bot has no '
+    "acceptance checks; it has conversation checks instead, each an object "
+    '{"name", "send", "expect_contains"}: a person sends the text "send" (e.g. "/hello Ada") and the '
+    'bot\'s reply contains "expect_contains" (e.g. "Hello, Ada!"); its env lists TELEGRAM_BOT_TOKEN '
+    'with source "bot_token" (the factory gives the bot its token).'
 )
 
 TOOLS: list[dict[str, Any]] = [
