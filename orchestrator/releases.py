@@ -20,11 +20,14 @@ from django.conf import settings
 from django.db import transaction
 
 from config import task_names as names
-from config.errors import Conflict, NotFound
+from config.errors import Conflict, NotFound, PermanentError, TransientError
 from orchestrator.deploy import botcheck, environment, local, targets
+from orchestrator.telegram import transport
 from projects import deployments, incidents
 from projects.models import Deployment, Incident, IncidentEvent, Project
 from projects.specs import ProjectSpec
+from secrets_meta import bots as pool
+from secrets_meta.models import BotToken
 
 log = structlog.get_logger(__name__)
 Type = IncidentEvent.Type
@@ -57,9 +60,30 @@ def probe(deployment: Deployment) -> Probe:
     answer = local.json_or_empty(body)
     if str(answer.get("release")) != str(deployment.id):
         return done(False, f"{path} answered for release {answer.get('release')!r}")
-    if deployment.project.kind == "telegram_bot" and not answer.get("polling"):
-        return done(False, "the bot is not polling Telegram")
+    if deployment.project.kind == "telegram_bot":
+        if not answer.get("polling"):
+            return done(False, "the bot is not polling Telegram")
+        refused = _bot_refused(deployment.project_id)
+        if refused:
+            return done(False, refused)
     return done(True, "healthy")
+
+
+def _bot_refused(project_id: int) -> str:
+    """Telegram's word on the project's bot (getMe): why it refuses it, or "" when it answers (or
+    cannot be reached now: that is not the release's fault, and the release's own polling says
+    more)."""
+    row = BotToken.objects.filter(project_id=project_id, status=BotToken.Status.ASSIGNED).first()
+    token = pool.bot_token_value(row) if row is not None else None
+    if token is None:
+        return "the project has no bot token"
+    try:
+        transport.bot_get_me(token)
+    except PermanentError as exc:
+        return f"Telegram refuses the bot's token ({exc.message})"
+    except TransientError:
+        return ""
+    return ""
 
 
 def releases_probe() -> dict[str, int]:

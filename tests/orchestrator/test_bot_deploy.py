@@ -156,3 +156,23 @@ def test_deleting_a_live_bot_project_in_admin_stops_it_and_gives_its_bot_back(ne
     bot = BotToken.objects.get(username="greeter_42_bot")
     assert (bot.status, bot.project_id) == ("free", None)
     assert botapi.webhook(token) == "" and botapi.commands(token) == []
+
+
+def test_the_probe_asks_telegram_about_a_live_bot_and_a_revoked_token_is_an_outage(new_run, botapi):
+    from orchestrator import releases
+    from projects.models import Incident
+
+    token = botapi.add_bot("greeter_42_bot")
+    bots.pool_add(token)
+    run = new_run(BOT)
+    drive(run.id)
+    getme_before = len(botapi.calls(token, "getMe"))
+    assert releases.releases_probe() == {"probed": 1, "down": 0, "opened": 0}
+    assert len(botapi.calls(token, "getMe")) == getme_before + 1  # each probe asks Telegram
+
+    botapi.revoke(token)  # the owner revoked it at @BotFather; the release still says it polled
+    counts = releases.releases_probe()
+
+    assert counts["down"] == 1
+    incident = Incident.objects.get(project_id=run.project_id)
+    assert "Telegram refuses the bot's token" in incident.reason
