@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,27 @@ from rest_framework.test import APIClient
 import docker
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def rendered_logs():
+    """The real logging configuration (console lines, DEBUG: urllib3's request lines, which carry
+    a bot's token in their URL), writing to a buffer; the previous one is put back. What a test
+    reads from it is what an operator's log would show."""
+    import structlog
+
+    from config.logging import configure_logging
+
+    saved_config, root = structlog.get_config(), logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    configure_logging(json=False, level="DEBUG", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        structlog.configure(**saved_config)
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,23 +4,17 @@ And the secrets API refusing TELEGRAM_BOT_TOKEN for a bot project, pointing at t
 
 from __future__ import annotations
 
-import io
-import logging
-from contextlib import contextmanager
-
 import pytest
-import structlog
 
 from agents import services as agent_services
 from agents.models import Escalation
-from config.logging import configure_logging
 from orchestrator import bots
 from orchestrator.telegram.standin import StandIn
 from projects import runs, services
 from projects.models import Deployment, OutboundMessage, Project, RunEvent
 from secrets_meta.models import BotToken, SecretAudit, SecretValue
 from secrets_meta.stores import BOTS_SCOPE, get_store
-from tests.conftest import client_for
+from tests.conftest import client_for, rendered_logs
 
 pytestmark = pytest.mark.django_db
 
@@ -49,22 +43,6 @@ def error_of(response) -> dict:
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "extra"}, body
     return body["error"]
-
-
-@contextmanager
-def rendered_logs():
-    """The real logging configuration (console lines, DEBUG: urllib3's request lines, which carry
-    the token in their URL), writing to a buffer; the previous one is put back."""
-    saved_config, root = structlog.get_config(), logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    buffer = io.StringIO()
-    configure_logging(json=False, level="DEBUG", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        structlog.configure(**saved_config)
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
 
 
 def nowhere_in_plain_text(token: str) -> None:

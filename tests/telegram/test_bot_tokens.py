@@ -20,8 +20,8 @@ from projects import notifications, runs, services
 from projects.models import OutboundMessage, Project, RunEvent
 from secrets_meta.models import BotToken, SecretAudit, SecretValue
 from secrets_meta.stores import BOTS_SCOPE, get_store
+from tests.conftest import rendered_logs
 from tests.telegram.conftest import ADA_TG, deliver_outbox, post_update
-from tests.telegram.test_secret_chat import rendered_logs
 
 pytestmark = pytest.mark.django_db
 

@@ -5,23 +5,19 @@ reply to the question asking for secrets is deleted and answered with how to giv
 
 from __future__ import annotations
 
-import io
-import logging
 import secrets
-from contextlib import contextmanager
 
 import pytest
-import structlog
 
 from agents import services as agent_services
 from agents.models import Escalation
-from config.logging import configure_logging
 from orchestrator.telegram import delivery
 from projects import notifications, runs, services
 from projects.models import OutboundMessage, Project, RunEvent
 from secrets_meta import redaction
 from secrets_meta.models import SecretAudit, SecretMeta, SecretValue
 from secrets_meta.stores import get_store, project_scope
+from tests.conftest import rendered_logs
 from tests.telegram.conftest import ADA_TG, post_update
 
 pytestmark = pytest.mark.django_db
@@ -37,21 +33,6 @@ def fresh_registry():
 @pytest.fixture
 def value() -> str:
     return "canary-" + secrets.token_urlsafe(18)
-
-
-@contextmanager
-def rendered_logs():
-    """The real logging configuration (console lines, DEBUG), writing to a buffer."""
-    saved_config, root = structlog.get_config(), logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    buffer = io.StringIO()
-    configure_logging(json=False, level="DEBUG", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        structlog.configure(**saved_config)
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
 
 
 def project_of(user, name: str = "", description: str = "a web service that tells the weather") -> Project:
