@@ -8,6 +8,7 @@ project goes down, when it is back, and when the factory gives up.
 
 from __future__ import annotations
 
+import structlog
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -15,6 +16,7 @@ from projects import notifications
 from projects.models import Deployment, Incident, IncidentEvent
 
 Type = IncidentEvent.Type
+log = structlog.get_logger(__name__)
 
 
 def _tell(incident: Incident, text: str) -> None:
@@ -59,6 +61,7 @@ def incident_step(*, incident_id: int, type: str, detail: str = "", restarted: b
     if fields:
         Incident.objects.filter(id=incident.id).update(**fields)
     IncidentEvent.objects.create(incident_id=incident.id, type=type, detail=detail[:500])
+    log.info("incident_step", incident_id=incident.id, project_id=incident.project_id, type=type, detail=detail[:300])
     incident.refresh_from_db()
     return incident
 

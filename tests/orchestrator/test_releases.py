@@ -105,8 +105,9 @@ def test_a_release_that_keeps_failing_is_rolled_back_to_the_previous_one_on_the_
     _repair_until_done(incident.id)
 
     incident.refresh_from_db()
+    steps = list(incident.events.values_list("type", "detail"))
+    assert (incident.status, incident.serving_id) == ("resolved", first.id), steps
     serving = _live(run.project_id)
-    assert (incident.status, incident.serving_id) == ("resolved", first.id)
     assert serving.id == first.id and serving.port == second.port and serving.url == second.url
     status, body = http(second.url + "health")
     assert status == 200 and f'"release": "{first.id}"' in body
