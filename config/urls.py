@@ -4,13 +4,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from agents.api import WorkerAskView, WorkerProgressView, WorkerResultView
-from orchestrator.api import ProjectBotView
+from orchestrator.api import ProjectBotView, ProjectEngineViewSet
 from orchestrator.telegram.webhook import telegram_webhook
-from projects.api import ProjectViewSet, RunEventStreamView, RunViewSet
+from projects.api import RunEventStreamView, RunViewSet
 from secrets_meta.api import ProjectSecretsView, ProjectSecretView
 
 router = DefaultRouter()
-router.register("projects", ProjectViewSet, basename="project")
+router.register("projects", ProjectEngineViewSet, basename="project")
 router.register("runs", RunViewSet, basename="run")
 
 urlpatterns = [

@@ -1,4 +1,11 @@
-"""The HTTP API for a project's Telegram bot: a person's own token in, the bot's name out.
+"""The engine's side of the project API: a project's Telegram bot, and what a person does to a live
+project that needs the engine (stop, start, rollback, delete).
+
+``ProjectEngineViewSet`` is the project API the URLconf registers: ``projects.api.ProjectViewSet``
+(reads, creation, change requests, redeploys: domain work) plus the actions that stop or start
+releases, which only the engine may do (domain apps never import it).
+
+The bot: a person's own token in, the bot's name out.
 
 ``PUT /api/projects/<id>/bot/`` with ``{"token": "..."}`` checks the token with Telegram (the
 chain of ``orchestrator.bots.validate_token``), stores it encrypted and makes the project run as
@@ -14,13 +21,16 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import Conflict, NotFound
 from config.schema import ErrorSerializer, error_response
-from orchestrator import bots
+from orchestrator import bots, maintenance, releases
+from projects import services
+from projects.api import OBJECT_ID, DeploymentSerializer, ProjectViewSet
 from projects.models import Deployment, Project
 from projects.selectors import projects_visible_to
 from secrets_meta.models import BotToken
@@ -172,4 +182,84 @@ class ProjectBotView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-__all__ = ["ProjectBotView"]
+class RollbackSerializer(serializers.Serializer):
+    release = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_ID,
+        help_text="The release (deployment id) to serve again; default: the one before the live one.",
+    )
+
+
+class StoppedSerializer(serializers.Serializer):
+    stopped = serializers.ListField(child=serializers.IntegerField(), help_text="The releases stopped (ids).")
+
+
+class ProjectEngineViewSet(ProjectViewSet):
+    """The project API with the engine's actions on a live project."""
+
+    @extend_schema(
+        parameters=[OBJECT_ID],
+        request=None,
+        responses={200: StoppedSerializer, 409: error_response(409)},
+        summary="Stop the project's releases",
+        description="Stops every release of the project and removes its route; the project, its bot and its kept "
+        "releases stay (`start` serves the last one again). Safe to repeat (`stopped` is then empty). 409 "
+        "`run_in_progress` while a run is under way.",
+    )
+    @action(detail=True, methods=["post"], url_path="stop", url_name="stop")
+    def stop(self, request: Request, pk=None, **kwargs) -> Response:
+        project = self.visible_project(pk)
+        services.project_check_idle(project_id=project.id)
+        return Response({"stopped": releases.project_stop(project=project)})
+
+    @extend_schema(
+        parameters=[OBJECT_ID],
+        request=None,
+        responses={200: DeploymentSerializer, 409: error_response(409)},
+        summary="Start the project's last release again",
+        description="Starts the last release that served (kept on disk: no rebuild) and routes the project's name "
+        "to it once healthy. 409 `already_live`, `no_release` (nothing kept to start), `start_failed` (it did not "
+        "become healthy), `run_in_progress`.",
+    )
+    @action(detail=True, methods=["post"], url_path="start", url_name="start")
+    def start(self, request: Request, pk=None, **kwargs) -> Response:
+        project = self.visible_project(pk)
+        services.project_check_idle(project_id=project.id)
+        return Response(DeploymentSerializer(releases.project_start(project=project)).data)
+
+    @extend_schema(
+        parameters=[OBJECT_ID],
+        request=RollbackSerializer,
+        responses={200: DeploymentSerializer, 409: error_response(409)},
+        summary="Roll the project back to an earlier release",
+        description="The live release is stopped and an earlier kept release (default: the one before) serves on "
+        "the same port and name, in seconds, with no rebuild. 409 `not_live`, `no_previous_release`, "
+        "`rollback_failed` (the earlier release did not start: the one before serves again), `run_in_progress`; "
+        "404 `release_not_found` for a release that is not an earlier kept one of this project.",
+    )
+    @action(detail=True, methods=["post"], url_path="rollback", url_name="rollback")
+    def rollback(self, request: Request, pk=None, **kwargs) -> Response:
+        project = self.visible_project(pk)
+        body = RollbackSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        services.project_check_idle(project_id=project.id)
+        restored = releases.rollback_by_hand(project=project, to_deployment_id=body.validated_data.get("release"))
+        return Response(DeploymentSerializer(restored).data)
+
+    @extend_schema(
+        parameters=[OBJECT_ID],
+        responses={204: OpenApiResponse(description="Deleted."), 409: error_response(409)},
+        summary="Delete the project",
+        description="Stops its releases, removes its route, ends its workers and gives its bot back; the project "
+        "then answers 404 and leaves every list, while its row, runs and releases are kept as history (its "
+        "name stays taken). 409 `run_in_progress` while a run is under way (cancel it first).",
+    )
+    def destroy(self, request: Request, pk=None, **kwargs) -> Response:
+        project = self.visible_project(pk)
+        services.project_mark_deleted(project_id=project.id)
+        maintenance.project_teardown(project_id=project.id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+__all__ = ["ProjectBotView", "ProjectEngineViewSet"]

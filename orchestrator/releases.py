@@ -17,13 +17,14 @@ from pathlib import Path
 import structlog
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from config import task_names as names
 from config.errors import Conflict, NotFound, PermanentError, TransientError
-from orchestrator.deploy import botcheck, environment, local, targets
+from orchestrator.deploy import botcheck, caddy, environment, local, targets
 from orchestrator.telegram import transport
 from projects import deployments, incidents
+from projects import services as project_services
 from projects.models import Deployment, Incident, IncidentEvent, Project
 from projects.specs import ProjectSpec
 from secrets_meta import bots as pool
@@ -94,6 +95,7 @@ def releases_probe() -> dict[str, int]:
         result = probe(deployment)
         counts["probed"] += 1
         deployments.deployment_probed(deployment_id=deployment.id, ok=result.ok, ms=result.ms, detail=result.detail)
+        _record_usage(deployment if result.ok else None, deployment.id)
         if result.ok:
             # Back before any repair began (e.g. a slow moment): close it as recovered.
             waiting = Incident.objects.filter(project_id=deployment.project_id, status=Incident.Status.DETECTED).first()
@@ -123,6 +125,22 @@ def release_usage(deployment: Deployment) -> targets.ReleaseUsage | None:
     """CPU (percent of one core) and memory of a release, from the target that runs it; None
     when it does not run."""
     return targets.target_for(deployment).usage(deployment_id=deployment.id, pid=deployment.pid)
+
+
+def _record_usage(deployment: Deployment | None, deployment_id: int) -> None:
+    """Store the release's CPU and memory beside its probe (what /status and the API show); a
+    target that cannot tell leaves them empty, never fails the probe."""
+    usage = None
+    if deployment is not None:
+        try:
+            usage = release_usage(deployment)
+        except (TransientError, PermanentError, OSError) as exc:
+            log.warning("release_usage_unknown", deployment_id=deployment_id, error=str(exc)[:300])
+    project_services.deployment_set_usage(
+        deployment_id=deployment_id,
+        cpu_percent=usage.cpu_percent if usage else None,
+        memory_bytes=usage.memory_bytes if usage else None,
+    )
 
 
 def _enqueue_repair(incident_id: int, countdown: float = 0) -> None:
@@ -278,3 +296,65 @@ def rollback_by_hand(*, project: Project, to_deployment_id: int | None = None) -
         raise Conflict(f"The rollback to release {target.id} failed: {why}", code="rollback_failed")
     deployments.deployment_restored(deployment_id=restored.id, pid=pid)
     return Deployment.objects.get(id=restored.id)
+
+
+# --- stop and start by hand -----------------------------------------------------------------------
+def project_stop(*, project: Project) -> list[int]:
+    """Stop the project's releases and remove its route; the project, its bot and its kept
+    releases stay (``project_start`` serves the last one again). Safe to repeat: the ids stopped."""
+    stopped = []
+    for deployment in Deployment.objects.filter(project=project, status__in=Deployment.HOLDS_PORT):
+        targets.target_for(deployment).stop(deployment_id=deployment.id, pid=deployment.pid)
+        deployments.deployment_stopped(deployment_id=deployment.id)
+        stopped.append(deployment.id)
+    router = caddy.get_router()
+    if router is not None and project.slug:
+        router.delete_route(project.slug)
+    log.info("project_stopped", project_id=project.id, releases=stopped)
+    return stopped
+
+
+def project_start(*, project: Project) -> Deployment:
+    """Start the project's last release that served (kept on disk) again, on a free port, and
+    route the project's name to it. 409 ``already_live``, ``no_release``, ``start_failed``."""
+    if Deployment.objects.filter(project=project, status=Deployment.Status.LIVE).exists():
+        raise Conflict("The project is already live.", code="already_live")
+    last = (
+        Deployment.objects.filter(project=project, status=Deployment.Status.STOPPED, live_at__isnull=False)
+        .order_by("-live_at", "-id")
+        .first()
+    )
+    if last is None or not (last.release_dir and Path(last.release_dir).is_dir()):
+        raise Conflict("The project has no kept release to start.", code="no_release")
+    restarting = deployments_reopen(last)
+    pid, why = _start(restarting, Path(restarting.release_dir))
+    if pid is None:
+        deployments.deployment_stopped(deployment_id=restarting.id)
+        raise Conflict(f"Release {restarting.id} did not start again: {why}", code="start_failed")
+    deployments.deployment_restored(deployment_id=restarting.id, pid=pid)
+    router = caddy.get_router()
+    if router is not None and project.kind == Project.Kind.WEB_SERVICE:
+        upstream = f"{settings.DEPLOY_HOST}:{restarting.port}"
+        router.set_route(caddy.Route(slug=project.slug, host=caddy.host_for(project.slug), upstream=upstream))
+    return Deployment.objects.get(id=restarting.id)
+
+
+def deployments_reopen(deployment: Deployment) -> Deployment:
+    """A stopped release made ``starting`` again: on its old port when free, else on a new one (its
+    loopback URL follows; a name behind Caddy does not change)."""
+    old_port = deployment.port
+    for port in [old_port, *range(settings.DEPLOY_PORT_MIN, settings.DEPLOY_PORT_MAX + 1)]:
+        if port != old_port and not deployments._port_bindable(port):
+            continue
+        url = deployment.url
+        if url == f"http://{settings.DEPLOY_HOST}:{old_port}/":
+            url = f"http://{settings.DEPLOY_HOST}:{port}/"
+        try:
+            with transaction.atomic():
+                Deployment.objects.filter(id=deployment.id).update(
+                    status=Deployment.Status.STARTING, port=port, url=url, pid=None, stopped_at=None
+                )
+        except IntegrityError:
+            continue  # the port (or a starting row of its run) is taken: the next one
+        return Deployment.objects.select_related("project").get(id=deployment.id)
+    raise Conflict("Every deploy port is in use.", code="no_free_port")

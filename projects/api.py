@@ -21,6 +21,7 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -30,7 +31,7 @@ from config.api import parse_whole_number
 from config.errors import NotFound, RateLimited, ValidationFailed
 from config.schema import error_response
 from projects import events, selectors, services
-from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
+from projects.models import Deployment, Incident, IncidentEvent, PipelineRun, Project, RunEvent, StageRun
 
 log = structlog.get_logger(__name__)
 MAX_EVENT_ID = 2**63 - 1
@@ -134,6 +135,109 @@ class ProjectSerializer(ProjectSummarySerializer):
 
     class Meta(ProjectSummarySerializer.Meta):
         fields = [*ProjectSummarySerializer.Meta.fields[:5], "spec", *ProjectSummarySerializer.Meta.fields[5:]]
+
+
+class ProbeSerializer(serializers.Serializer):
+    at = serializers.DateTimeField(allow_null=True, help_text="When the release was last probed.")
+    ok = serializers.BooleanField(allow_null=True, help_text="Whether it was healthy then (null: not probed yet).")
+    ms = serializers.IntegerField(allow_null=True, help_text="How long the probe took, in milliseconds.")
+    detail = serializers.CharField(allow_blank=True, help_text="What the probe saw, e.g. `healthy`.")
+
+
+class LiveReleaseSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The release (deployment) id: what a rollback names.")
+    url = serializers.CharField(allow_blank=True)
+    commit_sha = serializers.CharField()
+    live_at = serializers.DateTimeField(allow_null=True)
+    uptime_seconds = serializers.FloatField(allow_null=True, help_text="Seconds since it went live.")
+    probe = ProbeSerializer()
+    restarts = serializers.IntegerField(help_text="Times the release was restarted in place after an outage.")
+    cpu_percent = serializers.FloatField(allow_null=True, help_text="CPU at the last probe, percent of one core.")
+    memory_bytes = serializers.IntegerField(allow_null=True, help_text="Resident memory at the last probe.")
+
+
+class HealthSerializer(serializers.Serializer):
+    live_release = LiveReleaseSerializer(allow_null=True, help_text="The release serving now; null when none is.")
+    incidents_24h = serializers.IntegerField(help_text="Outages detected in the last 24 hours.")
+    restarts_24h = serializers.IntegerField(help_text="Restarts made by those outages' repairs.")
+
+
+class ProjectDetailSerializer(ProjectSerializer):
+    """A project with its spec and how it is now (``health``)."""
+
+    health = serializers.SerializerMethodField()
+
+    class Meta(ProjectSerializer.Meta):
+        fields = [*ProjectSerializer.Meta.fields, "health"]
+
+    @extend_schema_field(HealthSerializer)
+    def get_health(self, obj) -> dict:  # documents the field: the view renders it from rows
+        return {}
+
+
+class ProjectRunStartedSerializer(ProjectSerializer):
+    """A project with the run that was just started for it."""
+
+    run_id = serializers.SerializerMethodField()
+
+    class Meta(ProjectSerializer.Meta):
+        fields = [*ProjectSerializer.Meta.fields, "run_id"]
+
+    def get_run_id(self, obj) -> int:  # documents the field: the view renders it
+        return 0
+
+
+class IncidentEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = IncidentEvent
+        fields = ["id", "type", "detail", "created_at"]
+
+
+class IncidentSerializer(serializers.ModelSerializer):
+    events = IncidentEventSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Incident
+        fields = [
+            "id",
+            "deployment",
+            "status",
+            "reason",
+            "restarts",
+            "serving",
+            "detected_at",
+            "recovering_at",
+            "ended_at",
+            "events",
+        ]
+
+
+_TIME = serializers.DateTimeField()
+
+
+def render_health(health: dict) -> dict:
+    """``selectors.project_health`` as HealthSerializer documents it."""
+    live = health["live"]
+    release = None
+    if live is not None:
+        live_at = live["live_at"]
+        release = {
+            "id": live["id"],
+            "url": live["url"],
+            "commit_sha": live["commit_sha"],
+            "live_at": _TIME.to_representation(live_at) if live_at else None,
+            "uptime_seconds": (health["now"] - live_at).total_seconds() if live_at else None,
+            "probe": {
+                "at": _TIME.to_representation(live["probed_at"]) if live["probed_at"] else None,
+                "ok": live["probe_ok"],
+                "ms": live["probe_ms"],
+                "detail": live["probe_detail"],
+            },
+            "restarts": live["restarts"],
+            "cpu_percent": live["cpu_percent"],
+            "memory_bytes": live["memory_bytes"],
+        }
+    return {"live_release": release, "incidents_24h": health["incidents_24h"], "restarts_24h": health["restarts_24h"]}
 
 
 # --- the read-only responses, rendered from plain rows ----------------------------------------
@@ -282,6 +386,14 @@ class StrictBooleanField(serializers.BooleanField):
         self.fail("invalid", input=data)
 
 
+class ChangeRequestSerializer(serializers.Serializer):
+    description = DescriptionField(
+        trim_whitespace=True,
+        allow_blank=False,
+        help_text="The change, in a sentence: e.g. `also roll dice` (white space around it is trimmed).",
+    )
+
+
 class ProjectCreateSerializer(serializers.Serializer):
     description = DescriptionField(trim_whitespace=True, allow_blank=False)
     own_bot = StrictBooleanField(
@@ -296,8 +408,11 @@ class ProjectCreateSerializer(serializers.Serializer):
 OBJECT_ID = OpenApiParameter("id", int, OpenApiParameter.PATH)
 
 
-@extend_schema_view(retrieve=extend_schema(parameters=[OBJECT_ID]))
+@extend_schema_view(retrieve=extend_schema(parameters=[OBJECT_ID], responses={200: ProjectDetailSerializer}))
 class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Projects. The engine's actions on a live project (stop, start, rollback, delete) are added by
+    ``orchestrator.api.ProjectEngineViewSet``, which the URLconf registers."""
+
     def get_serializer_class(self):
         return ProjectSummarySerializer if self.action == "list" else ProjectSerializer
 
@@ -315,10 +430,79 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return self.get_paginated_response(render_projects(page))
 
     def retrieve(self, request: Request, *args, **kwargs) -> Response:
+        """The project with its spec, and how it is now: the live release, its URL and uptime, the
+        last probe's result and latency, its restarts, CPU and memory, the incidents of the last 24
+        hours, and the cost to date (``cost_usd``)."""
         rows = _rows_for_pk(self.get_queryset(), kwargs["pk"])
         if not rows:
             raise Http404
-        return Response(render_projects(rows)[0])
+        data = render_projects(rows)[0]
+        data["health"] = render_health(selectors.project_health(project_id=data["id"]))
+        return Response(data)
+
+    def visible_project(self, pk) -> Project:
+        """The caller's project (any for staff) named by the URL, or 404 ``project_not_found``."""
+        project = _rows_for_pk(selectors.projects_visible_to(self.request.user).select_related(None), pk)
+        if not project:
+            raise NotFound("No such project.", code="project_not_found")
+        return project[0]
+
+    def _started(self, project_id: int, run: PipelineRun) -> Response:
+        data = render_projects(list(self.get_queryset().filter(id=project_id)))[0]
+        data["run_id"] = run.id
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[OBJECT_ID],
+        request=ChangeRequestSerializer,
+        responses={201: ProjectRunStartedSerializer, 409: error_response(409), 429: error_response(429)},
+        summary="Ask for a change to a project",
+        description="Starts a run of kind `change`: the Architect amends the project's spec with the change "
+        "(the scripted one adds the catalogue features it names, or refuses and the run fails with its "
+        "reason), the Developer builds on the live release's commit, the Tester runs the old and the new "
+        "checks, and the Deployer swaps the new release in only once it passes its checks: a change that "
+        "fails leaves the live release serving. 409 `run_in_progress` while a run is under way, "
+        "`not_planned` before the project has a spec; 429 `change_rate_limited` (changes and redeploys "
+        "share PROJECT_CREATE_LIMIT per PROJECT_CREATE_WINDOW_SECONDS).",
+    )
+    @action(detail=True, methods=["post"], url_path="changes", url_name="changes")
+    def changes(self, request: Request, pk=None, **kwargs) -> Response:
+        project = self.visible_project(pk)
+        body = ChangeRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = services.project_request_change(
+            project_id=project.id, description=body.validated_data["description"], user=request.user
+        )
+        return self._started(project.id, run)
+
+    @extend_schema(
+        parameters=[OBJECT_ID],
+        request=None,
+        responses={201: ProjectRunStartedSerializer, 409: error_response(409), 429: error_response(429)},
+        summary="Deploy the same commit again as a new release",
+        description="Starts a run of kind `redeploy`: the spec is kept (no Architect turn), the branch is the live "
+        "release's commit (else the last deployed one) with no new commit, the Developer finds nothing to "
+        "change, the Tester tests that commit again and the Deployer starts it as a new release (with the "
+        "secrets and bot as they are now), swapped in only once healthy. 409 `run_in_progress`, "
+        "`never_deployed`; 429 `change_rate_limited`.",
+    )
+    @action(detail=True, methods=["post"], url_path="redeploy", url_name="redeploy")
+    def redeploy(self, request: Request, pk=None, **kwargs) -> Response:
+        project = self.visible_project(pk)
+        run = services.project_redeploy(project_id=project.id, user=request.user)
+        return self._started(project.id, run)
+
+    @extend_schema(
+        parameters=[OBJECT_ID],
+        responses={200: IncidentSerializer(many=True)},
+        summary="The project's incidents",
+        description="Outages of the project's live releases, newest first (the latest 50), each with its steps: "
+        "found down, restarts, rollback, recovered or given up.",
+    )
+    @action(detail=True, methods=["get"], url_path="incidents", url_name="incidents", pagination_class=None)
+    def incidents(self, request: Request, pk=None, **kwargs) -> Response:
+        project = self.visible_project(pk)
+        return Response(IncidentSerializer(selectors.project_incidents(project_id=project.id), many=True).data)
 
     @extend_schema(
         request=ProjectCreateSerializer,

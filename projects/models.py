@@ -24,6 +24,9 @@ class Project(models.Model):
     own_bot = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Deleted by its owner: releases stopped, route removed, bot given back; the row and its runs
+    # stay as history, out of every list and detail (the slug stays taken).
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -68,6 +71,8 @@ class PipelineRun(models.Model):
     current_stage = models.CharField(max_length=20, choices=Stage.choices, blank=True)
     iteration = models.PositiveIntegerField(default=1)
     max_iterations = models.PositiveIntegerField(default=3)
+    # What a person asked of a ``change`` run ("also roll dice"); empty for the other kinds.
+    request = models.TextField(blank=True)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     budget_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     error_code = models.CharField(max_length=60, blank=True)
@@ -230,6 +235,10 @@ class Deployment(models.Model):
     probe_ms = models.PositiveIntegerField(null=True, blank=True)
     probe_detail = models.CharField(max_length=300, blank=True)
     restarts = models.PositiveIntegerField(default=0)
+    # The release's resource use at the last probe (from its deploy target): CPU in percent of one
+    # core, resident memory in bytes; empty when it was not running or the target could not tell.
+    cpu_percent = models.FloatField(null=True, blank=True)
+    memory_bytes = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

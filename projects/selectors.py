@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import timedelta
 from decimal import Decimal
 
 from django.db.models import (
@@ -21,13 +22,15 @@ from django.db.models import (
     Window,
 )
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from projects import sql
-from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
+from projects.models import Deployment, Incident, IncidentEvent, PipelineRun, Project, RunEvent, StageRun
 
 
 def projects_visible_to(user) -> QuerySet[Project]:
-    qs = Project.objects.select_related("owner")
+    """The projects ``user`` may see (staff: everyone's); deleted ones are nobody's any more."""
+    qs = Project.objects.select_related("owner").filter(deleted_at__isnull=True)
     return qs if user.is_staff else qs.filter(owner=user)
 
 
@@ -77,6 +80,43 @@ def run_detail_queryset(user) -> QuerySet[PipelineRun]:
     return runs_visible_to(user).prefetch_related(
         Prefetch("stages", queryset=stages),
         Prefetch("events", queryset=RunEvent.objects.order_by("id")),
+    )
+
+
+HEALTH_FIELDS = (
+    "id",
+    "url",
+    "commit_sha",
+    "live_at",
+    "probed_at",
+    "probe_ok",
+    "probe_ms",
+    "probe_detail",
+    "restarts",
+    "cpu_percent",
+    "memory_bytes",
+)
+
+
+def project_health(*, project_id: int, now=None) -> dict:
+    """How a project is (US4), as plain values: its live release (``live``: HEALTH_FIELDS, or None)
+    and the incidents of the last 24 hours with their restarts. Two queries."""
+    now = now or timezone.now()
+    live = (
+        Deployment.objects.filter(project_id=project_id, status=Deployment.Status.LIVE).values(*HEALTH_FIELDS).first()
+    )
+    recent = Incident.objects.filter(project_id=project_id, detected_at__gte=now - timedelta(hours=24)).aggregate(
+        count=Count("id"), restarts=Coalesce(Sum("restarts"), 0)
+    )
+    return {"live": live, "incidents_24h": recent["count"], "restarts_24h": recent["restarts"], "now": now}
+
+
+def project_incidents(*, project_id: int, limit: int = 50) -> list[Incident]:
+    """The project's latest incidents, newest first, each with its events (two queries)."""
+    return list(
+        Incident.objects.filter(project_id=project_id)
+        .order_by("-detected_at", "-id")
+        .prefetch_related(Prefetch("events", queryset=IncidentEvent.objects.order_by("id")))[:limit]
     )
 
 
@@ -180,7 +220,8 @@ def project_rows(user, *, with_spec: bool = True) -> QuerySet[dict]:
     latest_run = PipelineRun.objects.filter(project=OuterRef("pk")).order_by("-id").values("id")[:1]
     live_url = Deployment.objects.filter(project=OuterRef("pk"), status=Deployment.Status.LIVE).values("url")[:1]
     names, times = _columns(PROJECT_FIELDS if with_spec else PROJECT_SUMMARY_FIELDS)
-    qs = Project.objects.all() if user.is_staff else Project.objects.filter(owner=user)
+    qs = Project.objects.filter(deleted_at__isnull=True)
+    qs = qs if user.is_staff else qs.filter(owner=user)
     # Newest first by id (the order of creation): the primary key's index reads a page and stops;
     # ``created_at`` (the model's ordering) made every page sort all of the person's projects.
     return qs.order_by("-id").values(
@@ -329,10 +370,10 @@ def _project_page_sql() -> str:
     deployments = Deployment._meta.db_table
     return f"""
 WITH page AS (
-    SELECT p.* FROM {projects} p WHERE (%s::boolean OR p.owner_id = %s::bigint)
+    SELECT p.* FROM {projects} p WHERE p.deleted_at IS NULL AND (%s::boolean OR p.owner_id = %s::bigint)
     ORDER BY p.id DESC LIMIT %s::bigint OFFSET %s::bigint
 )
-SELECT (SELECT count(*) FROM {projects} p WHERE (%s::boolean OR p.owner_id = %s::bigint)),
+SELECT (SELECT count(*) FROM {projects} p WHERE p.deleted_at IS NULL AND (%s::boolean OR p.owner_id = %s::bigint)),
 coalesce(json_agg(json_build_object(
     'id', p.id, 'name', p.name, 'slug', p.slug, 'kind', p.kind, 'description', p.description,
     'created_at', {_iso_sql("p.created_at")},

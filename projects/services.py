@@ -15,9 +15,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from config.errors import Conflict, RateLimited, ValidationFailed
+from config.errors import Conflict, NotFound, RateLimited, ValidationFailed
 from projects import runs
-from projects.models import PipelineRun, Project
+from projects.models import Deployment, PipelineRun, Project
 from projects.specs import ProjectSpec
 
 log = structlog.get_logger(__name__)
@@ -113,3 +113,100 @@ def project_set_spec(*, project_id: int, spec: ProjectSpec) -> Project:
 @transaction.atomic
 def project_set_repo(*, project_id: int, repo_url: str) -> None:
     Project.objects.filter(id=project_id).update(repo_url=repo_url, updated_at=timezone.now())
+
+
+# --- a live project: change requests, redeploys, deletion ----------------------------------------
+def _clean_change(description: Any) -> str:
+    if not isinstance(description, str) or not description.strip():
+        raise ValidationFailed("Describe the change you want, e.g. 'also roll dice'.", code="description_required")
+    return _clean_description(description)
+
+
+def _check_change_rate(owner) -> None:
+    """Change requests and redeploys share the creation limit: PROJECT_CREATE_LIMIT runs of these
+    kinds per PROJECT_CREATE_WINDOW_SECONDS per person (staff are not limited)."""
+    limit, window = settings.PROJECT_CREATE_LIMIT, settings.PROJECT_CREATE_WINDOW_SECONDS
+    if not limit or getattr(owner, "is_staff", False):
+        return
+    since = timezone.now() - timedelta(seconds=window)
+    recent = PipelineRun.objects.filter(
+        project__owner=owner,
+        kind__in=[PipelineRun.Kind.CHANGE, PipelineRun.Kind.REDEPLOY],
+        created_at__gte=since,
+    ).count()
+    if recent >= limit:
+        minutes = max(1, round(window / 60))
+        raise RateLimited(
+            f"You have asked for {recent} changes or redeploys in the last {minutes} minutes; the limit is "
+            f"{limit}. Please wait a little before asking for another.",
+            code="change_rate_limited",
+            extra={"limit": limit, "window_seconds": window},
+        )
+
+
+def _locked_project(project_id: int) -> Project:
+    project = Project.objects.select_for_update().filter(id=project_id, deleted_at__isnull=True).first()
+    if project is None:
+        raise NotFound("No such project.", code="project_not_found")
+    return project
+
+
+@transaction.atomic
+def project_request_change(*, project_id: int, description: str, user) -> PipelineRun:
+    """Start a run of kind ``change``: the Architect amends the project's spec with ``description``,
+    the Developer builds on the live release's commit, the Tester runs the old and the new checks,
+    the Deployer swaps the release in only once it passes (a failure leaves the live one serving).
+    409 ``not_planned`` before the project has a spec, ``run_in_progress`` while a run is under way."""
+    text = _clean_change(description)
+    project = _locked_project(project_id)
+    if not project.spec:
+        raise Conflict(
+            "The project has no plan yet (its first run did not get past the Architect): create a new project.",
+            code="not_planned",
+        )
+    _check_change_rate(user)
+    run = runs.run_create(project=project, kind=PipelineRun.Kind.CHANGE)
+    # The run's own words, written in the transaction that created it (its start is sent on commit).
+    PipelineRun.objects.filter(id=run.id).update(request=text)
+    run.request = text
+    return run
+
+
+@transaction.atomic
+def project_redeploy(*, project_id: int, user) -> PipelineRun:
+    """Start a run of kind ``redeploy``: the live (else last deployed) commit again, as a new release.
+    409 ``never_deployed`` for a project that never went live."""
+    project = _locked_project(project_id)
+    if not Deployment.objects.filter(project=project, live_at__isnull=False).exists():
+        raise Conflict("The project was never deployed: there is nothing to redeploy.", code="never_deployed")
+    _check_change_rate(user)
+    return runs.run_create(project=project, kind=PipelineRun.Kind.REDEPLOY)
+
+
+def project_check_idle(*, project_id: int) -> None:
+    """409 ``run_in_progress`` while a run of the project is under way (its Deployer may be
+    starting a release): stopping, starting, rolling back and deleting wait for it."""
+    active = PipelineRun.objects.filter(project_id=project_id, status__in=PipelineRun.ACTIVE).first()
+    if active is not None:
+        raise Conflict(
+            f"Run #{active.id} of this project is in progress; wait for it to end, or cancel it.",
+            code="run_in_progress",
+            extra={"run_id": active.id},
+        )
+
+
+@transaction.atomic
+def project_mark_deleted(*, project_id: int) -> Project:
+    """The project is deleted: out of every list, its runs and releases kept as history. The engine
+    tears its releases, route, workers and bot down right after (``orchestrator.api``, admin)."""
+    project = _locked_project(project_id)
+    project_check_idle(project_id=project.id)
+    project.deleted_at = timezone.now()
+    project.save(update_fields=["deleted_at", "updated_at"])
+    log.info("project_deleted", project_id=project.id)
+    return project
+
+
+def deployment_set_usage(*, deployment_id: int, cpu_percent: float | None, memory_bytes: int | None) -> None:
+    """The release's resource use at its last probe (from its deploy target)."""
+    Deployment.objects.filter(id=deployment_id).update(cpu_percent=cpu_percent, memory_bytes=memory_bytes)

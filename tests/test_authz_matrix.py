@@ -29,6 +29,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from rest_framework.authtoken.models import Token
 
 from agents import services as agent_services
+from agents.scripted.catalogue import plan
 from projects import events, runs, services
 from projects.models import RunEvent, Stage
 
@@ -74,6 +75,12 @@ TELEGRAM = {"anonymous": 403, "malformed": 403, "other": 403, "owner": 200, "sta
 DESCRIPTION = {"description": "a web service that greets people by name"}
 OWNED_WRITE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 200, "staff": 200}
 OWNED_DELETE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 204, "staff": 204}
+# The owner's change starts a run, so staff's that follows finds it in progress (409); a project that
+# never went live has nothing to redeploy, start or roll back (409): the others' answers are still 404.
+OWNED_CHANGE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 201, "staff": 409}
+OWNED_CONFLICT = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 409, "staff": 409}
+# The owner's DELETE deletes it: staff's then finds nothing.
+OWNED_GONE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 204, "staff": 404}
 # A bot the Bot API stand-in serves during this test (the project-bot route checks it with "Telegram").
 BOT_TOKEN = "424242:" + "A" * 35
 
@@ -81,7 +88,13 @@ BOT_TOKEN = "424242:" + "A" * 35
 MATRIX: dict[str, tuple[str, dict[str, tuple[dict[str, int], dict | None]], str | None]] = {
     "api-root": ("user", {"GET": (USER_READ, None)}, None),
     "project-list": ("user", {"GET": (USER_READ, None), "POST": (CREATE, DESCRIPTION)}, "project"),
-    "project-detail": ("user", {"GET": (OWNED_READ, None)}, None),
+    "project-detail": ("user", {"GET": (OWNED_READ, None), "DELETE": (OWNED_GONE, None)}, None),
+    "project-changes": ("user", {"POST": (OWNED_CHANGE, {"description": "also roll dice"})}, None),
+    "project-redeploy": ("user", {"POST": (OWNED_CONFLICT, None)}, None),
+    "project-stop": ("user", {"POST": (OWNED_WRITE, None)}, None),
+    "project-start": ("user", {"POST": (OWNED_CONFLICT, None)}, None),
+    "project-rollback": ("user", {"POST": (OWNED_CONFLICT, {})}, None),
+    "project-incidents": ("user", {"GET": (OWNED_READ, None)}, None),
     "run-list": ("user", {"GET": (USER_READ, None)}, "run"),
     "run-detail": ("user", {"GET": (OWNED_READ, None)}, None),
     "run-events": ("user", {"GET": (OWNED_READ, None)}, None),
@@ -161,6 +174,8 @@ def world(request, db, django_user_model, settings) -> World:
         return World(users=users, tokens=tokens, project=None, run=None, worker_run=None, worker_sessions={})
     project, run = services.project_create(owner=users["owner"], description="a web service that greets people")
     _settle(run)  # its event stream ends at once
+    if request.getfixturevalue("route").name == "project-changes":  # a change amends a planned project
+        services.project_set_spec(project_id=project.id, spec=plan("a web service that greets people"))
     worker_project, worker_run = services.project_create(owner=users["owner"], description="a service that echoes")
     other_project, other_run = services.project_create(owner=users["other"], description="a service that counts")
     return World(

@@ -20,8 +20,9 @@ from agents.backends.base import (
     redact_turn,
 )
 from agents.models import AgentConfig
-from agents.scripted.catalogue import ScriptedPlanError, plan
+from agents.scripted.catalogue import ScriptedPlanError, amend, plan
 from config.errors import PermanentError
+from projects.specs import ProjectSpec
 
 
 class ScriptedBackend:
@@ -39,6 +40,13 @@ class ScriptedBackend:
             return ArchitectResult(plan(description))  # no LLM: no tokens, no cost
         except ScriptedPlanError as exc:
             raise PermanentError(str(exc), code="description_not_understood") from exc
+
+    def amend(self, spec: ProjectSpec, change: str) -> ArchitectResult:
+        """A change to a live project: the catalogue features it names added to ``spec``."""
+        try:
+            return ArchitectResult(amend(spec, change))
+        except ScriptedPlanError as exc:
+            raise PermanentError(str(exc), code="change_not_understood") from exc
 
     def develop(self, task: DevelopTask, run: WorkerExec) -> AgentTurn:
         argv = [

@@ -335,6 +335,58 @@ def plan(description: str) -> ProjectSpec:
     return _bot_spec(selected) if bot else _spec(selected)
 
 
+# Words a change request may use about changing itself ("also add dice too"): understood in a
+# change, never selecting a feature ("add" still pairs with "numbers" for the calculator).
+CHANGE_WORDS = _words("add adds adding added feature features too extend extends extended plus more")
+
+
+def amend(spec: ProjectSpec, change: str) -> ProjectSpec:
+    """The project's spec with the catalogue features ``change`` names added ("also roll dice"):
+    its name, slug, kind, features and checks are kept, the new features' checks are added. Raise
+    ScriptedPlanError when the change names no feature the project lacks, or has words it does not
+    understand (the scripted architect never ignores part of a request)."""
+    if not change.strip():
+        raise ScriptedPlanError(f"The change is empty.\n{CATALOGUE_HELP}")
+    bot = spec.kind == "telegram_bot"
+    tokens = _content_tokens(change)
+    if bot:
+        tokens = [token for token in tokens if token not in BOT_WORDS and token not in BOT_VOCABULARY]
+    by_name = {feature.name: feature for feature in CATALOGUE}
+    have = {feature.name for feature in spec.features}
+    selected = [feature for feature in CATALOGUE if feature.selected_by(tokens)]
+    known = selected + [by_name[name] for name in have if name in by_name]
+    unknown: list[str] = []
+    for token in tokens:
+        if token in unknown or token in CHANGE_WORDS:
+            continue
+        if not any(feature.understands(token) for feature in known):
+            unknown.append(token)
+    new = [feature for feature in selected if feature.name not in have]
+    if unknown or not new:
+        if unknown:
+            why = "The scripted architect did not understand: " + ", ".join(f'"{w}"' for w in unknown) + "."
+        elif selected:
+            why = "The project already does " + _join_and([f.name for f in selected]) + ": nothing new to add."
+        else:
+            why = "The scripted architect found no feature it knows in the change."
+        raise ScriptedPlanError(f"{why}\nA change adds features of the catalogue to the project.\n{CATALOGUE_HELP}")
+    features = [*spec.features]
+    acceptance, conversation = [*spec.acceptance], [*spec.conversation]
+    for feature in new:
+        features.append(Feature(name=feature.name, summary=feature.bot_summary if bot else feature.summary))
+        if bot:
+            conversation.extend(feature.conversation)
+        else:
+            acceptance.extend(feature.checks)
+    summary = spec.summary
+    if all(f.name in by_name for f in features):  # every feature is the catalogue's: say them all
+        does = _join_and([by_name[f.name].does for f in features])
+        summary = f"A {'Telegram bot' if bot else 'web service'} that {does}."
+    return spec.model_copy(
+        update={"features": features, "acceptance": acceptance, "conversation": conversation, "summary": summary}
+    )
+
+
 def _content_tokens(description: str) -> list[str]:
     """The words of `description` that say what the service does, in order: no filler, no numbers."""
     text = description.lower().replace("\u2019", "'")

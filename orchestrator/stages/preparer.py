@@ -1,5 +1,10 @@
 """Preparer (no LLM): a repository scaffolded from the bundled template, on branch run-<id>.
 
+A later run builds on what serves: the live release's commit (after a rollback that is not
+``main``, which the Deployer moved to the last deployed commit), else ``main``. A ``redeploy`` run
+makes no commit: its branch is the live commit itself, so the release is built from the very same
+code (the Developer finds nothing to do, the Tester tests that commit again).
+
 The scaffold is made by copier from ``templates/<kind>`` (web_service, telegram_bot); TASK.md and AGENTS.md tell the
 developer agent what to build and how to report. Idempotent: an existing branch is reused.
 """
@@ -16,6 +21,7 @@ from django.conf import settings
 from orchestrator.git import branch_sha, ensure_bare_repo, git
 from orchestrator.stages import Outcome, StageContext, StageFailed
 from projects import services
+from projects.models import Deployment, PipelineRun
 from projects.specs import ProjectSpec
 
 SPEC_PATH = ".factory/spec.json"
@@ -29,6 +35,15 @@ def run(ctx: StageContext) -> Outcome:
     existing = branch_sha(bare, branch)
     if existing:
         return Outcome({"repo": str(bare), "branch": branch, "commit": existing, "reused": True})
+    base = _base_commit(ctx.project.id, bare)
+    if ctx.run.kind == PipelineRun.Kind.REDEPLOY:
+        if not base:
+            raise StageFailed("The project has no deployed commit to redeploy.", code="nothing_deployed")
+        git("branch", branch, base, cwd=bare, check=False)  # a concurrent attempt may have made it
+        sha = branch_sha(bare, branch)
+        if not sha:
+            raise StageFailed("Could not make the redeploy's branch.", code="git_failed")
+        return Outcome({"repo": str(bare), "branch": branch, "commit": sha, "base": base, "reused": False})
     template = Path(settings.BASE_DIR) / "templates" / spec.kind
     if not template.is_dir():
         raise StageFailed(f"There is no project template for kind {spec.kind!r}.", code="no_template")
@@ -36,8 +51,9 @@ def run(ctx: StageContext) -> Outcome:
     scratch_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_root) as scratch:
         work = Path(scratch) / "repo"
-        if branch_sha(bare, "main"):  # a later run builds on what is deployed
+        if base:  # a later run builds on what is deployed
             git("clone", "--quiet", "--branch", "main", str(bare), str(work))
+            git("checkout", "--quiet", "-B", "main", base, cwd=work)
         else:
             copier.run_copy(
                 str(template),
@@ -54,7 +70,7 @@ def run(ctx: StageContext) -> Outcome:
             git("init", "--quiet", cwd=work)
         (work / ".factory").mkdir(exist_ok=True)
         (work / SPEC_PATH).write_text(json.dumps(ctx.project.spec, indent=2) + "\n")
-        (work / "TASK.md").write_text(render_task(spec, ctx.run.id))
+        (work / "TASK.md").write_text(render_task(spec, ctx.run.id, change=ctx.run.request))
         (work / "AGENTS.md").write_text(AGENTS_MD)
         git("add", "-A", cwd=work)
         git("commit", "--quiet", "--allow-empty", "-m", f"Prepare run {ctx.run.id}: {spec.name}", cwd=work)
@@ -64,10 +80,20 @@ def run(ctx: StageContext) -> Outcome:
         sha = branch_sha(bare, branch)
         if not sha:
             raise StageFailed(f"Could not push the scaffold: {push.stderr.strip()[-300:]}", code="git_failed")
-    return Outcome({"repo": str(bare), "branch": branch, "commit": sha, "reused": False})
+    return Outcome({"repo": str(bare), "branch": branch, "commit": sha, "base": base or None, "reused": False})
 
 
-def render_task(spec: ProjectSpec, run_id: int) -> str:
+def _base_commit(project_id: int, bare: Path) -> str:
+    """The commit a new run starts from: the live release's, else main's, else "" (a first run)."""
+    live = (
+        Deployment.objects.filter(project_id=project_id, status=Deployment.Status.LIVE)
+        .values_list("commit_sha", flat=True)
+        .first()
+    )
+    return live or branch_sha(bare, "main") or ""
+
+
+def render_task(spec: ProjectSpec, run_id: int, change: str = "") -> str:
     features = "\n".join(f"- **{f.name}**: {f.summary}" for f in spec.features)
     if spec.kind == "telegram_bot":
         checks_title = "Conversation checks (the deployer says these to the live bot, in one chat, in order)"
@@ -90,10 +116,16 @@ def render_task(spec: ProjectSpec, run_id: int) -> str:
         implement = "Every feature is implemented in `handlers.py` and covered by tests under `tests/`."
         runtime = "PORT, HOST, RELEASE"
     env = "\n".join(f"- `{v.name}` ({v.source}): {v.description}" for v in spec.env) or f"- none beyond {runtime}"
+    changed = (
+        f"\n## Change requested\nThe project is live; the person asked: {change}\n"
+        "Keep every existing feature and its tests working; add what is new.\n"
+        if change
+        else ""
+    )
     return f"""# Task: {spec.name} (run {run_id})
 
 {spec.summary}
-
+{changed}
 ## Features to implement
 {features}
 
