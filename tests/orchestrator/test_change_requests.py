@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from agents import services as agent_services
+from orchestrator import releases
 from orchestrator.deploy.local import RELEASE_MARKER, http
 from orchestrator.git import bare_repo_path, git
 from orchestrator.procs import pids_with_marker
@@ -138,6 +139,12 @@ def test_stop_then_start_serves_the_last_release_again(new_run, user):
     assert started.json()["id"] == old.id and started.json()["status"] == "live"
     url = _live(first.project_id).url
     assert http(url + "greet?name=Ada")[1].count("Hello, Ada!") == 1
+    # The probe finds it healthy and records what it uses; the detail shows it (US4).
+    releases.releases_probe()
+    release = api.get(f"/api/projects/{first.project_id}/").json()["health"]["live_release"]
+    assert release["id"] == old.id and release["probe"]["ok"] is True and release["probe"]["ms"] >= 0
+    assert release["memory_bytes"] > 0 and release["cpu_percent"] >= 0
+    assert release["uptime_seconds"] >= 0
     again = api.post(f"/api/projects/{first.project_id}/start/")
     assert again.status_code == 409 and again.json()["error"]["code"] == "already_live"
 
