@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.http import HttpResponse
+from django.template import engines
 
 from config.errors import AppError
-from orchestrator import bots, maintenance
+from orchestrator import bots, maintenance, releases
+from projects import services
 from projects.admin import ProjectAdmin
 from projects.models import Project
 from secrets_meta import bots as pool
@@ -135,8 +138,161 @@ class BotTokenAdmin(admin.ModelAdmin):
 admin.site.unregister(Project)
 
 
+class ChangeRequestForm(forms.Form):
+    description = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+        help_text='The change, in a sentence, e.g. "also roll dice". A run of kind change starts; a change that '
+        "fails leaves the live release serving.",
+    )
+
+
+class RollbackForm(forms.Form):
+    release = forms.IntegerField(
+        required=False, min_value=1, help_text="The release (deployment id) to serve again; empty: the one before."
+    )
+
+
+# One page for every confirmation: the selected projects, a form when the action takes input, and
+# the admin's own action fields so the POST comes back to the same action.
+CONFIRM_PAGE = """{% extends "admin/base_site.html" %}
+{% block content %}
+<p>{{ question }}</p>
+<ul>{% for project in projects %}<li>{{ project }} (#{{ project.id }})</li>{% endfor %}</ul>
+<form method="post">{% csrf_token %}
+{% for project in projects %}<input type="hidden" name="_selected_action" value="{{ project.pk }}">{% endfor %}
+<input type="hidden" name="action" value="{{ action }}">
+{% if form %}<table>{{ form.as_table }}</table>{% endif %}
+<input type="submit" name="confirm" value="{{ verb }}">
+<a href="">Cancel</a>
+</form>
+{% endblock %}
+"""
+
+
 @admin.register(Project)
 class ProjectTeardownAdmin(ProjectAdmin):
+    """Projects, with the engine's actions on live ones: each asks for confirmation first and
+    reports one message per project (the API's own refusal messages)."""
+
+    actions = ["request_change", "redeploy", "stop_releases", "start_release", "roll_back"]
+
+    def _confirm(self, request, queryset, *, action: str, question: str, verb: str, form=None):
+        page = engines["django"].from_string(CONFIRM_PAGE)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": verb,
+            "question": question,
+            "projects": list(queryset.order_by("id")),
+            "action": action,
+            "verb": verb,
+            "form": form,
+            "opts": self.model._meta,
+        }
+        return HttpResponse(page.render(context, request))
+
+    def _each(self, request, queryset, call) -> None:
+        for project in queryset.order_by("id"):
+            try:
+                message = call(project)
+            except AppError as exc:
+                self.message_user(request, f"{project}: {exc.message}", messages.ERROR)
+                continue
+            self.message_user(request, f"{project}: {message}", messages.SUCCESS)
+
+    @admin.action(description="Ask for a change to the selected projects")
+    def request_change(self, request, queryset):
+        form = ChangeRequestForm(request.POST if "confirm" in request.POST else None)
+        if not form.is_valid():
+            return self._confirm(
+                request,
+                queryset,
+                action="request_change",
+                question="Change these projects: what should they also do?",
+                verb="Start the change",
+                form=form,
+            )
+        text = form.cleaned_data["description"]
+
+        def call(project: Project) -> str:
+            run = services.project_request_change(project_id=project.id, description=text, user=request.user)
+            return f"change run #{run.id} started"
+
+        self._each(request, queryset, call)
+
+    @admin.action(description="Redeploy the selected projects (same commit, new release)")
+    def redeploy(self, request, queryset):
+        if "confirm" not in request.POST:
+            return self._confirm(
+                request,
+                queryset,
+                action="redeploy",
+                question="Deploy these projects' live commit again as a new release?",
+                verb="Redeploy",
+            )
+
+        def call(project: Project) -> str:
+            run = services.project_redeploy(project_id=project.id, user=request.user)
+            return f"redeploy run #{run.id} started"
+
+        self._each(request, queryset, call)
+
+    @admin.action(description="Stop the selected projects' releases")
+    def stop_releases(self, request, queryset):
+        if "confirm" not in request.POST:
+            return self._confirm(
+                request,
+                queryset,
+                action="stop_releases",
+                question="Stop these projects' releases and remove their routes? They stop answering until started.",
+                verb="Stop",
+            )
+
+        def call(project: Project) -> str:
+            services.project_check_idle(project_id=project.id)
+            stopped = releases.project_stop(project=project)
+            return f"stopped releases {stopped}" if stopped else "nothing was running"
+
+        self._each(request, queryset, call)
+
+    @admin.action(description="Start the selected projects' last release again")
+    def start_release(self, request, queryset):
+        if "confirm" not in request.POST:
+            return self._confirm(
+                request,
+                queryset,
+                action="start_release",
+                question="Start these projects' last release again?",
+                verb="Start",
+            )
+
+        def call(project: Project) -> str:
+            services.project_check_idle(project_id=project.id)
+            started = releases.project_start(project=project)
+            return f"release {started.id} is live at {started.url}"
+
+        self._each(request, queryset, call)
+
+    @admin.action(description="Roll the selected projects back to an earlier release")
+    def roll_back(self, request, queryset):
+        form = RollbackForm(request.POST if "confirm" in request.POST else None)
+        if not form.is_valid():
+            return self._confirm(
+                request,
+                queryset,
+                action="roll_back",
+                question="Roll these projects back? The live release stops and an earlier kept one serves.",
+                verb="Roll back",
+                form=form,
+            )
+        release = form.cleaned_data.get("release")
+
+        def call(project: Project) -> str:
+            services.project_check_idle(project_id=project.id)
+            restored = releases.rollback_by_hand(project=project, to_deployment_id=release)
+            return f"release {restored.id} serves again"
+
+        self._each(request, queryset, call)
+
     def delete_model(self, request, obj: Project) -> None:
         maintenance.project_teardown(project_id=obj.id)
         super().delete_model(request, obj)

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.db.models import Sum
 
-from projects.models import Deployment, PipelineRun, Project, RunEvent, StageRun
+from projects.models import Deployment, Incident, IncidentEvent, PipelineRun, Project, RunEvent, StageRun
 
 
 class RunInline(admin.TabularInline):
@@ -15,10 +15,10 @@ class RunInline(admin.TabularInline):
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "slug", "kind", "owner", "cost", "created_at"]
-    list_filter = ["kind"]
+    list_display = ["id", "name", "slug", "kind", "owner", "cost", "created_at", "deleted_at"]
+    list_filter = ["kind", ("deleted_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "slug", "description", "owner__username"]
-    readonly_fields = ["owner", "name", "slug", "kind", "spec", "repo_url", "created_at", "updated_at"]
+    readonly_fields = ["owner", "name", "slug", "kind", "spec", "repo_url", "created_at", "updated_at", "deleted_at"]
     inlines = [RunInline]
 
     def get_queryset(self, request):
@@ -64,6 +64,37 @@ class DeploymentAdmin(admin.ModelAdmin):
     list_display = ["id", "project", "run", "status", "url", "commit_sha", "live_at", "stopped_at"]
     list_filter = ["status", "target"]
     readonly_fields = [f.name for f in Deployment._meta.fields]
+
+
+class IncidentEventInline(admin.TabularInline):
+    model = IncidentEvent
+    extra = 0
+    can_delete = False
+    fields = ["type", "detail", "created_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Incident)
+class IncidentAdmin(admin.ModelAdmin):
+    """Outages of live releases and their steps: read-only (the probe and the repair write them)."""
+
+    list_display = ["id", "project", "deployment", "status", "reason", "restarts", "detected_at", "ended_at"]
+    list_filter = ["status"]
+    search_fields = ["project__name", "project__slug", "reason"]
+    readonly_fields = [f.name for f in Incident._meta.fields]
+    inlines = [IncidentEventInline]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 # --- people in Telegram and the messages they are sent ----------------------------------
