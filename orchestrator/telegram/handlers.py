@@ -43,9 +43,9 @@ from agents import services as agent_services
 from agents.models import Backend, Escalation, Role
 from agents.scripted.catalogue import CATALOGUE
 from config.errors import AppError, PermanentError, TransientError, ValidationFailed
-from orchestrator import bots
+from orchestrator import bots, releases
 from orchestrator.telegram import transport
-from projects import notifications, people, runs, services
+from projects import notifications, people, runs, selectors, services
 from projects.health import release_health
 from projects.models import OutboundMessage, Project, TelegramAccount
 from secrets_meta import redaction
@@ -70,6 +70,8 @@ HELP = (
     "/examples – what I can build\n"
     "/projects – your projects\n"
     "/status [project] – a project's run, stage, cost, live URL and health\n"
+    "/change [project] <what to change> – change a live project, e.g. /change also roll dice\n"
+    "/rollback [project] – serve the release before the live one again\n"
     "/cancel [project] – stop a run in progress\n"
     "/answer <text> – answer the question I asked you (or simply reply to it)\n"
     "/budget <dollars> – raise the budget of a run that waits for it\n"
@@ -433,6 +435,8 @@ class Handlers:
             lines.append(line)
             if run.status in ("failed", "cancelled"):
                 lines.append(f"Reason: {notifications.run_reason_for_person(run)}")
+        if status.live is not None:  # how the release is (US4); the live line with a fresh probe comes last
+            lines += _live_lines(selectors.project_health(project_id=project.id))
         lines.append(f"Cost so far: ${status.cost_usd:.2f}")
         if status.live is not None:
             since = status.live.live_at.strftime("%Y-%m-%d %H:%M UTC") if status.live.live_at else "?"
@@ -442,6 +446,22 @@ class Handlers:
         else:
             lines.append("Not deployed yet.")
         return "\n".join(lines)
+
+    @staticmethod
+    def change(inc: Incoming) -> str:
+        project, description = _named_project(inc, usage="/change [project] <what to change>")
+        run = services.project_request_change(project_id=project.id, description=description, user=inc.user)
+        return (
+            f"Got it: run #{run.id} changes {_project_title(project)}. The live release keeps serving until "
+            f"the new one passes its checks. /status {project.id} shows where it is."
+        )
+
+    @staticmethod
+    def rollback(inc: Incoming) -> str:
+        project, _ = _named_project(inc, usage="/rollback [project]", rest=False)
+        services.project_check_idle(project_id=project.id)
+        restored = releases.rollback_by_hand(project=project)
+        return f"{_project_title(project)} is rolled back: release {restored.id} serves again at {restored.url}."
 
     @staticmethod
     def cancel(inc: Incoming) -> str:
@@ -518,6 +538,8 @@ COMMANDS: dict[str, Callable[[Incoming], str | None]] = {
     "projects": Handlers.projects,
     "status": Handlers.status,
     "cancel": Handlers.cancel,
+    "change": Handlers.change,
+    "rollback": Handlers.rollback,
     "answer": Handlers.answer,
     "budget": Handlers.budget,
     "token": Handlers.token,
@@ -738,6 +760,53 @@ def _health(project_id: int) -> str:
     if health is None:
         return "health unknown"
     return "healthy" if health.ok else f"unhealthy: {health.detail}"
+
+
+def _named_project(inc: Incoming, *, usage: str, rest: bool = True) -> tuple[Project, str]:
+    """The project a command is about and the rest of its words: the first word when it names one
+    of the person's projects (id, #id or slug); else their only project; a person with several
+    must name it."""
+    first, _, after = inc.args.strip().partition(" ")
+    if first:
+        try:
+            return people.project_for(user=inc.user, ref=first), after.strip()
+        except AppError:
+            if not rest:
+                raise
+    mine = people.projects_of(user=inc.user, limit=2)
+    if not mine:
+        raise ValidationFailed("You have no projects yet. Describe a service to start one.", code="no_projects")
+    if len(mine) > 1:
+        raise ValidationFailed(f"You have several projects: name one. {usage}; /projects lists them.", code="which")
+    return mine[0], inc.args.strip()
+
+
+def _live_lines(health: dict) -> list[str]:
+    """/status about the live release (US4): uptime, last probe, resources, the last 24 hours."""
+    live, lines = health["live"], []
+    if live is None:
+        return lines
+    if live["live_at"]:
+        lines.append(f"Up for {_duration((health['now'] - live['live_at']).total_seconds())}")
+    if live["probed_at"]:
+        result = "healthy" if live["probe_ok"] else f"unhealthy ({live['probe_detail']})"
+        lines.append(f"Last probe: {result} in {live['probe_ms']} ms at {live['probed_at']:%H:%M:%S} UTC")
+    if live["cpu_percent"] is not None or live["memory_bytes"] is not None:
+        cpu = f"{live['cpu_percent']:.1f}%" if live["cpu_percent"] is not None else "?"
+        memory = f"{live['memory_bytes'] / 2**20:.0f} MB" if live["memory_bytes"] is not None else "?"
+        lines.append(f"CPU {cpu}, memory {memory}")
+    incidents, restarts = health["incidents_24h"], health["restarts_24h"]
+    lines.append(
+        f"Last 24 h: {incidents} incident{'s' if incidents != 1 else ''}, "
+        f"{restarts} restart{'s' if restarts != 1 else ''} (the release has been restarted {live['restarts']} times)"
+    )
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    days, hours, minutes = minutes // 1440, minutes // 60 % 24, minutes % 60
+    return f"{days}d {hours}h" if days else f"{hours}h {minutes}m" if hours else f"{minutes}m"
 
 
 # --- questions (escalations) ----------------------------------------------------------
