@@ -95,6 +95,7 @@ def test_the_next_run_of_the_project_resumes_the_agents_session(claude, make_run
     StageRun.objects.filter(run=run).update(status="succeeded")
     PipelineRun.objects.filter(id=run.id).update(status="succeeded")
     second = runs.run_create(project=project, kind="change")
+    PipelineRun.objects.filter(id=second.id).update(request="also roll dice")  # what a change carries
     drive(second.id, until="developer")
     argv = calls(scenario)[-1]["argv"]
     assert argv[argv.index("--resume") + 1] == "sess-A"
