@@ -22,8 +22,6 @@ answer, 5xx) and `ReleaseError` (a build or a start the engine refused).
 from __future__ import annotations
 
 import io
-import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +36,7 @@ from config.errors import TransientError
 from orchestrator.deploy.local import RELEASE_INSTANCE_MARKER, RELEASE_MARKER, ReleaseError, read_start_spec
 from orchestrator.deploy.targets import ReleaseUsage, RunningRelease
 from orchestrator.runtime.base import factory_instance
+from orchestrator.runtime.docker import engine_client
 
 log = structlog.get_logger(__name__)
 
@@ -54,23 +53,6 @@ ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 CMD ["python3", "app.py"]
 """
 STOP_GRACE_SECONDS = 5
-
-_client_lock = threading.Lock()
-_client: tuple[tuple[int, str | None], docker.DockerClient] | None = None
-
-
-def _docker() -> docker.DockerClient:
-    """One client per process and DOCKER_HOST, built on first use (never at import, never
-    shared across a fork)."""
-    global _client
-    key = (os.getpid(), os.environ.get("DOCKER_HOST"))
-    with _client_lock:
-        if _client is None or _client[0] != key:
-            try:
-                _client = (key, docker.from_env())
-            except docker.errors.DockerException as exc:
-                raise TransientError(f"The Docker engine does not answer: {exc}", code="docker_unreachable") from exc
-        return _client[1]
 
 
 @contextmanager
@@ -117,7 +99,7 @@ class DockerTarget:
     def image(self, *, deployment_id: int, project_slug: str, release_dir: Path) -> str:
         """The release's image id: the one built for it before, or a new build."""
         tag = image_tag(project_slug, deployment_id)
-        client = _docker()
+        client = engine_client()
         with _engine(f"Looking for image {tag}"):
             try:
                 existing = client.images.get(tag)
@@ -130,7 +112,7 @@ class DockerTarget:
 
     def build(self, *, deployment_id: int, project_slug: str, release_dir: Path) -> str:
         base = settings.RELEASE_BASE_IMAGE
-        client = _docker()
+        client = engine_client()
         with _engine(f"Looking for the base image {base}"):
             try:
                 client.images.get(base)
@@ -174,14 +156,14 @@ class DockerTarget:
         filters = {"label": [f"{INSTANCE_LABEL}={factory_instance()}", f"{PROJECT_LABEL}={project_slug}"]}
         removed = []
         with _engine(f"Listing the images of {project_slug}"):
-            images = _docker().images.list(filters=filters)
+            images = engine_client().images.list(filters=filters)
         for image in images:
             deployment = (image.labels or {}).get(DEPLOYMENT_LABEL, "")
             if not deployment.isdigit() or int(deployment) in keep:
                 continue
             try:
                 with _engine(f"Removing image {image.short_id}"):
-                    _docker().images.remove(image.id, force=False, noprune=False)
+                    engine_client().images.remove(image.id, force=False, noprune=False)
             except ReleaseError as exc:  # 409: a container still uses it
                 log.info("release_image_kept", image=image.short_id, why=str(exc)[:200])
                 continue
@@ -220,7 +202,7 @@ class DockerTarget:
             user="65534:65534",
             detach=True,
         )
-        client = _docker()
+        client = engine_client()
         # create + start, not run: run() would ask a registry for a missing image.
         with _engine(f"Creating the container of release {deployment_id}"):
             container = client.containers.create(image, **kwargs)
@@ -243,7 +225,7 @@ class DockerTarget:
         if running_only:
             filters["status"] = "running"
         with _engine("Listing releases"):
-            return _docker().containers.list(all=not running_only, filters=filters)
+            return engine_client().containers.list(all=not running_only, filters=filters)
 
     def stop(self, *, deployment_id: int, pid: int | None) -> None:
         """Stop (SIGTERM, SIGKILL after the grace) and remove every container of this release."""

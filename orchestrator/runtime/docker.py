@@ -79,9 +79,10 @@ _client_lock = threading.Lock()
 _client: tuple[tuple[int, str | None], docker.DockerClient] | None = None
 
 
-def _docker() -> docker.DockerClient:
+def engine_client() -> docker.DockerClient:
     """One client per process and DOCKER_HOST, built on first use: never at import, and never
-    shared across a fork (a Celery prefork child builds its own)."""
+    shared across a fork (a Celery prefork child builds its own). The deploy target's containers
+    use it too (orchestrator/deploy/docker.py)."""
     global _client
     key = (os.getpid(), os.environ.get("DOCKER_HOST"))
     with _client_lock:
@@ -153,7 +154,7 @@ class DockerRuntime:
             kwargs["nano_cpus"] = int(spec.cpu_limit * 1_000_000_000)
         if spec.memory_limit_mb:
             kwargs["mem_limit"] = spec.memory_limit_mb * 1024 * 1024
-        client = _docker()
+        client = engine_client()
         try:
             # create + start, not run: run() would try to pull a missing image from a registry.
             with _engine_errors(f"Creating a worker from {image}"):
@@ -191,7 +192,7 @@ class DockerRuntime:
         """Remove the container and everything in it (paused or not); a gone one is no error."""
         try:
             with _engine_errors(f"Terminating worker {handle[:12]}"):
-                _docker().api.remove_container(handle, force=True)
+                engine_client().api.remove_container(handle, force=True)
         except WorkerGone:
             return
         except PermanentError as exc:
@@ -228,7 +229,7 @@ class DockerRuntime:
         False for paused ones, and for ones created but never started)."""
         labels = [f"{MANAGED_LABEL}=true", f"{INSTANCE_MARKER}={factory_instance()}"]
         with _engine_errors("Listing workers"):
-            containers = _docker().containers.list(all=True, filters={"label": labels, "status": list(_LISTED)})
+            containers = engine_client().containers.list(all=True, filters={"label": labels, "status": list(_LISTED)})
         found = []
         for container in containers:
             labels = dict(container.labels or {})
@@ -251,7 +252,7 @@ class DockerRuntime:
             raise PermanentError(
                 f"Worker {handle[:12]} is paused; resume it before running commands in it.", code="worker_paused"
             )
-        api = _docker().api
+        api = engine_client().api
         limit = max(float(timeout), 0.01)
         # timeout(1) runs the command in a new process group and SIGKILLs the whole group at the
         # deadline; with KILL it dies with it, so the exec ends with status 137.
@@ -310,7 +311,7 @@ class DockerRuntime:
     @staticmethod
     def _get(handle: str, verb: str) -> Any:
         with _engine_errors(f"{verb} worker {handle[:12]}"):
-            return _docker().containers.get(handle)
+            return engine_client().containers.get(handle)
 
     def _live(self, handle: str, verb: str) -> Any:
         """The container, if it is running or paused; WorkerGone if it is removed or stopped."""
