@@ -9,13 +9,11 @@ loopback Bot API stand-in with a throwaway token and must answer every conversat
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from datetime import datetime
 
-from orchestrator.deploy.local import CheckResult, http
-from orchestrator.procs import process_alive
+from orchestrator.deploy.local import CheckResult, wait_healthy
 from orchestrator.telegram.standin import StandIn
 from projects.specs import ConversationCheck
 
@@ -43,31 +41,26 @@ def wait_polling(
 ) -> CheckResult:
     """Wait until the release reports a successful getUpdates (after `since`, when given).
     ``alive`` tells whether the release still runs (default: its process ``pid``)."""
-    deadline = time.monotonic() + timeout
-    delay, last = 0.05, "no answer yet"
-    while time.monotonic() < deadline:
-        if not (alive() if alive is not None else process_alive(pid)):
-            return CheckResult(False, "the bot process exited")
-        status, body = http(url + path.lstrip("/"))
-        if status == 200:
-            try:
-                answer = json.loads(body)
-            except json.JSONDecodeError:
-                answer = {}
-            if str(answer.get("release")) != release:
-                last = f"{path} answered for release {answer.get('release')!r}, not {release!r}"
-            elif not answer.get("polling"):
-                last = "the bot has not polled Telegram successfully yet"
-            else:
-                polled = _parse_time(answer.get("last_poll"))
-                if since is None or (polled is not None and polled >= since):
-                    return CheckResult(True, "polling")
-                last = "the bot's last successful poll is older than this start"
-        else:
-            last = f"{path} answered {status}: {body[:200]}"
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-    return CheckResult(False, f"not polling after {timeout:.0f}s: {last}")
+
+    def ready(answer: dict) -> str | None:
+        if not answer.get("polling"):
+            return "the bot has not polled Telegram successfully yet"
+        polled = _parse_time(answer.get("last_poll"))
+        if since is not None and (polled is None or polled < since):
+            return "the bot's last successful poll is older than this start"
+        return None
+
+    return wait_healthy(
+        pid=pid,
+        url=url,
+        path=path,
+        release=release,
+        timeout=timeout,
+        alive=alive,
+        ready=ready,
+        waiting_for="polling",
+        max_delay=0.5,
+    )
 
 
 def converse(standin: StandIn, token: str, checks: list[ConversationCheck], timeout: float) -> list[CheckResult]:

@@ -130,10 +130,20 @@ def release_of(pid: int) -> int | None:
 
 
 def wait_healthy(
-    *, pid: int, url: str, path: str, release: str, timeout: float, alive: Callable[[], bool] | None = None
+    *,
+    pid: int,
+    url: str,
+    path: str,
+    release: str,
+    timeout: float,
+    alive: Callable[[], bool] | None = None,
+    ready: Callable[[dict], str | None] | None = None,
+    waiting_for: str = "healthy",
+    max_delay: float = 1.0,
 ) -> CheckResult:
     """Probe the health endpoint with backoff until it answers for *this* release, or time out.
-    ``alive`` tells whether the release still runs (default: its process ``pid``)."""
+    ``alive`` tells whether the release still runs (default: its process ``pid``); ``ready``, given
+    the health answer of this release, says what it still waits for (None: ready)."""
     deadline = time.monotonic() + timeout
     delay, last = 0.05, "no answer yet"
     while time.monotonic() < deadline:
@@ -141,18 +151,16 @@ def wait_healthy(
             return CheckResult(False, "the service process exited")
         status, body = http(url + path.lstrip("/"))
         if status == 200:
-            try:
-                answer = json.loads(body)
-            except json.JSONDecodeError:
-                answer = {}
-            if str(answer.get("release")) == release:
-                return CheckResult(True, "healthy")
-            last = f"{path} answered for release {answer.get('release')!r}, not {release!r}"
+            answer = json_or_empty(body)
+            if str(answer.get("release")) != release:
+                last = f"{path} answered for release {answer.get('release')!r}, not {release!r}"
+            elif ready is None or (last := ready(answer)) is None:
+                return CheckResult(True, waiting_for)
         else:
             last = f"{path} answered {status}: {body[:200]}"
         time.sleep(delay)
-        delay = min(delay * 2, 1.0)
-    return CheckResult(False, f"not healthy after {timeout:.0f}s: {last}")
+        delay = min(delay * 2, max_delay)
+    return CheckResult(False, f"not {waiting_for} after {timeout:.0f}s: {last}")
 
 
 def run_acceptance(url: str, checks: list[AcceptanceCheck]) -> list[CheckResult]:
