@@ -174,8 +174,9 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
         log.info("stage_busy", run_id=run_id, stage=stage, task_id=task_id)
         return None
     if claim.state is ClaimState.WAIT:
+        # Not a retry: the run is started again when a place frees (one chain per run).
         log.info("run_waits_for_its_turn", run_id=run_id, stage=stage)
-        return Next.WAIT
+        return None
     row, run = claim.stage_run, claim.run
     ctx = StageContext(run=run, stage_run=row, project=run.project, task_id=task_id)
     with (

@@ -22,7 +22,7 @@ from celery import current_app
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Subquery
+from django.db.models import F
 from django.utils import timezone
 
 from config import task_names
@@ -155,6 +155,12 @@ def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
         stage_skip(stage_run_id=row.id)  # the run ended before reaching this stage
         return Claim(ClaimState.DONE, row, run)
     if row.status in DONE_STATUSES:
+        # A redelivered or duplicate message. Its chain goes on only while the next stage has
+        # not been taken up: if it is running or done, another chain carries the run, and a
+        # second one would only run every later task again to find it done.
+        after = rows[rows.index(row) + 1 : rows.index(row) + 2]
+        if after and after[0].status in (StageRun.Status.RUNNING, StageRun.Status.SUCCEEDED, StageRun.Status.FAILED):
+            return Claim(ClaimState.BUSY, row, run)
         return Claim(ClaimState.DONE, row, run)
     if row.status == StageRun.Status.RUNNING or run.status == PipelineRun.Status.WAITING_HUMAN:
         return Claim(ClaimState.BUSY, row, run)  # owned by another task, or waiting for a person
@@ -173,8 +179,8 @@ def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
     }
     with transaction.atomic():
         if run.status == PipelineRun.Status.QUEUED and not _person_may_start(run):
-            # Touch the row so the reconciler does not take the wait for a lost message.
-            StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING).update(queued_at=now)
+            # Its chain stops here; the run is started again when one of its person's runs
+            # ends (``_start_next_queued``), or by the reconciler once the person has room.
             return Claim(ClaimState.WAIT, row, run)
         if not StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING, attempt=row.attempt).update(
             **claimed
@@ -313,19 +319,39 @@ def _person_may_start(run: PipelineRun) -> bool:
 
 
 def _start_next_queued(run_id: int) -> None:
-    """A run ended: its person's oldest queued run may take its place at once (rather than at
-    its next retry)."""
+    """A run ended (or now waits for a person): its person's oldest queued runs may take the
+    free places at once. Counted after the commit, so of two runs of one person ending together
+    the later commit sees both places free; a run sent a start twice claims once."""
     if not settings.RUNS_PER_PERSON:
         return
-    owner = PipelineRun.objects.filter(id=run_id).values("project__owner_id")
-    waiting = (
-        PipelineRun.objects.filter(project__owner_id=Subquery(owner), status=PipelineRun.Status.QUEUED)
+    owner_id = PipelineRun.objects.filter(id=run_id).values_list("project__owner_id", flat=True).first()
+    if owner_id is not None:
+        transaction.on_commit(lambda: _start_queued_of(owner_id))
+
+
+def _room_of(owner_id: int) -> int:
+    """How many more runs this person may have running (RUNS_PER_PERSON set)."""
+    running = PipelineRun.objects.filter(project__owner_id=owner_id, status=PipelineRun.Status.RUNNING).count()
+    return settings.RUNS_PER_PERSON - running
+
+
+def _start_queued_of(owner_id: int) -> None:
+    room = _room_of(owner_id)
+    if room <= 0:
+        return
+    waiting = list(
+        PipelineRun.objects.filter(project__owner_id=owner_id, status=PipelineRun.Status.QUEUED)
         .order_by("created_at", "id")
-        .values_list("id", flat=True)
-        .first()
+        .values_list("id", flat=True)[:room]
     )
-    if waiting is not None:
-        _send_start(waiting)
+    if not waiting:
+        return
+    # The start is on its way: the reconciler leaves these rows alone for STAGE_PICKUP_SECONDS.
+    StageRun.objects.filter(run_id__in=waiting, stage=Stage.ARCHITECT, status=StageRun.Status.PENDING).update(
+        queued_at=timezone.now()
+    )
+    for waiting_id in waiting:
+        _send_start(waiting_id)
 
 
 def queued_ahead(*, run: PipelineRun) -> int:
@@ -560,9 +586,10 @@ def run_wait_for_human(*, run_id: int, stage_run_id: int | None = None, attempt:
         stage_run_id, attempt, status=StageRun.Status.PENDING, started_at=None, queued_at=None
     ):
         return False
-    PipelineRun.objects.filter(id=run_id, status=PipelineRun.Status.RUNNING).update(
+    if PipelineRun.objects.filter(id=run_id, status=PipelineRun.Status.RUNNING).update(
         status=PipelineRun.Status.WAITING_HUMAN
-    )
+    ):
+        _start_next_queued(run_id)  # a run waiting for a person does not hold its person's place
     return True
 
 
@@ -688,8 +715,20 @@ def runs_requeue_stuck() -> list[Requeue]:
                     payload={"reason": "worker_lost", "attempt": row.attempt},
                 )
                 found.append(Requeue(row.run_id, row.stage, "worker_lost"))
-    for row in candidates.filter(status=StageRun.Status.PENDING, queued_at__lt=pickup_before):
+    room: dict[int, int] = {}  # per person, for queued runs (fairness)
+    pending = candidates.filter(status=StageRun.Status.PENDING, queued_at__lt=pickup_before)
+    for row in pending.select_related("run__project").order_by("run__created_at", "run_id"):
         run = row.run
+        if run.status == PipelineRun.Status.QUEUED and settings.RUNS_PER_PERSON:
+            # A queued run waits for its person's place, not for a lost message: it is started
+            # when one of their runs ends. Requeued only when the person has room (that start
+            # was lost), and no more of them than there is room.
+            owner_id = run.project.owner_id
+            if owner_id not in room:
+                room[owner_id] = _room_of(owner_id)
+            if room[owner_id] <= 0:
+                continue
+            room[owner_id] -= 1
         if run.is_finished:
             if row.stage != Stage.NOTIFY:
                 continue

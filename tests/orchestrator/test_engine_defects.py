@@ -76,7 +76,8 @@ def test_a_person_runs_at_most_their_cap_and_the_next_starts_when_one_ends(trans
     _, second = services.project_create(owner=user, description="a web service that echoes text")
     assert runs.stage_claim(run_id=first.id, stage="architect", task_id="a").state is ClaimState.CLAIMED
     assert runs.stage_claim(run_id=second.id, stage="architect", task_id="b").state is ClaimState.WAIT
-    assert pipeline.execute(stage="architect", run_id=second.id, task_id="b") is Next.WAIT
+    # Its chain stops (no retry: one chain per run); it is started when a place frees.
+    assert pipeline.execute(stage="architect", run_id=second.id, task_id="b") is None
     assert PipelineRun.objects.get(id=second.id).status == "queued"
 
     published = []
@@ -91,6 +92,66 @@ def test_a_person_runs_at_most_their_cap_and_the_next_starts_when_one_ends(trans
         before_task_publish.disconnect(record)
     assert ("pipeline.start", {"run_id": second.id}) in published, "ending a run starts the next queued one"
     assert runs.stage_claim(run_id=second.id, stage="architect", task_id="c").state is ClaimState.CLAIMED
+
+
+def _publishes(action) -> list[tuple[str, dict]]:
+    published = []
+
+    def record(sender=None, body=None, **_):
+        published.append((sender, body[1] if isinstance(body, tuple) else body))
+
+    before_task_publish.connect(record)
+    try:
+        action()
+    finally:
+        before_task_publish.disconnect(record)
+    return published
+
+
+def test_two_runs_ending_together_fill_both_places(transactional_db, user, settings):
+    settings.RUNS_PER_PERSON = 2
+    made = [services.project_create(owner=user, description="a web service that echoes text")[1] for _ in range(5)]
+    for run in made[:2]:
+        assert runs.stage_claim(run_id=run.id, stage="architect", task_id="a").state is ClaimState.CLAIMED
+    for run in made[2:]:
+        assert runs.stage_claim(run_id=run.id, stage="architect", task_id="b").state is ClaimState.WAIT
+
+    def both_end():
+        from django.db import transaction
+
+        with transaction.atomic():  # both commit in one go: neither count saw the other end
+            runs.run_fail(run_id=made[0].id, code="x", message="gave up")
+            runs.run_fail(run_id=made[1].id, code="x", message="gave up")
+
+    started = {body["run_id"] for name, body in _publishes(both_end) if name == "pipeline.start"}
+    assert started == {made[2].id, made[3].id}, "both free places are taken, by the oldest queued runs"
+
+
+def test_the_reconciler_leaves_a_queued_run_alone_while_its_person_has_no_room(transactional_db, user, settings):
+    settings.RUNS_PER_PERSON = 1
+    settings.STAGE_PICKUP_SECONDS = 0
+    _, first = services.project_create(owner=user, description="a web service that greets people by name")
+    _, second = services.project_create(owner=user, description="a web service that echoes text")
+    assert runs.stage_claim(run_id=first.id, stage="architect", task_id="a").state is ClaimState.CLAIMED
+    assert pipeline.execute(stage="architect", run_id=second.id, task_id="b") is None
+    for _ in range(3):  # not requeued sweep after sweep while it cannot start
+        assert [r.run_id for r in runs.runs_requeue_stuck()] == []
+    # Its start got lost when the first ended: the reconciler starts it, once.
+    PipelineRun.objects.filter(id=first.id).update(status="failed", finished_at=timezone.now())
+    StageRun.objects.filter(run=second, stage="architect").update(queued_at=timezone.now() - timedelta(minutes=5))
+    assert [(r.run_id, r.reason) for r in runs.runs_requeue_stuck()] == [(second.id, "message_lost")]
+
+
+def test_a_duplicate_message_of_a_done_stage_does_not_start_a_second_chain(new_run):
+    run = new_run()
+    drive(run.id, until="preparer")
+    # The preparer's message delivered again while the developer is already under way.
+    claim = runs.stage_claim(run_id=run.id, stage="developer", task_id="d")
+    assert claim.state is ClaimState.CLAIMED
+    assert pipeline.execute(stage="preparer", run_id=run.id, task_id="again") is None
+    # Redelivered before the next stage was taken up (its message may be lost): it goes on.
+    runs.stage_release(stage_run_id=claim.stage_run.id, attempt=claim.stage_run.attempt, reason="test")
+    assert pipeline.execute(stage="preparer", run_id=run.id, task_id="again") is Next.CONTINUE
 
 
 def test_another_persons_first_run_goes_before_a_busy_persons_queue(transactional_db, user, other_user, settings):

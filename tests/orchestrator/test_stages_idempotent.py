@@ -11,15 +11,18 @@ from orchestrator.deploy.local import RELEASE_MARKER, http
 from orchestrator.git import bare_repo_path, git
 from orchestrator.procs import pids_with_marker
 from orchestrator.stages import Next, StageContext
+from projects import runs
 from projects.models import Deployment, PipelineRun, StageRun
 
 ORDER = ["architect", "preparer", "developer", "tester", "deployer", "notify"]
 
 
-def drive(run_id: int, until: str = "notify") -> None:
+def drive(run_id: int, until: str = "notify", start: str | None = None) -> None:
     """Run the stages in order in this process, as the chain would, looping on test failures
-    and stopping where the run waits for a person."""
-    i = 0
+    and stopping where the run waits for a person. Like ``pipeline.start``, it begins at the
+    run's first open stage (a resumed run goes on where it stopped), or at ``start`` (the rest
+    of a chain that is under way)."""
+    i = ORDER.index(start or runs.first_open_stage(PipelineRun.objects.get(id=run_id)))
     while i < len(ORDER):
         outcome = pipeline.execute(stage=ORDER[i], run_id=run_id, task_id="in-process")
         if outcome is None and PipelineRun.objects.get(id=run_id).status == "waiting_human":
@@ -105,7 +108,7 @@ def test_a_description_the_scripted_architect_cannot_map_fails_the_run_clearly(n
     assert run.error_code == "description_not_understood"
     assert "weather" in run.error_message and "LLM" in run.error_message
     # The rest of the chain is skipped, and the person is still told.
-    drive(run.id)
+    drive(run.id, start="preparer")
     run.refresh_from_db()
     assert run.result_message.startswith(f"Project #{run.project_id}: run #{run.id} failed at the architect stage")
     assert set(StageRun.objects.filter(run=run).values_list("stage", "status")) >= {
