@@ -18,7 +18,7 @@ from django.utils import timezone
 from agents.contracts import AgentResult
 from agents.models import AgentConfig, Escalation, Usage, WorkerSession, WorkerTransition
 from config.errors import AppError, Conflict, NotFound, ValidationFailed
-from projects import runs
+from projects import notifications, runs
 from projects.events import event_record
 from projects.models import PipelineRun
 from secrets_meta import redaction
@@ -458,6 +458,16 @@ def escalation_answer(
         payload={"escalation_id": escalation.id, "action": action, "by": getattr(user, "username", "") or "operator"},
     )
     run = escalation.run
+    if user.id != run.project.owner_id:
+        # Someone else (an operator, in admin) answered: the person who was asked is told.
+        what = {"cancel": "cancelled the run", "raise_budget": f"added ${increase} to the budget; the run goes on"}
+        said = f": “{notifications.shorten(answer, 500)}”" if action == "guidance" else ""
+        notifications.notify_person(
+            user_id=run.project.owner_id,
+            run_id=run.id,
+            text=f"{run.project.name or f'Project #{run.project_id}'} · run #{run.id}: an operator answered the "
+            f"question for you and {what.get(action, 'gave the agent guidance' + said + '; the run goes on')}.",
+        )
     if action == "cancel":
         runs.run_cancel(run_id=run.id, user=user)
     else:

@@ -11,15 +11,18 @@ rendered line once more (a traceback is only text once rendered).
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
+from pathlib import Path
 
 import structlog
 
 from secrets_meta.redaction import redact_event, redact_rendered
 
 
-def configure_logging(*, json: bool, level: str, stream=None) -> None:
-    """``stream``: where lines go (default: standard error at the time of the call)."""
+def configure_logging(*, json: bool, level: str, stream=None, file: str | None = None) -> None:
+    """``stream``: where lines go (default: standard error at the time of the call). ``file``:
+    also append every line, as JSON, to this file (LOG_FILE; several processes may share it)."""
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -43,7 +46,25 @@ def configure_logging(*, json: bool, level: str, stream=None) -> None:
     )
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
+    handlers: list[logging.Handler] = [handler]
+    if file:
+        # Appended (one write per line), reopened when logrotate moves it away.
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+        to_file.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    redact_event,
+                    structlog.processors.JSONRenderer(),
+                    redact_rendered,
+                ],
+                foreign_pre_chain=shared,
+            )
+        )
+        handlers.append(to_file)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
     logging.getLogger("django.db.backends").setLevel(logging.WARNING)

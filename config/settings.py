@@ -33,7 +33,8 @@ if env_bool("DJANGO_BEHIND_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Operator console: Django's admin, with the overview page and the Flower link as its site.
+    "orchestrator.apps.FactoryAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -53,6 +54,9 @@ MIDDLEWARE = [
     # First: under /api/ every error answers JSON in the envelope, whoever produced it.
     "config.errors.ApiEnvelopeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Operator console: static files (admin's CSS and scripts) served by the app itself, under
+    # runserver and gunicorn alike, with or without collectstatic.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -354,8 +358,42 @@ TELEGRAM_REQUEST_TIMEOUT_SECONDS = env_int("TELEGRAM_REQUEST_TIMEOUT_SECONDS", 1
 SECRETS_ENCRYPTION_KEY = env_str("SECRETS_ENCRYPTION_KEY", "" if not env_bool("PRODUCTION") else None)
 # Empty: FACTORY_HOME/secrets.key (read where FACTORY_HOME is when the key is needed).
 SECRETS_KEY_FILE = env_str("SECRETS_KEY_FILE", "")
-# Where project secrets are kept: `vault` (encrypted in the database).
+# Where project secrets are kept: `vault` (encrypted in the database), or `github_actions` (the
+# vault, and a sealed copy in the project's GitHub repository's Actions secrets).
 SECRET_STORE = env_str("SECRET_STORE", "vault")
+
+# --- GitHub code host -----------------------------------------------------------------
+# Where projects' code lives: `local` (bare repositories in FACTORY_HOME) or `github`; empty:
+# `github` when GITHUB_ORG and a token or an App are set, else `local`.
+CODE_HOST = env_str("CODE_HOST", "")
+# The organization holding one private repository per project (<org>/<slug>).
+GITHUB_ORG = env_str("GITHUB_ORG", "")
+# Either a token (fine-grained or classic: repository administration, contents, pull requests,
+# commit statuses, checks read, Actions secrets) ...
+GITHUB_TOKEN = env_str("GITHUB_TOKEN", "")
+# ... or a GitHub App installed on the organization: its id, its private key (PEM text, or a
+# file) and the installation's id; installation tokens are minted and cached until shortly
+# before they expire.
+GITHUB_APP_ID = env_str("GITHUB_APP_ID", "")
+GITHUB_APP_PRIVATE_KEY = env_str("GITHUB_APP_PRIVATE_KEY", "")
+GITHUB_APP_PRIVATE_KEY_PATH = env_str("GITHUB_APP_PRIVATE_KEY_PATH", "")
+GITHUB_APP_INSTALLATION_ID = env_str("GITHUB_APP_INSTALLATION_ID", "")
+# The REST API (GitHub Enterprise: https://<host>/api/v3); git's smart HTTP base is derived from
+# it unless GITHUB_GIT_URL says otherwise.
+GITHUB_API_URL = env_str("GITHUB_API_URL", "https://api.github.com")
+GITHUB_GIT_URL = env_str("GITHUB_GIT_URL", "")
+GITHUB_TIMEOUT = env_int("GITHUB_TIMEOUT", 15)
+# GitHub asks integrations to space out writes (secondary rate limits); 0: no spacing.
+GITHUB_SECONDS_BETWEEN_WRITES = env_float("GITHUB_SECONDS_BETWEEN_WRITES", 1.0)
+# Scaffolds on GitHub carry a workflow running the project's tests; the deploy waits for the
+# check runs of the exact commit it deploys (polled with backoff, at most GITHUB_CHECKS_TIMEOUT).
+GITHUB_CI_WORKFLOW = env_bool("GITHUB_CI_WORKFLOW", True)
+GITHUB_CHECKS_POLL_SECONDS = env_int("GITHUB_CHECKS_POLL_SECONDS", 5)
+GITHUB_CHECKS_MAX_BACKOFF = env_int("GITHUB_CHECKS_MAX_BACKOFF", 60)
+GITHUB_CHECKS_WAIT_IN_STAGE = env_int("GITHUB_CHECKS_WAIT_IN_STAGE", 120)
+GITHUB_CHECKS_TIMEOUT = env_int("GITHUB_CHECKS_TIMEOUT", 1800)
+# Polling stops early when fewer REST calls than this are left in the hour (X-RateLimit-Remaining).
+GITHUB_RATE_LIMIT_RESERVE = env_int("GITHUB_RATE_LIMIT_RESERVE", 100)
 
 # --- Bots -----------------------------------------------------------------------------
 # The Bot API a generated bot's release talks to (a base URL, or a format with {0} token, {1}
@@ -371,11 +409,29 @@ FLOWER_ADDRESS = env_str("FLOWER_ADDRESS", "127.0.0.1")
 FLOWER_PORT = env_int("FLOWER_PORT", 5555)
 PRODUCTION = env_bool("PRODUCTION", False)
 
+# --- Operator console (admin overview, metrics, Flower link, log files) -------------------
+# Prometheus metrics at /metrics, for a scraper that sends "Authorization: Bearer <token>";
+# empty: the endpoint answers 404 (it does not exist).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# Flower as an operator's browser reaches it (e.g. http://flower.example.com/), linked from
+# admin; empty: no link.
+FLOWER_URL = env_str("FLOWER_URL", "")
+# Static files are found in the apps' static folders when collectstatic has not been run
+# (runserver, the embedded default); after collectstatic WhiteNoise serves STATIC_ROOT.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = False
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns at start when it is missing
+# Times to the second, dates as 2026-01-31 (config/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["config.formats"]
+
 # --- Logging --------------------------------------------------------------------------
 LOG_JSON = env_bool("LOG_JSON", False)
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# Every process also appends its lines as JSON to this file (web, worker and beat may share one:
+# each line is one write); admin shows a run's lines from it, found by run_id. Empty: none.
+LOG_FILE = env_str("LOG_FILE", "")
 # Django's dictConfig is replaced by structlog's setup (see config/logging.py).
 LOGGING_CONFIG = None
 from config.logging import configure_logging  # noqa: E402
 
-configure_logging(json=LOG_JSON, level=LOG_LEVEL)
+configure_logging(json=LOG_JSON, level=LOG_LEVEL, file=LOG_FILE or None)

@@ -7,17 +7,22 @@ and stored; it is never shown back: rows show the bot's @username, status, sourc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpResponse
 from django.template import engines
+from django.utils.html import format_html
 
 from config.errors import AppError
 from orchestrator import bots, maintenance, releases
+from orchestrator.deploy.targets import target_for
 from projects import services
-from projects.admin import ProjectAdmin
-from projects.models import Project
+from projects.admin import DeploymentAdmin, ProjectAdmin
+from projects.models import Deployment, Project
 from secrets_meta import bots as pool
+from secrets_meta import redaction
 from secrets_meta.models import BotToken
 
 
@@ -301,3 +306,26 @@ class ProjectTeardownAdmin(ProjectAdmin):
         for project_id in queryset.values_list("id", flat=True):
             maintenance.project_teardown(project_id=project_id)
         super().delete_queryset(request, queryset)
+
+
+# --- Releases: their output, read through the target that runs them ----------------------------
+# Registered over projects' own DeploymentAdmin (projects may not import the engine).
+admin.site.unregister(Deployment)
+
+
+@admin.register(Deployment)
+class ReleaseAdmin(DeploymentAdmin):
+    readonly_fields = ["output_tail", *DeploymentAdmin.readonly_fields]
+
+    @admin.display(description="output (last lines, secret values redacted)")
+    def output_tail(self, obj: Deployment):
+        if obj.target in ("", "local") and not obj.release_dir:
+            return "No release directory: the release never started."
+        try:
+            text = target_for(obj).log_tail(deployment_id=obj.id, release_dir=Path(obj.release_dir), limit=6000)
+        except AppError as exc:
+            return f"The release's output could not be read: {exc.message}"
+        if not text:
+            return "No output (the release printed nothing, or its output is gone)."
+        redaction.load_project(obj.project_id)
+        return format_html('<pre class="release-log" style="white-space:pre-wrap">{}</pre>', redaction.redact(text))
