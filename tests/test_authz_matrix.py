@@ -72,6 +72,8 @@ CREATE = {"anonymous": 401, "malformed": 401, "other": 201, "owner": 201, "staff
 WORKER = {"anonymous": 401, "malformed": 401, "other": 403, "owner": 202, "staff": 401}
 PUBLIC = {"anonymous": 200, "malformed": 401, "other": 200, "owner": 200, "staff": 200}
 TELEGRAM = {"anonymous": 403, "malformed": 403, "other": 403, "owner": 200, "staff": 403}
+METRICS = {"anonymous": 401, "malformed": 403, "other": 401, "owner": 200, "staff": 401}
+METRICS_TOKEN = "metrics-token-for-tests"
 DESCRIPTION = {"description": "a web service that greets people by name"}
 OWNED_WRITE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 200, "staff": 200}
 OWNED_DELETE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 204, "staff": 204}
@@ -117,6 +119,8 @@ MATRIX: dict[str, tuple[str, dict[str, tuple[dict[str, int], dict | None]], str 
     "schema": ("user", {"GET": (PUBLIC, None)}, None),
     "docs": ("user", {"GET": (PUBLIC, None)}, None),
     "telegram-webhook": ("telegram", {"POST": (TELEGRAM, {"update_id": 1})}, None),
+    # Prometheus: only METRICS_TOKEN as a bearer token; an API token is no credential here.
+    "metrics": ("metrics", {"GET": (METRICS, None)}, None),
 }
 NAMESPACE_RULES = {"admin"}
 ADMIN_LOGIN = "/admin/login/"
@@ -163,6 +167,7 @@ def _worker_session(project, run):
 @pytest.fixture
 def world(request, db, django_user_model, settings) -> World:
     settings.TELEGRAM_WEBHOOK_SECRET = "webhook-secret-for-tests"
+    settings.METRICS_TOKEN = METRICS_TOKEN
     users = {  # no passwords: hashing them would be most of this test's time
         "owner": django_user_model.objects.create_user(username="owner"),
         "other": django_user_model.objects.create_user(username="other"),
@@ -223,6 +228,9 @@ def _client_for(kind: str, principal: str, world: World) -> Client:
     elif kind == "worker":
         fixed = {"anonymous": None, "malformed": "Worker", "staff": f"Token {world.tokens['staff']}"}
         header = fixed[principal] if principal in fixed else f"Worker {world.worker_token(principal)}"
+    elif kind == "metrics":
+        fixed = {"anonymous": None, "malformed": "Bearer not-the-token", "owner": f"Bearer {METRICS_TOKEN}"}
+        header = fixed[principal] if principal in fixed else f"Token {world.tokens[principal]}"
     elif kind == "telegram":
         secret = {"owner": "webhook-secret-for-tests", "malformed": "not-the-secret"}.get(principal)
         if secret:
