@@ -112,9 +112,9 @@ from projects import services  # noqa: E402
 from projects.models import PipelineRun, Project, RunEvent  # noqa: E402
 from projects.runs import STAGE_ORDER  # noqa: E402
 
-CONCURRENCY = 2
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "2"))
 STAGES_PER_RUN = len(STAGE_ORDER)
-TASKS_PER_RUN = STAGES_PER_RUN + 1  # pipeline.start, then one task per stage
+TASKS_PER_RUN = STAGES_PER_RUN  # a new run's first message is its Architect task
 PHASES = ("execute", "claim", "work", "record", "notifications")
 
 

@@ -14,12 +14,14 @@ PIPELINE_TESTER = "pipeline.tester"
 PIPELINE_DEPLOYER = "pipeline.deployer"
 PIPELINE_NOTIFY = "pipeline.notify"
 
-# Priorities of ``pipeline.start`` (Redis: 0 is served first). Each stage task has its own
+# Priorities (Redis: 0 is served first, 9 last). Each stage task has its own
 # (``orchestrator.pipeline.STAGES``: the Architect 5 down to Notify 0, later stages first). A new
-# run's start goes after all of them, so under load the runs under way finish before new ones
-# begin; a run resumed after a person answered (or told to notify) goes first.
+# run's first message (its Architect task) goes after all of them, lower still for a person with
+# runs ahead of it, so under load the runs under way finish before new ones begin; a run resumed
+# after a person answered (or told to notify) goes first.
 PIPELINE_START_PRIORITY_NEW = 6
 PIPELINE_START_PRIORITY = 0
+MAX_PRIORITY = 9
 
 RECONCILE_RUNS = "maintenance.reconcile_runs"
 

@@ -72,13 +72,17 @@ assert tuple(STAGES) == STAGE_ORDER
 assert all(entry.priority < task_names.PIPELINE_START_PRIORITY_NEW for entry in STAGES.values())
 
 
-MAX_PRIORITY = 9
+MAX_PRIORITY = task_names.MAX_PRIORITY
 
 
 def stage_signature(run_id: int, stage: str, delay: int = 0):
     entry = STAGES[stage]
     priority = min(MAX_PRIORITY, entry.priority + delay)
     return signature(entry.task, kwargs={"run_id": run_id}, immutable=True, priority=priority)
+
+
+def next_stage(stage: str) -> str:
+    return STAGE_ORDER[STAGE_ORDER.index(stage) + 1]
 
 
 def chain_from(run_id: int, stage: str = Stage.ARCHITECT, until: str | None = None, delay: int = 0) -> chain:

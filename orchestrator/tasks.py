@@ -39,6 +39,10 @@ def _run_stage(task, stage: str, run_id: int) -> None:
     if outcome is Next.WAIT:
         # Over the worker quota, or an outside service hiccuped: retry later, never sleep.
         raise task.retry(countdown=settings.WORKER_QUOTA_RETRY_SECONDS)
+    if outcome is Next.CONTINUE and not task.request.chain and stage != Stage.NOTIFY:
+        # Sent alone (a new run's first stage): the rest of the run's chain follows now.
+        pipeline.chain_from(run_id, pipeline.next_stage(stage)).apply_async()
+        return
     if outcome is Next.LOOP:
         # Back to the Developer; the rest of this chain follows the new iteration. A Tester is
         # replaced by developer → tester; a Deployer whose release failed by developer → tester
@@ -88,7 +92,10 @@ def reconcile_runs() -> int:
     for item in requeued:
         log.info("run_requeued", run_id=item.run_id, stage=item.stage, reason=item.reason)
         pipeline.chain_from(item.run_id, item.stage).apply_async()
-    return len(requeued)
+    started = runs.runs_start_parked()  # queued runs whose person has a free place
+    if started:
+        log.info("parked_runs_started", run_ids=started)
+    return len(requeued) + len(started)
 
 
 SWEEP_TASK = dict(acks_late=True, ignore_result=True, soft_time_limit=120, time_limit=180)

@@ -46,11 +46,23 @@ ITERATED_STAGES = (Stage.DEVELOPER, Stage.TESTER)
 DONE_STATUSES = (StageRun.Status.SUCCEEDED, StageRun.Status.FAILED, StageRun.Status.SKIPPED)
 
 
-def _send_start(run_id: int, *, new: bool = False) -> None:
-    # A new run starts after every stage of the runs already under way (see PIPELINE_START_*).
-    priority = task_names.PIPELINE_START_PRIORITY_NEW if new else task_names.PIPELINE_START_PRIORITY
+def _send_start(run_id: int) -> None:
+    """Enqueue ``pipeline.start``, which sends the run's chain from its first open stage."""
     transaction.on_commit(
-        lambda: current_app.send_task(task_names.PIPELINE_START, kwargs={"run_id": run_id}, priority=priority)
+        lambda: current_app.send_task(
+            task_names.PIPELINE_START, kwargs={"run_id": run_id}, priority=task_names.PIPELINE_START_PRIORITY
+        )
+    )
+
+
+def _send_first_stage(run: PipelineRun) -> None:
+    """A new run's first message is its first stage's task itself (no ``pipeline.start`` to
+    read the run again): the rest of its chain is sent when that stage is done. It goes after
+    every stage of the runs under way, and after this person's runs already waiting
+    (``queued_ahead``), so a busy person's queue does not hold back another person's first run."""
+    priority = min(task_names.MAX_PRIORITY, task_names.PIPELINE_START_PRIORITY_NEW + queued_ahead(run=run))
+    transaction.on_commit(
+        lambda: current_app.send_task(task_names.PIPELINE_ARCHITECT, kwargs={"run_id": run.id}, priority=priority)
     )
 
 
@@ -73,7 +85,7 @@ def run_create(*, project: Project, kind: str) -> PipelineRun:
         for stage in STAGE_ORDER
     )
     event_record(run_id=run.id, type=RunEvent.Type.RUN_QUEUED, payload={"kind": kind})
-    _send_start(run.id, new=True)
+    _send_first_stage(run)
     return run
 
 
@@ -179,8 +191,9 @@ def stage_claim(*, run_id: int, stage: str, task_id: str) -> Claim:
     }
     with transaction.atomic():
         if run.status == PipelineRun.Status.QUEUED and not _person_may_start(run):
-            # Its chain stops here; the run is started again when one of its person's runs
-            # ends (``_start_next_queued``), or by the reconciler once the person has room.
+            # Its chain stops here and the run is parked (no start on its way: ``queued_at``
+            # empty); it is started when a place frees (``_start_queued_of``).
+            StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING).update(queued_at=None)
             return Claim(ClaimState.WAIT, row, run)
         if not StageRun.objects.filter(id=row.id, status=StageRun.Status.PENDING, attempt=row.attempt).update(
             **claimed
@@ -319,9 +332,9 @@ def _person_may_start(run: PipelineRun) -> bool:
 
 
 def _start_next_queued(run_id: int) -> None:
-    """A run ended (or now waits for a person): its person's oldest queued runs may take the
-    free places at once. Counted after the commit, so of two runs of one person ending together
-    the later commit sees both places free; a run sent a start twice claims once."""
+    """A run ended (or now waits for a person): its person's parked runs may take the free
+    places at once. Counted after the commit, so of two runs of one person ending together the
+    later commit sees both places free."""
     if not settings.RUNS_PER_PERSON:
         return
     owner_id = PipelineRun.objects.filter(id=run_id).values_list("project__owner_id", flat=True).first()
@@ -329,29 +342,51 @@ def _start_next_queued(run_id: int) -> None:
         transaction.on_commit(lambda: _start_queued_of(owner_id))
 
 
-def _room_of(owner_id: int) -> int:
-    """How many more runs this person may have running (RUNS_PER_PERSON set)."""
-    running = PipelineRun.objects.filter(project__owner_id=owner_id, status=PipelineRun.Status.RUNNING).count()
-    return settings.RUNS_PER_PERSON - running
+def _start_queued_of(owner_id: int) -> list[int]:
+    """Send a start to as many of this person's parked runs (queued, their turn not come: the
+    first stage's ``queued_at`` empty), oldest first, as they have free places, counting the
+    queued runs whose start is already on its way. Each is taken by compare-and-set on its
+    ``queued_at``, so two callers never start the same run twice."""
+    queued = StageRun.objects.filter(
+        run__project__owner_id=owner_id,
+        run__status=PipelineRun.Status.QUEUED,
+        stage=Stage.ARCHITECT,
+        status=StageRun.Status.PENDING,
+    )
+    room = None  # without a cap (set to 0 while runs were parked), every parked run starts
+    if settings.RUNS_PER_PERSON:
+        running = PipelineRun.objects.filter(project__owner_id=owner_id, status=PipelineRun.Status.RUNNING).count()
+        room = settings.RUNS_PER_PERSON - running - queued.filter(queued_at__isnull=False).count()
+        if room <= 0:
+            return []
+    started = []
+    now = timezone.now()
+    for row_id, run_id in (
+        queued.filter(queued_at__isnull=True).order_by("run__created_at", "run_id").values_list("id", "run_id")[:room]
+    ):
+        if StageRun.objects.filter(id=row_id, queued_at__isnull=True).update(queued_at=now):
+            _send_start(run_id)
+            started.append(run_id)
+    return started
 
 
-def _start_queued_of(owner_id: int) -> None:
-    room = _room_of(owner_id)
-    if room <= 0:
-        return
-    waiting = list(
-        PipelineRun.objects.filter(project__owner_id=owner_id, status=PipelineRun.Status.QUEUED)
-        .order_by("created_at", "id")
-        .values_list("id", flat=True)[:room]
+def runs_start_parked() -> list[int]:
+    """The reconciler's half of fairness: a person with parked runs and free places (the start
+    sent when a place freed was lost, or a run of theirs was deleted) gets them started."""
+    owners = (
+        StageRun.objects.filter(
+            run__status=PipelineRun.Status.QUEUED,
+            stage=Stage.ARCHITECT,
+            status=StageRun.Status.PENDING,
+            queued_at__isnull=True,
+        )
+        .values_list("run__project__owner_id", flat=True)
+        .distinct()
     )
-    if not waiting:
-        return
-    # The start is on its way: the reconciler leaves these rows alone for STAGE_PICKUP_SECONDS.
-    StageRun.objects.filter(run_id__in=waiting, stage=Stage.ARCHITECT, status=StageRun.Status.PENDING).update(
-        queued_at=timezone.now()
-    )
-    for waiting_id in waiting:
-        _send_start(waiting_id)
+    started = []
+    for owner_id in list(owners):
+        started += _start_queued_of(owner_id)
+    return started
 
 
 def queued_ahead(*, run: PipelineRun) -> int:
@@ -715,20 +750,9 @@ def runs_requeue_stuck() -> list[Requeue]:
                     payload={"reason": "worker_lost", "attempt": row.attempt},
                 )
                 found.append(Requeue(row.run_id, row.stage, "worker_lost"))
-    room: dict[int, int] = {}  # per person, for queued runs (fairness)
     pending = candidates.filter(status=StageRun.Status.PENDING, queued_at__lt=pickup_before)
     for row in pending.select_related("run__project").order_by("run__created_at", "run_id"):
         run = row.run
-        if run.status == PipelineRun.Status.QUEUED and settings.RUNS_PER_PERSON:
-            # A queued run waits for its person's place, not for a lost message: it is started
-            # when one of their runs ends. Requeued only when the person has room (that start
-            # was lost), and no more of them than there is room.
-            owner_id = run.project.owner_id
-            if owner_id not in room:
-                room[owner_id] = _room_of(owner_id)
-            if room[owner_id] <= 0:
-                continue
-            room[owner_id] -= 1
         if run.is_finished:
             if row.stage != Stage.NOTIFY:
                 continue

@@ -127,19 +127,21 @@ def test_two_runs_ending_together_fill_both_places(transactional_db, user, setti
     assert started == {made[2].id, made[3].id}, "both free places are taken, by the oldest queued runs"
 
 
-def test_the_reconciler_leaves_a_queued_run_alone_while_its_person_has_no_room(transactional_db, user, settings):
+def test_a_parked_run_is_not_requeued_and_starts_once_its_person_has_room(transactional_db, user, settings):
     settings.RUNS_PER_PERSON = 1
     settings.STAGE_PICKUP_SECONDS = 0
     _, first = services.project_create(owner=user, description="a web service that greets people by name")
     _, second = services.project_create(owner=user, description="a web service that echoes text")
     assert runs.stage_claim(run_id=first.id, stage="architect", task_id="a").state is ClaimState.CLAIMED
     assert pipeline.execute(stage="architect", run_id=second.id, task_id="b") is None
-    for _ in range(3):  # not requeued sweep after sweep while it cannot start
-        assert [r.run_id for r in runs.runs_requeue_stuck()] == []
-    # Its start got lost when the first ended: the reconciler starts it, once.
+    for _ in range(3):  # neither requeued nor started sweep after sweep while it cannot start
+        assert runs.runs_requeue_stuck() == [] and runs.runs_start_parked() == []
+    # The first ended without its callback (the start it sent was lost): the reconciler starts
+    # the parked run, once.
     PipelineRun.objects.filter(id=first.id).update(status="failed", finished_at=timezone.now())
-    StageRun.objects.filter(run=second, stage="architect").update(queued_at=timezone.now() - timedelta(minutes=5))
-    assert [(r.run_id, r.reason) for r in runs.runs_requeue_stuck()] == [(second.id, "message_lost")]
+    assert runs.runs_start_parked() == [second.id]
+    assert runs.runs_start_parked() == [], "its start is on its way: not sent twice"
+    assert runs.stage_claim(run_id=second.id, stage="architect", task_id="c").state is ClaimState.CLAIMED
 
 
 def test_a_duplicate_message_of_a_done_stage_does_not_start_a_second_chain(new_run):

@@ -10,6 +10,8 @@ bench/engine.py measures all of it together.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 from django.conf import settings
@@ -112,13 +114,16 @@ def test_succeed_refuses_a_row_of_another_claim(db, user):
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="the priority of a message is the Redis transport's")
 def test_a_new_runs_start_waits_behind_every_stage_of_runs_under_way(transactional_db, user):
-    """On Redis, priority N lives in the list ``pipeline:N``: a new run's start is below the Architect."""
+    """On Redis, priority N lives in the list ``pipeline:N``: a new run's first message (its
+    Architect task, sent alone) is below every stage of the runs under way."""
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     key = f"pipeline:{task_names.PIPELINE_START_PRIORITY_NEW}"
     before = client.llen(key)
     project, _ = services.project_create(owner=user, description="a web service that greets people by name")
     try:
         assert client.llen(key) == before + 1
+        message = json.loads(client.lindex(key, 0))
+        assert message["headers"]["task"] == task_names.PIPELINE_ARCHITECT
         assert all(entry.priority < task_names.PIPELINE_START_PRIORITY_NEW for entry in pipeline.STAGES.values())
     finally:
         client.delete(key)
