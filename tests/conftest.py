@@ -177,11 +177,14 @@ class CeleryProcesses:
                 time.sleep(0.1)
         return proc
 
-    def worker(self, concurrency: int = 2, **env: str) -> subprocess.Popen:
+    def worker(self, concurrency: int = 2, *, task_events: bool = False, **env: str) -> subprocess.Popen:
+        """``task_events``: send task events (``-E``), as Flower needs; the gossip and heartbeat
+        these test nodes go without would otherwise carry them."""
         return self._spawn(
             "worker",
             [
                 "worker",
+                *(["-E"] if task_events else []),
                 "-Q",
                 "pipeline,agents,maintenance,notify",
                 f"--concurrency={concurrency}",
