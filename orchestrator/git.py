@@ -22,14 +22,20 @@ _IDENTITY = [
 ]
 
 
-def git(*args: str, cwd: Path | str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = {
+def git(
+    *args: str, cwd: Path | str | None = None, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run git with the factory's identity. ``env`` adds to a minimal environment: credentials go
+    there (e.g. ``config.github.git_auth_env``), never into ``args`` (a command line is public)."""
+    base = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "GIT_TERMINAL_PROMPT": "0",
         "LANG": "C.UTF-8",
         "HOME": str(settings.FACTORY_HOME),
     }
-    proc = subprocess.run(["git", *_IDENTITY, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["git", *_IDENTITY, *args], cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=120
+    )
     if check and proc.returncode != 0:
         raise PermanentError(f"git {' '.join(args[:2])} failed: {proc.stderr.strip()[-500:]}", code="git_failed")
     return proc

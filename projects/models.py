@@ -20,6 +20,12 @@ class Project(models.Model):
     kind = models.CharField(max_length=30, choices=Kind.choices, blank=True)
     spec = models.JSONField(null=True, blank=True)
     repo_url = models.CharField(max_length=500, blank=True)
+    # On GitHub (the `github` code host): the open pull request of the latest run, and the last
+    # CI status seen (the Tester's `factory/tests`, then the check runs of the commit to deploy).
+    pull_request_number = models.PositiveIntegerField(null=True, blank=True)
+    pull_request_url = models.CharField(max_length=500, blank=True)
+    ci_status = models.CharField(max_length=20, blank=True)
+    ci_updated_at = models.DateTimeField(null=True, blank=True)
     # A bot project: run as the person's own bot (they give its token) instead of one from the pool.
     own_bot = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)

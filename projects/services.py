@@ -115,6 +115,17 @@ def project_set_repo(*, project_id: int, repo_url: str) -> None:
     Project.objects.filter(id=project_id).update(repo_url=repo_url, updated_at=timezone.now())
 
 
+CODE_STATE_FIELDS = {"pull_request_number", "pull_request_url", "ci_status", "ci_updated_at"}
+
+
+def project_set_code_state(*, project_id: int, **fields: Any) -> None:
+    """What the code host reports about the project: its open pull request, its last CI status."""
+    unknown = set(fields) - CODE_STATE_FIELDS
+    if unknown:
+        raise ValueError(f"not code-host state: {sorted(unknown)}")
+    Project.objects.filter(id=project_id).update(**fields, updated_at=timezone.now())
+
+
 # --- a live project: change requests, redeploys, deletion ----------------------------------------
 def _clean_change(description: Any) -> str:
     if not isinstance(description, str) or not description.strip():

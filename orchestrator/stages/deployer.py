@@ -9,11 +9,15 @@ Idempotent: a rerun finds the run's Deployment under way and either keeps it (li
 recorded the pid). One deploy per project at a time: the stage holds the project's deploy lock
 (a database row) from before it starts a release until it ends; a second deploy waits.
 Releases run on the deploy target their row names (`DEPLOY_TARGET` when it was made).
+On GitHub, the check runs of the exact commit to deploy must pass first (a failure goes back to
+the Developer with its log excerpt, like a failed test), and a release that went live has its
+pull request squash-merged (``orchestrator.codehost``).
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import structlog
@@ -23,13 +27,14 @@ from django.utils import timezone
 from agents.contracts import FailingTest, TestReport
 from config.errors import PermanentError, TransientError
 from orchestrator import bots
+from orchestrator.codehost import get_host
 from orchestrator.deploy import botcheck, caddy, environment, local, targets
 from orchestrator.git import git
 from orchestrator.stages import Next, Outcome, StageContext, StageFailed, StageWait
 from orchestrator.telegram import transport
 from orchestrator.telegram.standin import StandIn
 from projects import deployments
-from projects.models import Deployment, Stage
+from projects.models import Deployment, Stage, StageRun
 from projects.specs import ProjectSpec
 from secrets_meta import redaction
 
@@ -37,6 +42,9 @@ log = structlog.get_logger(__name__)
 
 
 def run(ctx: StageContext) -> Outcome:
+    sent_back = _wait_for_checks(ctx)
+    if sent_back is not None:
+        return sent_back
     holder = deployments.deploy_lock_acquire(project_id=ctx.project.id, stage_run_id=ctx.stage_run.id)
     if holder is not None:
         raise StageWait(
@@ -112,6 +120,47 @@ def _deploy(ctx: StageContext) -> Outcome:
     deployments.deployment_go_live(deployment_id=deployment.id, url=public_url)
     replaced = _settle(ctx, prepared["repo"], commit, release_dir)
     return Outcome({"deployment_id": deployment.id, "url": public_url, "commit": commit, "replaced": replaced})
+
+
+def _wait_for_checks(ctx: StageContext) -> Outcome | None:
+    """The code host's checks (GitHub Actions) of exactly the commit to deploy. Polled with
+    backoff (GitHub's rate-limit headers honoured) for at most GITHUB_CHECKS_WAIT_IN_STAGE in
+    this attempt; still pending then, the stage gives its claim back and retries later, until
+    GITHUB_CHECKS_TIMEOUT after the tests passed. A failure goes back to the Developer with its
+    excerpt (within the cap); None: nothing to wait for, or every check passed."""
+    prepared = ctx.output_of(Stage.PREPARER)
+    host = get_host(prepared.get("host", "local"))
+    commit = ctx.output_of(Stage.TESTER, iteration=ctx.run.iteration)["commit"]
+    repo = host.repo(ctx.project)
+    deadline = time.monotonic() + settings.GITHUB_CHECKS_WAIT_IN_STAGE
+    polls = 0
+    while True:
+        checks = host.checks(ctx.project, repo, sha=commit, polls=polls)
+        if checks.state in ("none", "success"):
+            return None
+        if checks.state == "failure":
+            break
+        tested = (
+            StageRun.objects.filter(run=ctx.run, stage=Stage.TESTER, iteration=ctx.run.iteration)
+            .values_list("finished_at", flat=True)
+            .first()
+        )
+        if tested and (timezone.now() - tested).total_seconds() > settings.GITHUB_CHECKS_TIMEOUT:
+            raise StageFailed(
+                f"GitHub's checks of {commit[:12]} did not finish within {settings.GITHUB_CHECKS_TIMEOUT}s.",
+                code="checks_timeout",
+            )
+        if time.monotonic() + checks.retry_in > deadline:
+            raise StageWait(f"Waiting for GitHub's checks of {commit[:12]}: {checks.detail}.", code="checks_pending")
+        time.sleep(checks.retry_in)  # bounded by GITHUB_CHECKS_WAIT_IN_STAGE; the heartbeat runs
+        polls += 1
+    report = TestReport(errors=1, failing=[FailingTest(name="ci: GitHub checks", message=checks.detail[-2000:])])
+    output = {"commit": commit, "report": report.model_dump(), "checks_iteration": ctx.run.iteration}
+    if ctx.run.iteration < ctx.run.max_iterations:
+        return Outcome(output, Next.LOOP)
+    raise StageFailed(
+        f"GitHub's checks of {commit[:12]} failed: {checks.detail[:500]}", code="checks_failed", output=output
+    )
 
 
 def _public_url(slug: str) -> str | None:
@@ -322,7 +371,9 @@ def _settle(ctx: StageContext, repo: str, commit: str, release_dir: Path) -> lis
         targets.target_for(old).stop(deployment_id=old.id, pid=old.pid)
         deployments.deployment_stopped(deployment_id=old.id)
         replaced.append(old.id)
-    git("push", "--quiet", "--force", repo, f"{commit}:refs/heads/main", cwd=release_dir)
+    prepared = ctx.output_of(Stage.PREPARER)
+    host = get_host(prepared.get("host", "local"))
+    host.land(ctx.project, host.repo(ctx.project), branch=prepared["branch"], sha=commit)
     _prune(ctx.project.id, ctx.project.slug)
     return replaced
 

@@ -162,6 +162,12 @@ def check_budget(ctx: StageContext, config: AgentConfig) -> None:
 def _previous_report(ctx: StageContext) -> TestReport | None:
     if ctx.run.iteration <= 1:
         return None
+    # The code host's CI failed the previous iteration's commit (the Deployer sent it back).
+    deploy = (
+        StageRun.objects.filter(run=ctx.run, stage=Stage.DEPLOYER).order_by("-id").values_list("output", flat=True)
+    ).first()
+    if deploy and deploy.get("checks_iteration") == ctx.run.iteration - 1 and "report" in deploy:
+        return TestReport.model_validate(deploy["report"])
     row = StageRun.objects.filter(run=ctx.run, stage=Stage.TESTER, iteration=ctx.run.iteration - 1).first()
     if row is None or not row.output or "report" not in row.output:
         return None

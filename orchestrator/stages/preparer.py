@@ -7,6 +7,11 @@ code (the Developer finds nothing to do, the Tester tests that commit again).
 
 The scaffold is made by copier from ``templates/<kind>`` (web_service, telegram_bot); TASK.md and AGENTS.md tell the
 developer agent what to build and how to report. Idempotent: an existing branch is reused.
+
+Where the code lives is the code host's business (``orchestrator.codehost``): the run works in the
+host's mirror (a bare repository workers clone and push to); on GitHub the repository is created
+or reused first, the scaffold carries the factory's marker (and a CI workflow), a first run's
+scaffold becomes ``main`` there, and a later run starts from GitHub's ``main``.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ from pathlib import Path
 import copier
 from django.conf import settings
 
-from orchestrator.git import branch_sha, ensure_bare_repo, git
+from orchestrator.codehost import get_host
+from orchestrator.git import branch_sha, git
 from orchestrator.stages import Outcome, StageContext, StageFailed
-from projects import services
-from projects.models import Deployment, PipelineRun
+from projects.models import PipelineRun
 from projects.specs import ProjectSpec
 
 SPEC_PATH = ".factory/spec.json"
@@ -29,13 +34,17 @@ SPEC_PATH = ".factory/spec.json"
 
 def run(ctx: StageContext) -> Outcome:
     spec = ProjectSpec.model_validate(ctx.project.spec)
-    bare = ensure_bare_repo(ctx.project.slug)
-    services.project_set_repo(project_id=ctx.project.id, repo_url=str(bare))
+    host = get_host()
+    repo = host.prepare(ctx.project)
+    bare = repo.mirror
     branch = ctx.run.branch
+    where = {"repo": str(bare), "host": host.name, "repo_url": repo.url}
     existing = branch_sha(bare, branch)
     if existing:
-        return Outcome({"repo": str(bare), "branch": branch, "commit": existing, "reused": True})
-    base = _base_commit(ctx.project.id, bare)
+        if ctx.run.kind != PipelineRun.Kind.REDEPLOY:  # a crash may have come before the push
+            host.publish(ctx.project, repo, branch=branch, sha=existing)
+        return Outcome({**where, "branch": branch, "commit": existing, "reused": True})
+    base = host.base_commit(ctx.project, repo, ctx.run.kind)
     if ctx.run.kind == PipelineRun.Kind.REDEPLOY:
         if not base:
             raise StageFailed("The project has no deployed commit to redeploy.", code="nothing_deployed")
@@ -43,7 +52,7 @@ def run(ctx: StageContext) -> Outcome:
         sha = branch_sha(bare, branch)
         if not sha:
             raise StageFailed("Could not make the redeploy's branch.", code="git_failed")
-        return Outcome({"repo": str(bare), "branch": branch, "commit": sha, "base": base, "reused": False})
+        return Outcome({**where, "branch": branch, "commit": sha, "base": base, "reused": False})
     template = Path(settings.BASE_DIR) / "templates" / spec.kind
     if not template.is_dir():
         raise StageFailed(f"There is no project template for kind {spec.kind!r}.", code="no_template")
@@ -72,6 +81,9 @@ def run(ctx: StageContext) -> Outcome:
         (work / SPEC_PATH).write_text(json.dumps(ctx.project.spec, indent=2) + "\n")
         (work / "TASK.md").write_text(render_task(spec, ctx.run.id, change=ctx.run.request))
         (work / "AGENTS.md").write_text(AGENTS_MD)
+        for path, content in host.scaffold_files(ctx.project, spec.kind).items():
+            (work / path).parent.mkdir(parents=True, exist_ok=True)
+            (work / path).write_text(content)
         git("add", "-A", cwd=work)
         git("commit", "--quiet", "--allow-empty", "-m", f"Prepare run {ctx.run.id}: {spec.name}", cwd=work)
         push = git("push", "--quiet", str(bare), f"HEAD:refs/heads/{branch}", cwd=work, check=False)
@@ -80,17 +92,8 @@ def run(ctx: StageContext) -> Outcome:
         sha = branch_sha(bare, branch)
         if not sha:
             raise StageFailed(f"Could not push the scaffold: {push.stderr.strip()[-300:]}", code="git_failed")
-    return Outcome({"repo": str(bare), "branch": branch, "commit": sha, "base": base or None, "reused": False})
-
-
-def _base_commit(project_id: int, bare: Path) -> str:
-    """The commit a new run starts from: the live release's, else main's, else "" (a first run)."""
-    live = (
-        Deployment.objects.filter(project_id=project_id, status=Deployment.Status.LIVE)
-        .values_list("commit_sha", flat=True)
-        .first()
-    )
-    return live or branch_sha(bare, "main") or ""
+    host.publish(ctx.project, repo, branch=branch, sha=sha)
+    return Outcome({**where, "branch": branch, "commit": sha, "base": base or None, "reused": False})
 
 
 def render_task(spec: ProjectSpec, run_id: int, change: str = "") -> str:

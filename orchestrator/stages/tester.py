@@ -14,8 +14,9 @@ from agents import services as agent_services
 from agents.contracts import FailingTest, TestReport
 from agents.models import Role
 from orchestrator import workers
+from orchestrator.codehost import get_host
 from orchestrator.stages import Next, Outcome, StageContext, StageFailed
-from projects.models import Stage
+from projects.models import PipelineRun, Stage
 
 MESSAGE_LIMIT = 300
 
@@ -28,6 +29,18 @@ def run(ctx: StageContext) -> Outcome:
     problem = config.time_limit_problem()
     if problem:
         raise StageFailed(problem, code="config_inconsistent")
+    # The code host gets every implementation commit, and the run's pull request (GitHub).
+    host = get_host(prepared.get("host", "local"))
+    home = host.repo(ctx.project)
+    if ctx.run.kind != PipelineRun.Kind.REDEPLOY:  # a redeploy changes nothing to review
+        host.publish(ctx.project, home, branch=prepared["branch"], sha=commit)
+        host.propose(
+            ctx.project,
+            home,
+            branch=prepared["branch"],
+            title=f"{ctx.project.name or ctx.project.slug}: run {ctx.run.id}",
+            body=(ctx.run.request or ctx.project.description)[:4000],
+        )
     session = workers.session_acquire(project_id=ctx.project.id, run_id=ctx.run.id, role=Role.TESTER, config=config)
     repo = workers.workspace_checkout(session, remote=prepared["repo"], branch=prepared["branch"], commit=commit)
     reports = Path(session.workspace) / "reports"
@@ -59,6 +72,7 @@ def run(ctx: StageContext) -> Outcome:
         tail = (result.stdout + result.stderr).strip()[-MESSAGE_LIMIT:]
         report = TestReport(errors=1, failing=[FailingTest(name="pytest", message=tail or f"exit {result.exit_code}")])
     output = {"commit": commit, "report": report.model_dump(), "exit_code": result.exit_code}
+    host.report_tests(ctx.project, home, branch=prepared["branch"], sha=commit, ok=report.ok, summary=report.summary())
     if report.ok:
         return Outcome(output)
     if ctx.run.iteration < ctx.run.max_iterations:
