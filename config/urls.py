@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 
 from agents.api import WorkerAskView, WorkerProgressView, WorkerResultView
 from orchestrator.api import ProjectBotView, ProjectEngineViewSet
+from orchestrator.console import favicon
 from orchestrator.metrics import metrics_view
 from orchestrator.telegram.webhook import telegram_webhook
 from projects.api import RunEventStreamView, RunViewSet
@@ -16,7 +17,8 @@ router.register("runs", RunViewSet, basename="run")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("metrics", metrics_view, name="metrics"),  # Prometheus (bearer METRICS_TOKEN; 404 without it)
+    path("metrics", metrics_view, name="metrics"),
+    path("favicon.ico", favicon, name="favicon"),  # Prometheus (bearer METRICS_TOKEN; 404 without it)
     path("api/runs/<int:pk>/events/", RunEventStreamView.as_view(), name="run-events"),
     path("api/projects/<int:pk>/secrets/", ProjectSecretsView.as_view(), name="project-secrets"),
     path("api/projects/<int:pk>/secrets/<str:name>/", ProjectSecretView.as_view(), name="project-secret"),

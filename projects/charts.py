@@ -53,6 +53,11 @@ def duration_text(seconds: float) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
+def tick_text(seconds: float, span: float) -> str:
+    """An axis tick: tenths of a second on a short axis, else as ``duration_text``."""
+    return f"{seconds:.1f}s" if span < 10 else duration_text(seconds)
+
+
 @dataclass(frozen=True)
 class Bar:
     label: str  # the row: "developer #2"
@@ -63,7 +68,7 @@ class Bar:
     group: int = 1  # the iteration: rows of one iteration share a background band
 
 
-def timeline(bars: list[Bar], *, now: datetime, width: int = 900) -> SafeString:
+def timeline(bars: list[Bar], *, now: datetime, width: int = 760) -> SafeString:
     """Bars on a time axis from the first start to the last end (or ``now``). A row that never
     started is listed with no bar ("not started")."""
     label_w, row_h, top, pad = 130, 22, 24, 8
@@ -73,15 +78,15 @@ def timeline(bars: list[Bar], *, now: datetime, width: int = 900) -> SafeString:
     t0 = min(b.start for b in started)
     t1 = max((b.end or now) for b in started)
     span = max(_seconds(t1 - t0), 1.0)
-    plot_w = width - label_w - pad * 2
+    plot_w = width - label_w - pad * 2 - 24  # room for the last tick's text
     height = top + row_h * len(bars) + 10
 
     def x(at: datetime) -> float:
         return label_w + pad + _seconds(at - t0) / span * plot_w
 
     parts = [
-        f'<svg class="run-timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="stage timeline">'
+        f'<svg class="run-timeline" xmlns="http://www.w3.org/2000/svg" width="100%" height="{height}" '
+        f'style="max-width:{width}px" viewBox="0 0 {width} {height}" role="img" aria-label="stage timeline">'
     ]
     # Iteration bands: every other iteration on a light background, so loop-backs are visible.
     for i, bar in enumerate(bars):
@@ -93,7 +98,7 @@ def timeline(bars: list[Bar], *, now: datetime, width: int = 900) -> SafeString:
         parts.append(f'<line x1="{tx:.1f}" y1="{top - 4}" x2="{tx:.1f}" y2="{height - 8}" stroke="#e1e4e8"></line>')
         parts.append(
             f'<text x="{tx:.1f}" y="{top - 8}" text-anchor="middle" {FONT} fill="#555">'
-            f"+{escape(duration_text(span * k / 5))}</text>"
+            f"+{escape(tick_text(span * k / 5, span))}</text>"
         )
     for i, bar in enumerate(bars):
         y = top + i * row_h
@@ -111,11 +116,12 @@ def timeline(bars: list[Bar], *, now: datetime, width: int = 900) -> SafeString:
             f'<rect class="bar bar-{escape(bar.status)}" x="{x0:.1f}" y="{y + 4}" width="{w:.1f}" '
             f'height="{row_h - 8}" rx="2" fill="{colour(bar.status)}"><title>{escape(tip)}</title></rect>'
         )
-        text_x = min(x0 + w + 4, width - 60)
-        parts.append(
-            f'<text x="{text_x:.1f}" y="{y + row_h - 7}" {FONT} fill="#333">'
-            f"{escape(duration_text(seconds))}{'' if bar.end else ' …'}</text>"
-        )
+        label = f"{duration_text(seconds)}{'' if bar.end else ' …'}"
+        if x0 + w + 50 > width:  # no room after the bar: inside its end, in white
+            where = f'x="{x0 + w - 4:.1f}" text-anchor="end" fill="#fff"'
+        else:
+            where = f'x="{x0 + w + 4:.1f}" fill="#333"'
+        parts.append(f'<text {where} y="{y + row_h - 7}" {FONT}>{escape(label)}</text>')
     parts.append("</svg>")
     return mark_safe("".join(parts))
 
@@ -131,8 +137,8 @@ def stacked_bars(
     slot = plot_w / max(len(categories), 1)
     bar_w = max(slot * 0.7, 2)
     parts = [
-        f'<svg class="stacked-bars" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="chart">'
+        f'<svg class="stacked-bars" xmlns="http://www.w3.org/2000/svg" width="100%" height="{height}" '
+        f'style="max-width:{width}px" viewBox="0 0 {width} {height}" role="img" aria-label="chart">'
     ]
     for k in range(5):
         value = peak * k / 4

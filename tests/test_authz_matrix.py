@@ -74,6 +74,7 @@ PUBLIC = {"anonymous": 200, "malformed": 401, "other": 200, "owner": 200, "staff
 TELEGRAM = {"anonymous": 403, "malformed": 403, "other": 403, "owner": 200, "staff": 403}
 METRICS = {"anonymous": 401, "malformed": 403, "other": 401, "owner": 200, "staff": 401}
 METRICS_TOKEN = "metrics-token-for-tests"
+ANYONE = dict.fromkeys(PRINCIPALS, 200)
 DESCRIPTION = {"description": "a web service that greets people by name"}
 OWNED_WRITE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 200, "staff": 200}
 OWNED_DELETE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 204, "staff": 204}
@@ -121,6 +122,7 @@ MATRIX: dict[str, tuple[str, dict[str, tuple[dict[str, int], dict | None]], str 
     "telegram-webhook": ("telegram", {"POST": (TELEGRAM, {"update_id": 1})}, None),
     # Prometheus: only METRICS_TOKEN as a bearer token; an API token is no credential here.
     "metrics": ("metrics", {"GET": (METRICS, None)}, None),
+    "favicon": ("user", {"GET": (ANYONE, None)}, None),  # what browsers ask every site for
 }
 NAMESPACE_RULES = {"admin"}
 ADMIN_LOGIN = "/admin/login/"
