@@ -102,6 +102,19 @@ class ProjectSummarySerializer(serializers.ModelSerializer):
     latest_run = serializers.SerializerMethodField()
     live_url = serializers.SerializerMethodField()
     cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6, source="total_cost_usd", read_only=True)
+    repo_url = serializers.CharField(
+        allow_null=True, read_only=True, help_text="The project's repository on GitHub; null with the local code host."
+    )
+    pull_request_number = serializers.IntegerField(
+        allow_null=True, read_only=True, help_text="The open pull request of the project's latest run, if any."
+    )
+    pull_request_url = serializers.CharField(allow_null=True, read_only=True)
+    ci_status = serializers.CharField(
+        allow_null=True,
+        read_only=True,
+        help_text="The last CI status seen on GitHub: `pending`, `success` or `failure` (the Tester's "
+        "`factory/tests`, then the check runs of the commit to deploy); null before any.",
+    )
 
     class Meta:
         model = Project
@@ -112,6 +125,10 @@ class ProjectSummarySerializer(serializers.ModelSerializer):
             "kind",
             "description",
             "created_at",
+            "repo_url",
+            "pull_request_number",
+            "pull_request_url",
+            "ci_status",
             "latest_run",
             "live_url",
             "cost_usd",
@@ -295,6 +312,11 @@ def render_projects(rows: list[dict]) -> list[dict]:
             "kind": row["kind"],
             "description": row["description"],
             "created_at": row["created_at_iso"],
+            # A web address only (GitHub): the local code host's path is the server's business.
+            "repo_url": row["repo_url"] if row["repo_url"].startswith("http") else None,
+            "pull_request_number": row["pull_request_number"],
+            "pull_request_url": row["pull_request_url"] or None,
+            "ci_status": row["ci_status"] or None,
             "latest_run": _run_summary(run) if run is not None else None,
             "live_url": row["live_url"],
             "cost_usd": _money(row["total_cost_usd"]),

@@ -182,7 +182,19 @@ RUN_SUMMARY_FIELDS = (
 TIME_FIELDS = frozenset({"created_at", "started_at", "finished_at"})
 # The list shows a project without its spec (the detail has it): the spec was a third of a page's
 # cost, parsed and rendered again for every row.
-PROJECT_SUMMARY_FIELDS = ("id", "name", "slug", "kind", "description", "created_at")
+PROJECT_SUMMARY_FIELDS = (
+    "id",
+    "name",
+    "slug",
+    "kind",
+    "description",
+    "created_at",
+    # Where its code lives (the `github` code host; see projects.api.render_projects).
+    "repo_url",
+    "pull_request_number",
+    "pull_request_url",
+    "ci_status",
+)
 PROJECT_FIELDS = (*PROJECT_SUMMARY_FIELDS, "spec")
 STAGE_FIELDS = ("id", "stage", "iteration", "status", "attempt", "started_at", "finished_at", "error", "output")
 EVENT_FIELDS = ("id", "type", "stage", "payload", "created_at")
@@ -377,6 +389,10 @@ SELECT (SELECT count(*) FROM {projects} p WHERE p.deleted_at IS NULL AND (%s::bo
 coalesce(json_agg(json_build_object(
     'id', p.id, 'name', p.name, 'slug', p.slug, 'kind', p.kind, 'description', p.description,
     'created_at', {_iso_sql("p.created_at")},
+    'repo_url', CASE WHEN left(p.repo_url, 4) = 'http' THEN p.repo_url END,
+    'pull_request_number', p.pull_request_number,
+    'pull_request_url', nullif(p.pull_request_url, ''),
+    'ci_status', nullif(p.ci_status, ''),
     'latest_run', (SELECT json_build_object({_run_summary_sql("r")}) FROM {runs} r
                    WHERE r.project_id = p.id ORDER BY r.id DESC LIMIT 1),
     'live_url', (SELECT d.url FROM {deployments} d WHERE d.project_id = p.id AND d.status = %s::text LIMIT 1),

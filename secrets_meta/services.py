@@ -147,9 +147,11 @@ def secret_put(*, project_id: int, key: str, value: str, actor: str, kind: str =
     store = get_store()
     meta, _ = _locked_meta(project_id=project_id, key=key, kind=kind, actor=actor)
     action = "updated" if meta.filled else "set"
-    store.put(project_scope(project_id), key, value)
+    synced = store.put(project_scope(project_id), key, value)
     now = timezone.now()
-    meta.filled, meta.length, meta.store, meta.synced_at = True, len(value), store.name, now
+    # synced_at: when the store last wrote it everywhere it keeps it (None: a copy is still due).
+    meta.filled, meta.length, meta.store = True, len(value), store.name
+    meta.synced_at = None if synced is False else now
     meta.save(update_fields=["filled", "length", "store", "synced_at", "updated_at"])
     _audit(meta, action=action, actor=actor, detail=f"{len(value)} characters, {store.name}")
     log.info("secret_put", project_id=project_id, key=key, action=action, actor=actor, store=store.name)
@@ -189,12 +191,28 @@ def secret_generate(*, project_id: int, key: str, actor: str = "system") -> Secr
     if meta.filled and (not store.readable or store.get(scope, key) is not None):
         return meta
     value = secrets.token_urlsafe(32)
-    store.put(scope, key, value)
-    meta.filled, meta.length, meta.store, meta.synced_at = True, len(value), store.name, timezone.now()
+    synced = store.put(scope, key, value)
+    meta.filled, meta.length, meta.store = True, len(value), store.name
+    meta.synced_at = None if synced is False else timezone.now()
     meta.save(update_fields=["filled", "length", "store", "synced_at", "updated_at"])
     _audit(meta, action="generated", actor=actor, detail=f"{len(value)} characters, {store.name}")
     log.info("secret_generated", project_id=project_id, key=key, actor=actor)
     return meta
+
+
+def secrets_sync(*, project_id: int) -> int:
+    """Write the project's values still due to their store's other copy (``github_actions``: put
+    before the project had its repository); returns how many were synced. The Preparer calls it
+    once the repository exists."""
+    count = 0
+    for meta in SecretMeta.objects.filter(project_id=project_id, filled=True, synced_at__isnull=True):
+        store = get_store(meta.store)
+        sync = getattr(store, "sync", None)
+        if sync is not None and sync(project_scope(project_id), meta.key):
+            SecretMeta.objects.filter(id=meta.id, synced_at__isnull=True).update(synced_at=timezone.now())
+            _audit(meta, action="synced", actor="system", detail=store.name)
+            count += 1
+    return count
 
 
 def secrets_rotate() -> int:

@@ -20,7 +20,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Count, Max
 
+from config import github
 from config.errors import PermanentError
+from projects.models import Project
 from secrets_meta import redaction
 from secrets_meta.models import SecretValue
 
@@ -38,7 +40,9 @@ class SecretStore(Protocol):
     # Whether values can be read back (the vault: yes; GitHub Actions secrets: write-only).
     readable: bool
 
-    def put(self, scope: str, name: str, value: str) -> None: ...
+    def put(self, scope: str, name: str, value: str) -> bool | None:
+        """Store the value; False if a copy it keeps elsewhere could not be written yet."""
+        ...
 
     def get(self, scope: str, name: str) -> str | None: ...
 
@@ -164,7 +168,56 @@ class VaultStore:
         return count
 
 
-_STORES = {"vault": VaultStore}
+class GitHubActionsStore(VaultStore):
+    """The vault, and a copy of each project value in its GitHub repository's Actions secrets
+    (for people who deploy from Actions): encrypted for the repository's public key in a sealed
+    box (PyNaCl, through PyGithub's ``create_secret``), write-only on GitHub. Values are read
+    back from the vault (the Deployer needs them). ``put`` returns False when the project has no
+    repository on GitHub yet: the value is synced once the Preparer made it
+    (``services.secrets_sync``). Other scopes (the bot pool) stay in the vault alone."""
+
+    name = "github_actions"
+    readable = True
+
+    def put(self, scope: str, name: str, value: str) -> bool:
+        super().put(scope, name, value)
+        return self._sync(scope, name, value)
+
+    def sync(self, scope: str, name: str) -> bool:
+        value = super().get(scope, name)
+        return value is not None and self._sync(scope, name, value)
+
+    def delete(self, scope: str, name: str) -> None:
+        super().delete(scope, name)
+        full = _repository(scope)
+        if full:
+            try:
+                with github.errors(f"deleting the Actions secret {name} of {full}"):
+                    github.client().get_repo(full).delete_secret(name)
+            except github.GitHubNotFound:
+                pass  # never synced, or gone already
+
+    def _sync(self, scope: str, name: str, value: str) -> bool:
+        full = _repository(scope)
+        if not full:
+            return False
+        with github.errors(f"writing the Actions secret {name} of {full}"):
+            github.client().get_repo(full).create_secret(name, value, secret_type="actions")
+        log.info("secret_synced", store=self.name, repository=full, name=name)
+        return True
+
+
+def _repository(scope: str) -> str | None:
+    """The project's repository on GitHub (``<org>/<slug>``), once the factory made it."""
+    if not scope.startswith("project:") or not github.configured():
+        return None
+    project = Project.objects.filter(id=int(scope.split(":", 1)[1])).values("slug", "repo_url").first()
+    if not project or not project["slug"] or not project["repo_url"].startswith("http"):
+        return None
+    return f"{settings.GITHUB_ORG}/{project['slug']}"
+
+
+_STORES = {"vault": VaultStore, "github_actions": GitHubActionsStore}
 
 
 def get_store(name: str | None = None) -> SecretStore:

@@ -28,6 +28,7 @@ from orchestrator.git import branch_sha, git
 from orchestrator.stages import Outcome, StageContext, StageFailed
 from projects.models import PipelineRun
 from projects.specs import ProjectSpec
+from secrets_meta import services as secret_services
 
 SPEC_PATH = ".factory/spec.json"
 
@@ -36,6 +37,8 @@ def run(ctx: StageContext) -> Outcome:
     spec = ProjectSpec.model_validate(ctx.project.spec)
     host = get_host()
     repo = host.prepare(ctx.project)
+    if host.name != "local":  # values put before the repository existed get their copy there
+        secret_services.secrets_sync(project_id=ctx.project.id)
     bare = repo.mirror
     branch = ctx.run.branch
     where = {"repo": str(bare), "host": host.name, "repo_url": repo.url}

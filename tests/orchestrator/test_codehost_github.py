@@ -330,3 +330,66 @@ def test_without_github_settings_the_local_host_is_chosen(settings):
     settings.GITHUB_TOKEN = ""
     settings.GITHUB_APP_ID = ""
     assert get_host().name == "local"
+
+
+def test_the_github_actions_store_seals_a_projects_secrets_into_its_repository(new_run, github, settings):
+    from secrets_meta import services as secret_services
+    from secrets_meta.models import SecretMeta
+    from secrets_meta.stores import get_store, project_scope
+
+    settings.SECRET_STORE = "github_actions"
+    run = new_run()
+    with rendered_logs() as logs:
+        # Before the repository exists the value waits in the vault, not yet synced.
+        early = secret_services.secret_put(
+            project_id=run.project_id, key="WEATHER_KEY", value="s3cr3t-early", actor="t"
+        )
+        assert early.store == "github_actions" and early.synced_at is None
+        drive(run.id, until="preparer")
+        project = Project.objects.get(id=run.project_id)
+        repo = github.repos[f"acme/{project.slug}"]
+        # The Preparer made the repository and synced it: a sealed box for the repository's key.
+        assert repo.secret_value("WEATHER_KEY") == "s3cr3t-early"
+        assert "s3cr3t-early" not in repo.secrets["WEATHER_KEY"]["encrypted_value"]
+        assert SecretMeta.objects.get(project_id=project.id, key="WEATHER_KEY").synced_at is not None
+        # Once it exists, a value is written there at once; the Deployer still reads the vault.
+        later = secret_services.secret_put(project_id=project.id, key="WEATHER_KEY", value="s3cr3t-later", actor="t")
+        assert later.synced_at is not None
+        assert repo.secret_value("WEATHER_KEY") == "s3cr3t-later"
+        assert get_store().get(project_scope(project.id), "WEATHER_KEY") == "s3cr3t-later"
+        secret_services.secret_delete(project_id=project.id, key="WEATHER_KEY", actor="t")
+        assert "WEATHER_KEY" not in repo.secrets
+    assert "s3cr3t" not in logs.getvalue() and "secret_synced" in logs.getvalue()
+
+
+def test_the_api_shows_the_repository_its_pull_request_and_ci_status_in_both_renderings(api, user):
+    from django.db import connection
+    from django.utils import timezone
+
+    from projects import selectors
+    from projects.api import render_projects
+
+    on_github, _ = services.project_create(owner=user, description="a web service that greets people by name")
+    local, _ = services.project_create(owner=user, description="a web service that rolls dice")
+    services.project_set_repo(project_id=on_github.id, repo_url="https://github.example/acme/greeter")
+    services.project_set_code_state(
+        project_id=on_github.id,
+        pull_request_number=7,
+        pull_request_url="https://github.example/acme/greeter/pull/7",
+        ci_status="pending",
+        ci_updated_at=timezone.now(),
+    )
+    services.project_set_repo(project_id=local.id, repo_url="/srv/factory/git/dice.git")
+    listed = {p["id"]: p for p in api.get("/api/projects/").json()["results"]}
+    assert listed[on_github.id]["repo_url"] == "https://github.example/acme/greeter"
+    assert listed[on_github.id]["pull_request_number"] == 7
+    assert listed[on_github.id]["pull_request_url"].endswith("/pull/7")
+    assert listed[on_github.id]["ci_status"] == "pending"
+    # The local code host's repository is a path on the server: never shown.
+    assert listed[local.id]["repo_url"] is None and listed[local.id]["ci_status"] is None
+    detail = api.get(f"/api/projects/{on_github.id}/").json()
+    assert detail["repo_url"] == "https://github.example/acme/greeter" and detail["ci_status"] == "pending"
+    if connection.vendor == "postgresql":  # the body PostgreSQL renders is the one rendered from rows
+        total, text = selectors.project_page_json(user, limit=10, offset=0)
+        rows = list(selectors.project_rows(user, with_spec=False)[:10])
+        assert json.loads(text) == json.loads(json.dumps(render_projects(rows)))
