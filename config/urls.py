@@ -17,8 +17,8 @@ router.register("runs", RunViewSet, basename="run")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("metrics", metrics_view, name="metrics"),
-    path("favicon.ico", favicon, name="favicon"),  # Prometheus (bearer METRICS_TOKEN; 404 without it)
+    path("metrics", metrics_view, name="metrics"),  # Prometheus (bearer METRICS_TOKEN; 404 without it)
+    path("favicon.ico", favicon, name="favicon"),
     path("api/runs/<int:pk>/events/", RunEventStreamView.as_view(), name="run-events"),
     path("api/projects/<int:pk>/secrets/", ProjectSecretsView.as_view(), name="project-secrets"),
     path("api/projects/<int:pk>/secrets/<str:name>/", ProjectSecretView.as_view(), name="project-secret"),
