@@ -27,6 +27,7 @@ from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.views.decorators.http import require_safe
 
 from agents.models import Escalation, Usage, WorkerSession
 from projects import charts
@@ -211,6 +212,7 @@ FAVICON = (
 )
 
 
+@require_safe
 def favicon(request):
     response = HttpResponse(FAVICON, content_type="image/svg+xml")
     response["Cache-Control"] = "public, max-age=86400"
