@@ -393,3 +393,42 @@ def test_the_api_shows_the_repository_its_pull_request_and_ci_status_in_both_ren
         total, text = selectors.project_page_json(user, limit=10, offset=0)
         rows = list(selectors.project_rows(user, with_spec=False)[:10])
         assert json.loads(text) == json.loads(json.dumps(render_projects(rows)))
+
+
+@pytest.mark.e2e
+def test_through_a_real_worker_a_description_becomes_a_merged_pull_request_and_a_live_release(
+    celery_procs, user, github
+):
+    """The whole run in a real Celery worker process, GitHub's secondary rate limit on the first
+    pull request included (the task retries later); the token in no line the worker logged."""
+    from tests.conftest import wait_for_run
+
+    github.fail(
+        "POST",
+        r"/pulls$",
+        403,
+        "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+        headers={"Retry-After": "1"},
+    )
+    celery_procs.worker(
+        GITHUB_ORG="acme",
+        GITHUB_TOKEN=TOKEN,
+        GITHUB_API_URL=github.api_url,
+        GITHUB_SECONDS_BETWEEN_WRITES="0",
+        GITHUB_CHECKS_POLL_SECONDS="1",
+        WORKER_QUOTA_RETRY_SECONDS="1",
+    )
+    project, run = services.project_create(owner=user, description="a web service that greets people by name")
+    run = wait_for_run(run.id, procs=celery_procs)
+    assert run.status == "succeeded", run.error_message
+    project.refresh_from_db()
+    repo = github.repos[f"acme/{project.slug}"]
+    assert project.repo_url == f"{github.url}/acme/{project.slug}"
+    assert repo.pulls[1]["merged"] and github.branch(repo.full_name, run.branch) is None
+    assert StageRun.objects.get(run=run, stage="tester").transient_failures == 1
+    live = Deployment.objects.get(run=run, status="live")
+    assert repo.statuses[live.commit_sha][0]["state"] == "success"
+    assert http(live.url + "greet?name=Ada")[1].count("Hello, Ada!") == 1
+    logs = celery_procs.logs(tail=None)
+    assert "github_pushed" in logs and "github_merged" in logs
+    assert TOKEN not in logs
