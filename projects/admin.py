@@ -200,7 +200,10 @@ class ProjectAdmin(admin.ModelAdmin):
                     "releases, removes its route, ends its workers and gives its bot back.",
                     messages.WARNING,
                 )
-        return super().get_deleted_objects(objs, request)
+        deleted, counts, _, protected = super().get_deleted_objects(objs, request)
+        # Its runs, releases, workers and ledger go with it: none is deleted alone here (they
+        # refuse deletion on their own pages), but the project's deletion is the operator's.
+        return deleted, counts, set(), protected
 
 
 class StageRunInline(ReadOnlyInline):
