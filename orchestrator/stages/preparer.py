@@ -85,8 +85,9 @@ def run(ctx: StageContext) -> Outcome:
         (work / "TASK.md").write_text(render_task(spec, ctx.run.id, change=ctx.run.request))
         (work / "AGENTS.md").write_text(AGENTS_MD)
         for path, content in host.scaffold_files(ctx.project, spec.kind).items():
-            (work / path).parent.mkdir(parents=True, exist_ok=True)
-            (work / path).write_text(content)
+            if not (work / path).exists():  # a later run keeps what is there (a person's own CI)
+                (work / path).parent.mkdir(parents=True, exist_ok=True)
+                (work / path).write_text(content)
         git("add", "-A", cwd=work)
         git("commit", "--quiet", "--allow-empty", "-m", f"Prepare run {ctx.run.id}: {spec.name}", cwd=work)
         push = git("push", "--quiet", str(bare), f"HEAD:refs/heads/{branch}", cwd=work, check=False)

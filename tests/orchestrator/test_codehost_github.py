@@ -20,6 +20,7 @@ from config.errors import PermanentError, TransientError
 from orchestrator import pipeline
 from orchestrator.codehost import get_host
 from orchestrator.deploy.local import http
+from orchestrator.git import git
 from orchestrator.stages import Next, StageContext
 from orchestrator.stages import developer as developer_stage
 from projects import runs, services
@@ -268,8 +269,12 @@ def test_a_github_app_installation_token_is_minted_once_and_renewed_before_it_ex
     gh._tokens.clear()
     first = gh.token()
     assert first.startswith("ghs_") and gh.token() == first and github.minted == [first]
-    # The token works for REST calls (PyGithub) ...
+    # The token works for REST calls (PyGithub) and for git over HTTPS (a header from the env) ...
     assert gh.client().get_organization("acme").login == "acme"
+    theirs = github.add_repo("acme/existing", files={"README.md": "hello\n"})
+    listed = git("ls-remote", f"{github.url}/acme/existing.git", "main", env=gh.git_auth_env()).stdout
+    assert listed.split()[0] == github.branch(theirs.full_name, "main")
+    assert "git-basic" in github.auth_seen
     # ... and is renewed once it is within the margin of its expiry.
     for minted in gh._tokens.values():
         minted.expires_at = datetime.now(UTC) + gh.TOKEN_REFRESH_MARGIN - timedelta(seconds=1)
