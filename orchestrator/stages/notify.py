@@ -30,7 +30,9 @@ def render(run: PipelineRun) -> str:
     live = selectors.live_deployment(project_id=project.id)
     if live is None or live.run_id != run.id:
         return f"{name}: run #{run.id} finished, but no release of it is live."
+    # On GitHub the person gets their repository's link too (the local code host's path is ours).
+    code = f"Code: {project.repo_url}\n" if project.repo_url.startswith("http") else ""
     if project.kind == "telegram_bot":
         username = live.url.rstrip("/").rsplit("/", 1)[-1]
-        return f"{name} is live.\nYour bot @{username} is live: say /start to it.\n{live.url}"
-    return f"{name} is live.\nService running at {live.url}"
+        return f"{name} is live.\n{code}Your bot @{username} is live: say /start to it.\n{live.url}"
+    return f"{name} is live.\n{code}Service running at {live.url}"

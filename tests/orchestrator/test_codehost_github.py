@@ -83,8 +83,9 @@ def test_a_whole_run_on_github_ends_in_a_merged_pull_request_and_a_live_release(
     full = f"acme/{project.slug}"
     repo = github.repos[full]
     assert repo.private
-    # The person gets a repository link with their project.
+    # The person gets a repository link with their project (and in the final message).
     assert project.repo_url == f"{github.url}/{full}"
+    assert f"Code: {github.url}/{full}\n" in run.result_message
     # The marker says whose it is; the scaffold carries a CI workflow.
     marker = json.loads(github.git(repo, "show", "main:.factory/project.json"))
     assert marker["project_id"] == project.id
