@@ -231,9 +231,7 @@ def run_timeline(run: PipelineRun):
     rows = list(run.stages.order_by("iteration", "id"))
     bars = [
         charts.Bar(
-            label=f"{row.stage} #{row.iteration}"
-            if row.iteration > 1 or row.stage in ("developer", "tester")
-            else row.stage,
+            label=f"{row.stage} #{row.iteration}" if row.iteration > 1 or row.stage in ITERATED else row.stage,
             status=row.status,
             start=row.started_at,
             end=row.finished_at if row.finished_at or row.status != StageRun.Status.RUNNING else None,
