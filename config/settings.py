@@ -53,6 +53,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: under /api/ every error answers JSON in the envelope, whoever produced it.
     "config.errors.ApiEnvelopeMiddleware",
+    # Operator console: every answer counted for /metrics (factory_http_*).
+    "orchestrator.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Operator console: static files (admin's CSS and scripts) served by the app itself, under
     # runserver and gunicorn alike, with or without collectstatic.
@@ -413,6 +415,11 @@ PRODUCTION = env_bool("PRODUCTION", False)
 # Prometheus metrics at /metrics, for a scraper that sends "Authorization: Bearer <token>";
 # empty: the endpoint answers 404 (it does not exist).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# Several web processes (gunicorn's workers) add up their request metrics through files here;
+# prometheus_client reads the variable itself, at import. Empty: each process counts its own.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 # Flower as an operator's browser reaches it (e.g. http://flower.example.com/), linked from
 # admin; empty: no link.
 FLOWER_URL = env_str("FLOWER_URL", "")

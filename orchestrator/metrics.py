@@ -20,11 +20,21 @@ message files).
 | ``factory_escalations_waiting`` | gauge | |
 | ``factory_cost_dollars_total`` | counter | project (slug, else ``project-<id>``) |
 | ``factory_outbound_messages_pending`` | gauge | |
+
+And the web process's own, counted as requests are answered (``RequestMetricsMiddleware``):
+``factory_http_requests_total`` (view, method, status class) and
+``factory_http_request_duration_seconds`` (view; until the response starts). Several gunicorn
+worker processes add up when PROMETHEUS_MULTIPROC_DIR is set in their environment
+(prometheus_client's multiprocess mode: each process writes its counts to a file there); without
+it they are the answering process's (right for runserver and one-process servers), with its
+``process_*`` figures.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,7 +44,15 @@ from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.http import Http404, HttpResponse
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
@@ -173,11 +191,45 @@ class FactoryCollector(Collector):
         return histogram
 
 
+# --- the web process's requests ----------------------------------------------------------
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+HTTP_REQUESTS = Counter("factory_http_requests", "Requests answered by the web app.", ["view", "method", "status"])
+HTTP_SECONDS = Histogram(
+    "factory_http_request_duration_seconds",
+    "Time from a request's arrival to its response (the start of a stream's).",
+    ["view"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class RequestMetricsMiddleware:
+    """Counts every answer by the view that gave it (its URL name; ``unmatched`` for none), the
+    method and the status class, and how long it took."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        view = (match.view_name or match.route) if match is not None else "unmatched"
+        method = request.method if request.method in HTTP_METHODS else "other"
+        HTTP_REQUESTS.labels(view, method, f"{response.status_code // 100}xx").inc()
+        HTTP_SECONDS.labels(view).observe(time.perf_counter() - started)
+        return response
+
+
 def exposition() -> bytes:
-    """The whole scrape, in Prometheus' text format."""
+    """The whole scrape, in Prometheus' text format: the factory's series, then the web app's."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FactoryCollector())
-    return generate_latest(registry)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        web = CollectorRegistry()
+        multiprocess.MultiProcessCollector(web)
+    else:
+        web = REGISTRY
+    return generate_latest(registry) + generate_latest(web)
 
 
 @require_GET
