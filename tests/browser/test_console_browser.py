@@ -121,7 +121,9 @@ def wait_for(predicate, what: str, timeout: float = 120, procs=None):
 
 def test_the_console_in_a_browser(celery_procs, live_server, browser_page, user, django_user_model, settings):
     settings.FLOWER_URL = "http://127.0.0.1:5555/"
-    celery_procs.worker()
+    # The worker appends its log lines to the shared file; the run's page finds them by run_id.
+    settings.LOG_FILE = str(celery_procs.home / "logs" / "factory.jsonl")
+    celery_procs.worker(LOG_FILE=settings.LOG_FILE)
     # A project that goes live, and one whose agent asks a question.
     project, run = services.project_create(owner=user, description="a web service that greets people by name")
     run = wait_for_run(run.id, procs=celery_procs)
@@ -177,6 +179,10 @@ def test_the_console_in_a_browser(celery_procs, live_server, browser_page, user,
     run_page = reverse("admin:projects_pipelinerun_change", args=[run.id])
     console.open(run_page, "run-timeline")
     assert page.locator("svg.run-timeline rect.bar").count() >= 6
+    page.click("summary:has-text('Log lines')")
+    log_lines = page.locator("pre.run-log").inner_text()
+    assert "stage=architect" in log_lines and "stage=deployer" in log_lines, log_lines[:2000]
+    console.screenshot("run-log-lines")
     console.open(reverse("admin:projects_deployment_change", args=[release.id]), "release-output")
     assert page.locator("pre.release-log").count() == 1
 
