@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib import admin
+from django.db import connections
 from django.urls import reverse
 
 from agents import services as agent_services
@@ -110,6 +111,10 @@ def browser_page(live_server, monkeypatch):
         finally:
             context.close()
             browser.close()
+            # ORM calls made while Playwright's event loop runs in this thread get a connection of
+            # their own (Django's connections are context-local): closed here, or the test
+            # database cannot be dropped at the end of the session.
+            connections.close_all()
 
 
 def wait_for(predicate, what: str, timeout: float = 120, procs=None):
