@@ -84,6 +84,9 @@ class BotTokenAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # retire instead: the audit stays with the row
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # a bot is added by its token; revalidate, release and retire are actions
+
     def save_model(self, request, obj, form, change):
         """Through the service: the token to the store, the row with what Telegram said."""
         if change:

@@ -480,6 +480,9 @@ class TelegramAccountAdmin(admin.ModelAdmin):
     search_fields = ["telegram_user_id", "username", "user__username"]
     actions = ["unblock"]
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # made by its form (or the system); nothing on it is edited by hand
+
     def get_readonly_fields(self, request, obj=None):
         return (
             []
@@ -528,6 +531,9 @@ class InviteAdmin(admin.ModelAdmin):
     list_filter = [("redeemed_at", admin.EmptyFieldListFilter)]
     search_fields = ["user__username"]
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # made by its form (or the system); nothing on it is edited by hand
+
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
             kwargs["form"] = InviteForm
@@ -570,13 +576,16 @@ class InviteAdmin(admin.ModelAdmin):
 @admin.register(OutboundMessage)
 class OutboundMessageAdmin(admin.ModelAdmin):
     list_display = ["id", "account", "chat_id", "run", "status", "attempts", "short_text", "created_at", "sent_at"]
-    list_filter = ["status", "html"]
+    list_filter = ["status", "html", "created_at"]
     search_fields = ["text", "account__username", "account__user__username"]
     readonly_fields = [f.name for f in OutboundMessage._meta.fields]
     actions = ["resend"]
 
     def has_add_permission(self, request):
         return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # the outbox is written by the system; "resend" is an action
 
     @admin.display(description="text")
     def short_text(self, obj: OutboundMessage) -> str:
