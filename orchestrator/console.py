@@ -165,7 +165,10 @@ def overview(now=None) -> Overview:
     )
     data.links = {
         "runs": changelist("projects_pipelinerun", created_at__gte=since_param),
-        "runs_finished": changelist("projects_pipelinerun", created_at__gte=since_param),
+        "runs_finished": changelist(
+            "projects_pipelinerun", status__in=",".join(PipelineRun.FINISHED), created_at__gte=since_param
+        ),
+        "went_live": changelist("projects_deployment", live_at__gte=since_param),
         "incidents": changelist("projects_incident", status__in="detected,recovering"),
         "escalations": changelist("agents_escalation", status__exact="open"),
         "usage": changelist("agents_usage"),

@@ -100,6 +100,12 @@ def test_the_overview_shows_the_factory_at_a_glance_and_links_to_the_rows(admin_
     listed = page_text(admin_client.get(succeeded.replace("&amp;", "&")))
     assert reverse("admin:projects_pipelinerun_change", args=[looped_run.id]) in listed
     assert reverse("admin:projects_pipelinerun_change", args=[waiting_run.id]) not in listed
+    finished = re.search(r'<a href="([^"]+)" id="figure-success"', page).group(1).replace("&amp;", "&")
+    listed = page_text(admin_client.get(finished))
+    assert reverse("admin:projects_pipelinerun_change", args=[looped_run.id]) in listed
+    assert reverse("admin:projects_pipelinerun_change", args=[waiting_run.id]) not in listed
+    went_live = re.search(r'<a href="([^"]+)" id="figure-to-live"', page).group(1).replace("&amp;", "&")
+    assert reverse("admin:projects_deployment_change", args=[live.id]) in page_text(admin_client.get(went_live))
     incidents_list = page_text(admin_client.get("/admin/projects/incident/?status__in=detected,recovering"))
     assert reverse("admin:projects_incident_change", args=[incident.id]) in incidents_list
 
