@@ -11,15 +11,13 @@ from pathlib import Path
 
 from django import forms
 from django.contrib import admin, messages
-from django.http import HttpResponse
-from django.template import engines
 from django.utils.html import format_html
 
 from config.errors import AppError
 from orchestrator import bots, maintenance, releases
 from orchestrator.deploy.targets import target_for
 from projects import services
-from projects.admin import DeploymentAdmin, ProjectAdmin
+from projects.admin import DeploymentAdmin, ProjectAdmin, confirm
 from projects.models import Deployment, Project
 from secrets_meta import bots as pool
 from secrets_meta import redaction
@@ -160,23 +158,6 @@ class RollbackForm(forms.Form):
     )
 
 
-# One page for every confirmation: the selected projects, a form when the action takes input, and
-# the admin's own action fields so the POST comes back to the same action.
-CONFIRM_PAGE = """{% extends "admin/base_site.html" %}
-{% block content %}
-<p>{{ question }}</p>
-<ul>{% for project in projects %}<li>{{ project }} (#{{ project.id }})</li>{% endfor %}</ul>
-<form method="post">{% csrf_token %}
-{% for project in projects %}<input type="hidden" name="_selected_action" value="{{ project.pk }}">{% endfor %}
-<input type="hidden" name="action" value="{{ action }}">
-{% if form %}<table>{{ form.as_table }}</table>{% endif %}
-<input type="submit" name="confirm" value="{{ verb }}">
-<a href="">Cancel</a>
-</form>
-{% endblock %}
-"""
-
-
 @admin.register(Project)
 class ProjectTeardownAdmin(ProjectAdmin):
     """Projects, with the engine's actions on live ones: each asks for confirmation first and
@@ -185,18 +166,7 @@ class ProjectTeardownAdmin(ProjectAdmin):
     actions = ["request_change", "redeploy", "stop_releases", "start_release", "roll_back"]
 
     def _confirm(self, request, queryset, *, action: str, question: str, verb: str, form=None):
-        page = engines["django"].from_string(CONFIRM_PAGE)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": verb,
-            "question": question,
-            "projects": list(queryset.order_by("id")),
-            "action": action,
-            "verb": verb,
-            "form": form,
-            "opts": self.model._meta,
-        }
-        return HttpResponse(page.render(context, request))
+        return confirm(self, request, queryset.order_by("id"), action=action, question=question, verb=verb, form=form)
 
     def _each(self, request, queryset, call) -> None:
         for project in queryset.order_by("id"):
