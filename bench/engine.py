@@ -112,8 +112,12 @@ from projects import services  # noqa: E402
 from projects.models import PipelineRun, Project, RunEvent  # noqa: E402
 from projects.runs import STAGE_ORDER  # noqa: E402
 
-CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "2"))
+# compose runs the pipeline worker at WORKER_CONCURRENCY (8 by default: MAX_WORKERS agent
+# stages can be under way at once); BENCH_CONCURRENCY=2 gives the figure at the old setting.
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "8"))
 STAGES_PER_RUN = len(STAGE_ORDER)
+PEOPLE = 10
+RUNS_PER_PERSON = int(os.environ.get("RUNS_PER_PERSON", "4"))
 TASKS_PER_RUN = STAGES_PER_RUN  # a new run's first message is its Architect task
 PHASES = ("execute", "claim", "work", "record", "notifications")
 
@@ -215,6 +219,66 @@ class Worker:
                 self.proc.wait()
 
 
+# --- CPU time, the steadier measure on shared cores -------------------------------------------
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()  # fields from the state on (the name may hold spaces)
+
+
+def serving_pids(worker: Worker) -> list[int]:
+    """The processes that serve the load: the worker's whole session (main process and pool),
+    the private Redis, and the PostgreSQL backends of this database but this process's own."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        own = cursor.fetchone()[0]
+    name = DATABASE_URL.rsplit("/", 1)[1]
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == own:
+            continue
+        fields = _stat(int(entry.name))
+        if fields is None:
+            continue
+        if int(fields[3]) == worker.proc.pid or (REDIS_PROC is not None and int(entry.name) == REDIS_PROC.pid):
+            pids.append(int(entry.name))
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"postgres: ") and f" {name} ".encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds (user + system) spent by the serving processes between start() and stop()."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def _sample(self) -> dict[int, float]:
+        out = {}
+        for pid in serving_pids(self.worker):
+            fields = _stat(pid)
+            if fields is not None:
+                out[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return out
+
+    def start(self) -> None:
+        self.before = self._sample()
+
+    def stop(self) -> float:
+        after = self._sample()
+        return sum(after[pid] - self.before.get(pid, 0.0) for pid in after)
+
+
 def wait_until(done, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not done():
@@ -257,10 +321,13 @@ def _finished(ids: list[int]) -> bool:
     return PipelineRun.objects.filter(id__in=ids, finished_at__isnull=False).count() >= len(ids)
 
 
-def engine_runs(user, runs: int) -> dict:
+def engine_runs(people: list, runs: int) -> dict:
     sessions_before = db_sessions()
     started = time.time()
-    ids = [services.project_create(owner=user, description=f"bench throughput {i}")[1].id for i in range(runs)]
+    ids = [
+        services.project_create(owner=people[i % len(people)], description=f"bench throughput {i}")[1].id
+        for i in range(runs)
+    ]
     wait_until(lambda: _finished(ids), 900, "the engine's runs")
     finished = [
         f.timestamp() - started for f in PipelineRun.objects.filter(id__in=ids).values_list("finished_at", flat=True)
@@ -276,9 +343,12 @@ def engine_runs(user, runs: int) -> dict:
     }
 
 
-def engine_batch(user, runs: int) -> dict:
+def engine_batch(people: list, runs: int) -> dict:
     with transaction.atomic():  # every run's start is sent when this commits: all at once
-        ids = [services.project_create(owner=user, description=f"bench batch {i}")[1].id for i in range(runs)]
+        ids = [
+            services.project_create(owner=people[i % len(people)], description=f"bench batch {i}")[1].id
+            for i in range(runs)
+        ]
     submitted = time.time()
     wait_until(lambda: _finished(ids), 900, "the batch")
     latency = [
@@ -324,7 +394,8 @@ def report(
     lines = [
         f"Measured {when}; load average {load_now()} at the end. Produced by `bench/engine.py`: one Celery "
         f"worker (prefork, concurrency {CONCURRENCY}, `--loglevel=INFO`, JSON logs) on a private Redis, "
-        f"PostgreSQL, in one run.",
+        f"PostgreSQL, in one run; the engine's runs are {PEOPLE} people's in turn (RUNS_PER_PERSON="
+        f"{RUNS_PER_PERSON}).",
         "",
         "| what | figure |",
         "|---|---|",
@@ -333,6 +404,10 @@ def report(
         f"| engine, no-op stages: {engine['runs']} runs submitted one by one | {engine['stage_tasks_per_s']:.0f} "
         f"stage tasks/s ({engine['seconds']:.1f} s) |",
         f"| **ratio engine / raw** | **{ratio:.2f}×** |",
+        f"| CPU per task, worker + Redis + PostgreSQL: raw / engine (per stage task) | "
+        f"{raw['cpu_ms_per_task']:.2f} / {engine['cpu_ms_per_task']:.2f} ms |",
+        f"| **ratio of CPU per task, raw / engine** (the rate ratio on cores of their own) | "
+        f"**{raw['cpu_ms_per_task'] / engine['cpu_ms_per_task']:.2f}×** |",
         f"| database connections opened per task (engine) | {engine['connections_per_task']:.2f} |",
         f"| Redis connections opened per event (in process) | "
         f"{'n/a' if redis_per_event is None else f'{redis_per_event:.2f}'} |",
@@ -389,16 +464,22 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=1000, help="raw Celery chains")
     parser.add_argument("--runs", type=int, default=200, help="engine runs submitted one by one")
     parser.add_argument("--batch", type=int, default=100, help="engine runs submitted at once")
+    parser.add_argument(
+        "--people", type=int, default=10, help="the runs are these many people's, in turn (RUNS_PER_PERSON each)"
+    )
     parser.add_argument("--query-runs", type=int, default=3, help="runs driven in process to count queries")
     parser.add_argument("--write", action="store_true", help="write the figures into docs/BENCHMARKS.md")
     parser.add_argument("--heading", default="Engine overhead and latency under load")
     args = parser.parse_args()
+    global PEOPLE
+    PEOPLE = args.people
 
     when = machine()
     home = Path(os.environ["FACTORY_HOME"])
     call_command("migrate", verbosity=0)
     Project.objects.all().delete()
     user, _ = get_user_model().objects.get_or_create(username="bench")
+    people = [user] + [get_user_model().objects.get_or_create(username=f"bench-{n}")[0] for n in range(1, args.people)]
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
 
@@ -413,11 +494,19 @@ def main() -> None:
 
     worker = Worker(home)
     try:
+        meter = CpuMeter(worker)
+        meter.start()
         raw = raw_celery(client, args.chains)
-        print(f"raw: {raw['tasks_per_s']:.0f} tasks/s", flush=True)
-        engine = engine_runs(user, args.runs)
-        print(f"engine: {engine['stage_tasks_per_s']:.0f} stage tasks/s", flush=True)
-        batch = engine_batch(user, args.batch)
+        raw["cpu_ms_per_task"] = meter.stop() * 1000 / raw["tasks"]
+        print(f"raw: {raw['tasks_per_s']:.0f} tasks/s, {raw['cpu_ms_per_task']:.2f} CPU ms a task", flush=True)
+        meter.start()
+        engine = engine_runs(people, args.runs)
+        engine["cpu_ms_per_task"] = meter.stop() * 1000 / (STAGES_PER_RUN * args.runs)
+        print(
+            f"engine: {engine['stage_tasks_per_s']:.0f} stage tasks/s, {engine['cpu_ms_per_task']:.2f} CPU ms a task",
+            flush=True,
+        )
+        batch = engine_batch(people, args.batch)
     finally:
         worker.stop()
     body = report(queries, raw, engine, batch, redis_per_event, when, task_runtimes(worker.log))

@@ -16,6 +16,7 @@ each attempt with the ``message_*`` functions here.
 
 from __future__ import annotations
 
+import functools
 import html as html_lib
 from datetime import timedelta
 
@@ -28,7 +29,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config import task_names
-from projects.models import OutboundMessage, PipelineRun, RunEvent, Stage, StageRun, TelegramAccount
+from projects import sql
+from projects.models import OutboundMessage, PipelineRun, Project, RunEvent, Stage, StageRun, TelegramAccount
 
 log = structlog.get_logger(__name__)
 
@@ -172,6 +174,8 @@ def run_event_notify(event_id: int) -> OutboundMessage | None:
     Called for every event on commit: the event, its run, project, owner and the owner's account
     come in one query, and nothing more is read unless the person is told something.
     """
+    if not _owner_reachable(event_id):  # the usual case on a busy factory: not even the event is read
+        return None
     event = RunEvent.objects.select_related("run__project__owner__telegram").filter(id=event_id).first()
     if event is None or event.type not in TOLD:
         return None
@@ -189,6 +193,24 @@ def run_event_notify(event_id: int) -> OutboundMessage | None:
         return _queue(
             account, text=text, html=html, run_id=event.run_id, escalation_id=escalation_id, event_id=event.id
         )
+
+
+@functools.cache
+def _reachable_sql() -> str:
+    e, r, p, t = (m._meta.db_table for m in (RunEvent, PipelineRun, Project, TelegramAccount))
+    return f"""SELECT 1 FROM {e} e JOIN {r} r ON r.id = e.run_id JOIN {p} p ON p.id = r.project_id
+JOIN {t} t ON t.user_id = p.owner_id
+WHERE e.id = %s::bigint AND t.chat_id IS NOT NULL AND t.blocked_at IS NULL"""
+
+
+def _owner_reachable(event_id: int) -> bool:
+    """Whether the event's run belongs to someone with a chat we may write to: one prepared
+    statement on PostgreSQL (an ORM query costs more to build than to run); elsewhere the ORM."""
+    if sql.postgresql():
+        return sql.fetchone_prepared(_reachable_sql(), (event_id,)) is not None
+    return TelegramAccount.objects.filter(
+        user__projects__runs__events__id=event_id, chat_id__isnull=False, blocked_at__isnull=True
+    ).exists()
 
 
 def _name(run: PipelineRun) -> str:

@@ -335,11 +335,30 @@ def _start_next_queued(run_id: int) -> None:
     """A run ended (or now waits for a person): its person's parked runs may take the free
     places at once. Counted after the commit, so of two runs of one person ending together the
     later commit sees both places free."""
-    if not settings.RUNS_PER_PERSON:
-        return
-    owner_id = PipelineRun.objects.filter(id=run_id).values_list("project__owner_id", flat=True).first()
+    if settings.RUNS_PER_PERSON:
+        transaction.on_commit(lambda: _start_parked_of_owner_of(run_id))
+
+
+@functools.cache
+def _parked_owner_sql() -> str:
+    s, r, p = StageRun._meta.db_table, PipelineRun._meta.db_table, Project._meta.db_table
+    return f"""SELECT p.owner_id FROM {r} r JOIN {p} p ON p.id = r.project_id
+WHERE r.id = %s::bigint AND EXISTS (
+    SELECT 1 FROM {p} op JOIN {r} q ON q.project_id = op.id JOIN {s} a ON a.run_id = q.id
+    WHERE op.owner_id = p.owner_id AND q.status = '{PipelineRun.Status.QUEUED}'
+      AND a.stage = '{Stage.ARCHITECT}' AND a.status = '{StageRun.Status.PENDING}' AND a.queued_at IS NULL)"""
+
+
+def _start_parked_of_owner_of(run_id: int) -> None:
+    """``_start_queued_of`` for the owner of ``run_id``, when they have parked runs at all (one
+    prepared statement says so on PostgreSQL; most people have none)."""
+    if sql.postgresql():
+        row = sql.fetchone_prepared(_parked_owner_sql(), (run_id,))
+        owner_id = row[0] if row else None
+    else:
+        owner_id = PipelineRun.objects.filter(id=run_id).values_list("project__owner_id", flat=True).first()
     if owner_id is not None:
-        transaction.on_commit(lambda: _start_queued_of(owner_id))
+        _start_queued_of(owner_id)
 
 
 def _start_queued_of(owner_id: int) -> list[int]:
