@@ -151,7 +151,11 @@ def _wait_for_checks(ctx: StageContext) -> Outcome | None:
                 code="checks_timeout",
             )
         if time.monotonic() + checks.retry_in > deadline:
-            raise StageWait(f"Waiting for GitHub's checks of {commit[:12]}: {checks.detail}.", code="checks_pending")
+            raise StageWait(
+                f"Waiting for GitHub's checks of {commit[:12]}: {checks.detail}.",
+                code="checks_pending",
+                extra={"retry_after": checks.retry_in},
+            )
         time.sleep(checks.retry_in)  # bounded by GITHUB_CHECKS_WAIT_IN_STAGE; the heartbeat runs
         polls += 1
     report = TestReport(errors=1, failing=[FailingTest(name="ci: GitHub checks", message=checks.detail[-2000:])])

@@ -438,3 +438,30 @@ def test_through_a_real_worker_a_description_becomes_a_merged_pull_request_and_a
     logs = celery_procs.logs(tail=None)
     assert "github_pushed" in logs and "github_merged" in logs
     assert TOKEN not in logs
+
+
+def test_pending_checks_make_the_deploy_wait_without_starting_a_release(new_run, github, settings):
+    settings.GITHUB_CHECKS_WAIT_IN_STAGE = 0  # no polling inside the task: give the claim back at once
+    github.ci_polls = 2
+    run = new_run()
+    drive(run.id, until="tester")
+    assert pipeline.execute(stage="deployer", run_id=run.id, task_id="t") is Next.WAIT
+    assert pipeline.execute(stage="deployer", run_id=run.id, task_id="t") is Next.WAIT
+    assert not Deployment.objects.filter(run=run).exists()
+    assert Project.objects.get(id=run.project_id).ci_status == "pending"
+    deployer = StageRun.objects.get(run=run, stage="deployer")
+    assert deployer.status == "pending" and deployer.transient_failures == 0  # waiting is not failing
+    drive(run.id, start="deployer")
+    assert finished(run.id).status == "succeeded"
+
+
+def test_checks_are_polled_less_when_few_requests_are_left_this_hour(new_run, github, settings):
+    settings.GITHUB_RATE_LIMIT_RESERVE = 100
+    run = new_run()
+    drive(run.id, until="tester")
+    github.remaining = 50  # X-RateLimit-Remaining below the reserve: wait for the window's reset
+    project = Project.objects.get(id=run.project_id)
+    commit = StageRun.objects.get(run=run, stage="tester").output["commit"]
+    checks = get_host().checks(project, get_host().repo(project), sha=commit)
+    assert checks.state == "pending"
+    assert checks.retry_in > 3000  # the fake's window resets in an hour
