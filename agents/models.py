@@ -194,12 +194,14 @@ class Escalation(models.Model):
         STAGE_ERROR = "stage_error", "A stage failed with an error that cannot be retried"
         SECRETS_MISSING = "secrets_missing", "Secrets the person must provide are missing"
         BOT_TOKEN = "bot_token", "The bot needs a token (pool empty, or the person's own bot)"
+        RELEASE_DOWN = "release_down", "A live release is down and the factory could not repair it"
 
     class Action(models.TextChoices):
         GUIDANCE = "guidance", "Go on with this guidance"
         RAISE_BUDGET = "raise_budget", "Raise the budget and go on"
         CANCEL = "cancel", "Cancel the run"
         PROVIDED = "provided", "The missing values were provided"
+        RETRY = "retry", "Try the repair again"
 
     run = models.ForeignKey("projects.PipelineRun", on_delete=models.CASCADE, related_name="escalations")
     stage = models.CharField(max_length=20)

@@ -18,9 +18,9 @@ from django.utils import timezone
 from agents.contracts import AgentResult
 from agents.models import AgentConfig, Escalation, Usage, WorkerSession, WorkerTransition
 from config.errors import AppError, Conflict, NotFound, ValidationFailed
-from projects import notifications, runs
+from projects import incidents, notifications, runs
 from projects.events import event_record
-from projects.models import PipelineRun
+from projects.models import Incident, PipelineRun
 from secrets_meta import redaction
 from secrets_meta.models import BotToken, SecretMeta
 
@@ -327,7 +327,7 @@ def usage_record(
 
 
 # --- escalations: asking a person ---------------------------------------------------
-ESCALATION_ACTIONS = {"guidance", "raise_budget", "cancel"}
+ESCALATION_ACTIONS = {"guidance", "raise_budget", "cancel", "retry"}
 
 
 @transaction.atomic
@@ -365,6 +365,59 @@ def escalation_raise(
         payload={"escalation_id": escalation.id, "reason": reason, "question": question},
     )
     return escalation
+
+
+@transaction.atomic
+def escalation_release_down(*, incident_id: int, detail: str) -> Escalation | None:
+    """The factory gave up repairing a live release: ask the project's owner what to do. The
+    question hangs on the run that made the release (finished: nothing waits); answering
+    ``retry`` starts the repair over, ``cancel`` leaves the project down. None when that run
+    already has an open question."""
+    incident = Incident.objects.select_related("deployment", "project").get(id=incident_id)
+    name = incident.project.name or f"Project #{incident.project_id}"
+    question = (
+        f"{name} is down and the factory could not bring it back ({detail[:300]}). Reply “retry” to try "
+        "the repair again (restart, then the previous release), or “cancel” to leave it down; you can "
+        "also ask for a change, redeploy, or roll back by hand (/rollback)."
+    )
+    try:
+        with transaction.atomic():
+            escalation = Escalation.objects.create(
+                run_id=incident.deployment.run_id,
+                stage="deployer",
+                reason=Escalation.Reason.RELEASE_DOWN,
+                question=question,
+                context={"code": "release_down", "incident_id": incident.id, "deployment_id": incident.deployment_id},
+                deadline=timezone.now() + timedelta(seconds=settings.ESCALATION_TTL_SECONDS),
+            )
+    except IntegrityError:
+        log.warning("release_down_not_asked", incident_id=incident.id, reason="the run has an open question")
+        return None
+    event_record(
+        run_id=escalation.run_id,
+        type="escalation.raised",
+        stage=escalation.stage,
+        payload={"escalation_id": escalation.id, "reason": escalation.reason, "question": question},
+    )
+    return escalation
+
+
+RETRY_WORDS = {"retry", "try again", "again", "restart", "yes"}
+LEAVE_WORDS = {"cancel", "stop", "leave it", "leave it down", "no"}
+
+
+def _release_down_action(action: str, answer: str) -> str:
+    """A question about a release that is down is answered by retry or cancel; a text answer (a
+    reply in the chat) says which."""
+    if action == "guidance":
+        said = answer.strip().strip(".!").lower()
+        action = "retry" if said in RETRY_WORDS else "cancel" if said in LEAVE_WORDS else ""
+    if action not in ("retry", "cancel"):
+        raise ValidationFailed(
+            "This question is answered with “retry” (try the repair again) or “cancel” (leave the project down).",
+            code="retry_or_cancel",
+        )
+    return action
 
 
 # Questions answered by values (secrets, a bot token) given through their own channels.
@@ -424,6 +477,10 @@ def escalation_answer(
             f"Unknown answer {action!r}; use one of {', '.join(sorted(ESCALATION_ACTIONS))}.", code="unknown_action"
         )
     answer = (answer or "").strip()
+    if escalation.reason == Escalation.Reason.RELEASE_DOWN:
+        return _answer_release_down(escalation, user, _release_down_action(action, answer), answer)
+    if action == "retry":
+        raise ValidationFailed("“retry” answers only a question about a release that is down.", code="unknown_action")
     if escalation.reason in VALUE_REASONS and action == "guidance":
         # Never take a secret as guidance text: it would be stored and shown to an agent.
         raise ValidationFailed(
@@ -480,6 +537,39 @@ def escalation_answer(
     return escalation
 
 
+def _answer_release_down(escalation: Escalation, user, action: str, answer: str) -> Escalation:
+    Escalation.objects.filter(id=escalation.id).update(
+        status=Escalation.Status.ANSWERED,
+        action=action,
+        answer=answer[:4000],
+        answered_by=user if user.is_authenticated else None,
+        answered_at=timezone.now(),
+    )
+    who = getattr(user, "username", "") or "operator"
+    event_record(
+        run_id=escalation.run_id,
+        type="escalation.answered",
+        stage=escalation.stage,
+        payload={"escalation_id": escalation.id, "action": action, "by": who},
+    )
+    project = escalation.run.project
+    name = project.name or f"Project #{project.id}"
+    if action == "retry":
+        reopened = incidents.incident_retry(incident_id=escalation.context.get("incident_id"), by=who)
+        text = (
+            f"{name}: trying the repair again; you will hear how it ends."
+            if reopened is not None
+            else f"{name}: nothing to try again (the outage is over, or a newer one is being repaired)."
+        )
+    else:
+        text = f"{name} stays down until you ask for a change, a redeploy or a rollback."
+    if user.id != project.owner_id:
+        text = f"An operator answered the question for you. {text}"
+    notifications.notify_person(user_id=project.owner_id, run_id=escalation.run_id, text=text)
+    escalation.refresh_from_db()
+    return escalation
+
+
 def escalations_expire() -> list[int]:
     """Fail the runs whose question nobody answered before its deadline; return their run ids."""
     expired = []
@@ -495,6 +585,8 @@ def escalations_expire() -> list[int]:
                 stage=escalation.stage,
                 payload={"escalation_id": escalation.id},
             )
+            if escalation.reason == Escalation.Reason.RELEASE_DOWN:
+                continue  # its run ended long ago: the project simply stays down
             runs.run_fail(
                 run_id=escalation.run_id,
                 code="escalation_expired",

@@ -309,6 +309,8 @@ DEPLOY_HEALTH_TIMEOUT = env_float("DEPLOY_HEALTH_TIMEOUT", 20.0)
 # Live releases are probed every interval (beat); one probe waits at most the timeout.
 RELEASE_PROBE_INTERVAL_SECONDS = env_float("RELEASE_PROBE_INTERVAL_SECONDS", 10.0)
 RELEASE_PROBE_TIMEOUT = env_float("RELEASE_PROBE_TIMEOUT", 2.0)
+# The probe looks at this many live releases at once (each waits on a health answer and a CPU sample).
+RELEASE_PROBE_THREADS = env_int("RELEASE_PROBE_THREADS", 16)
 # A release found down is restarted this many times (backoff doubling from the base), then
 # rolled back to the previous healthy release, then left to a person.
 RELEASE_RESTART_LIMIT = env_int("RELEASE_RESTART_LIMIT", 2)

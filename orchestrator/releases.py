@@ -11,6 +11,7 @@ name and route do not change; then give up and leave it to a person. Each step i
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +20,12 @@ from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from agents import services as agent_services
 from config import task_names as names
 from config.errors import Conflict, NotFound, PermanentError, TransientError
 from orchestrator.deploy import botcheck, caddy, environment, local, targets
 from orchestrator.telegram import transport
-from projects import deployments, incidents
+from projects import deployments, incidents, notifications
 from projects import services as project_services
 from projects.models import Deployment, Incident, IncidentEvent, Project
 from projects.specs import ProjectSpec
@@ -45,8 +47,13 @@ def _internal(deployment: Deployment) -> str:
     return f"http://{settings.DEPLOY_HOST}:{deployment.port}/"
 
 
-def probe(deployment: Deployment) -> Probe:
-    """One quick look at a live release (no waiting): alive, healthy, and for a bot, polling."""
+_READ = object()
+
+
+def probe(deployment: Deployment, *, bot_token: str | None | object = _READ) -> Probe:
+    """One quick look at a live release (no waiting): alive, healthy, and for a bot, polling
+    and its token accepted by Telegram (``bot_token`` given: no database read, so the sweep can
+    look at many releases at once from threads)."""
     started = time.monotonic()
 
     def done(ok: bool, detail: str) -> Probe:
@@ -64,18 +71,21 @@ def probe(deployment: Deployment) -> Probe:
     if deployment.project.kind == "telegram_bot":
         if not answer.get("polling"):
             return done(False, "the bot is not polling Telegram")
-        refused = _bot_refused(deployment.project_id)
+        refused = _bot_refused(_assigned_token(deployment.project_id) if bot_token is _READ else bot_token)
         if refused:
             return done(False, refused)
     return done(True, "healthy")
 
 
-def _bot_refused(project_id: int) -> str:
+def _assigned_token(project_id: int) -> str | None:
+    row = BotToken.objects.filter(project_id=project_id, status=BotToken.Status.ASSIGNED).first()
+    return pool.bot_token_value(row) if row is not None else None
+
+
+def _bot_refused(token: str | None) -> str:
     """Telegram's word on the project's bot (getMe): why it refuses it, or "" when it answers (or
     cannot be reached now: that is not the release's fault, and the release's own polling says
     more)."""
-    row = BotToken.objects.filter(project_id=project_id, status=BotToken.Status.ASSIGNED).first()
-    token = pool.bot_token_value(row) if row is not None else None
     if token is None:
         return "the project has no bot token"
     try:
@@ -87,15 +97,40 @@ def _bot_refused(project_id: int) -> str:
     return ""
 
 
+def _look(deployment: Deployment, bot_token: str | None) -> tuple[Probe, targets.ReleaseUsage | None]:
+    """Probe one release and, when it is healthy, sample its CPU and memory (no database)."""
+    result = probe(deployment, bot_token=bot_token)
+    usage = None
+    if result.ok:
+        try:
+            usage = release_usage(deployment)
+        except (TransientError, PermanentError, OSError) as exc:
+            log.warning("release_usage_unknown", deployment_id=deployment.id, error=str(exc)[:300])
+    return result, usage
+
+
 def releases_probe() -> dict[str, int]:
-    """Probe every live release; open an incident (and start its repair) for each one down."""
-    counts = {"probed": 0, "down": 0, "opened": 0}
-    live = Deployment.objects.filter(status=Deployment.Status.LIVE).select_related("project")
-    for deployment in live:
-        result = probe(deployment)
+    """Probe every live release; open an incident (and start its repair) for each one down.
+
+    The releases are looked at all at once (threads: each look waits on a health answer and a
+    CPU sample, a fraction of a second to a second on Docker), then the results are written here.
+    A release the factory gave up on stays down without a new incident every sweep: its person
+    was asked, and a retry, a redeploy or a rollback ends it."""
+    counts = {"probed": 0, "down": 0, "opened": 0, "given_up": 0}
+    live = list(Deployment.objects.filter(status=Deployment.Status.LIVE).select_related("project"))
+    if not live:
+        return counts
+    tokens = {d.project_id: _assigned_token(d.project_id) for d in live if d.project.kind == "telegram_bot"}
+    with ThreadPoolExecutor(max_workers=min(settings.RELEASE_PROBE_THREADS, len(live))) as pool_:
+        looks = list(pool_.map(lambda d: _look(d, tokens.get(d.project_id)), live))
+    for deployment, (result, usage) in zip(live, looks, strict=True):
         counts["probed"] += 1
         deployments.deployment_probed(deployment_id=deployment.id, ok=result.ok, ms=result.ms, detail=result.detail)
-        _record_usage(deployment if result.ok else None, deployment.id)
+        project_services.deployment_set_usage(
+            deployment_id=deployment.id,
+            cpu_percent=usage.cpu_percent if usage else None,
+            memory_bytes=usage.memory_bytes if usage else None,
+        )
         if result.ok:
             # Back before any repair began (e.g. a slow moment): close it as recovered.
             waiting = Incident.objects.filter(project_id=deployment.project_id, status=Incident.Status.DETECTED).first()
@@ -105,6 +140,10 @@ def releases_probe() -> dict[str, int]:
                 )
             continue
         counts["down"] += 1
+        last = Incident.objects.filter(deployment_id=deployment.id).order_by("-id").first()
+        if last is not None and last.status == Incident.Status.FAILED:
+            counts["given_up"] += 1
+            continue
         if release_down(deployment, result.detail):
             counts["opened"] += 1
     return counts
@@ -125,22 +164,6 @@ def release_usage(deployment: Deployment) -> targets.ReleaseUsage | None:
     """CPU (percent of one core) and memory of a release, from the target that runs it; None
     when it does not run."""
     return targets.target_for(deployment).usage(deployment_id=deployment.id, pid=deployment.pid)
-
-
-def _record_usage(deployment: Deployment | None, deployment_id: int) -> None:
-    """Store the release's CPU and memory beside its probe (what /status and the API show); a
-    target that cannot tell leaves them empty, never fails the probe."""
-    usage = None
-    if deployment is not None:
-        try:
-            usage = release_usage(deployment)
-        except (TransientError, PermanentError, OSError) as exc:
-            log.warning("release_usage_unknown", deployment_id=deployment_id, error=str(exc)[:300])
-    project_services.deployment_set_usage(
-        deployment_id=deployment_id,
-        cpu_percent=usage.cpu_percent if usage else None,
-        memory_bytes=usage.memory_bytes if usage else None,
-    )
 
 
 def _enqueue_repair(incident_id: int, countdown: float = 0) -> None:
@@ -212,7 +235,7 @@ def release_repair(*, incident_id: int) -> float | None:
                 incident_id=incident.id, serving_id=current.id, type=Type.RECOVERED, detail="a new release is live"
             )
         else:
-            incidents.incident_give_up(incident_id=incident.id, detail="the release is no longer live")
+            _give_up(incident_id=incident.id, detail="the release is no longer live")
         return None
     if incident.restarts < settings.RELEASE_RESTART_LIMIT:
         incidents.incident_step(
@@ -229,6 +252,21 @@ def release_repair(*, incident_id: int) -> float | None:
     return _roll_back(incident, failing)
 
 
+def _give_up(*, incident_id: int, detail: str) -> None:
+    """Stop trying, and ask the owner what to do (retry or leave it down) in one message."""
+    if not incidents.incident_give_up(incident_id=incident_id, detail=detail, tell=False):
+        return
+    if agent_services.escalation_release_down(incident_id=incident_id, detail=detail) is not None:
+        return
+    incident = Incident.objects.select_related("project").get(id=incident_id)  # the run has another question
+    notifications.notify_person(
+        user_id=incident.project.owner_id,
+        text=f"{incident.project.name or f'Project #{incident.project_id}'} is down and could not be repaired "
+        f"({detail[:200]}). The factory stopped trying: ask for a change or a redeploy, or roll back by hand "
+        "(/rollback).",
+    )
+
+
 def _previous_healthy(failing: Deployment) -> Deployment | None:
     """The most recent earlier release that served and was replaced normally, still on disk."""
     for candidate in Deployment.objects.filter(
@@ -242,7 +280,7 @@ def _previous_healthy(failing: Deployment) -> Deployment | None:
 def _roll_back(incident: Incident, failing: Deployment) -> None:
     previous = _previous_healthy(failing)
     if previous is None:
-        incidents.incident_give_up(
+        _give_up(
             incident_id=incident.id, detail=f"restarted {incident.restarts} times; no earlier release to roll back to"
         )
         return None
@@ -254,7 +292,7 @@ def _roll_back(incident: Incident, failing: Deployment) -> None:
     if pid is None:
         incidents.incident_step(incident_id=incident.id, type=Type.ROLLBACK_FAILED, detail=why)
         deployments.deployment_fail(deployment_id=restored.id, error=f"rollback failed: {why}")
-        incidents.incident_give_up(incident_id=incident.id, detail=f"the rollback to release {previous.id} failed")
+        _give_up(incident_id=incident.id, detail=f"the rollback to release {previous.id} failed")
         return None
     deployments.deployment_restored(deployment_id=restored.id, pid=pid)
     incidents.incident_resolve(
@@ -310,6 +348,7 @@ def project_stop(*, project: Project) -> list[int]:
     router = caddy.get_router()
     if router is not None and project.slug:
         router.delete_route(project.slug)
+    incidents.incidents_close(project_id=project.id, detail="the project was stopped")
     log.info("project_stopped", project_id=project.id, releases=stopped)
     return stopped
 

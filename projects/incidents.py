@@ -9,9 +9,11 @@ project goes down, when it is back, and when the factory gives up.
 from __future__ import annotations
 
 import structlog
+from celery import current_app
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from config import task_names
 from projects import notifications
 from projects.models import Deployment, Incident, IncidentEvent
 
@@ -84,16 +86,56 @@ def incident_resolve(*, incident_id: int, serving_id: int, type: str, detail: st
 
 
 @transaction.atomic
-def incident_give_up(*, incident_id: int, detail: str) -> bool:
-    """Restarts and rollback failed: stop trying; the incident stays visible as failed."""
+def incident_give_up(*, incident_id: int, detail: str, tell: bool = True) -> bool:
+    """Restarts and rollback failed: stop trying; the incident stays visible as failed. With
+    ``tell=False`` the caller asks the person itself (an escalation says it all, once)."""
     incident = Incident.objects.select_related("project").filter(id=incident_id, status__in=Incident.OPEN).first()
     if incident is None:
         return False
     Incident.objects.filter(id=incident.id).update(status=Incident.Status.FAILED, ended_at=timezone.now())
     IncidentEvent.objects.create(incident_id=incident.id, type=Type.GAVE_UP, detail=detail[:500])
-    _tell(
-        incident,
-        f"{_name(incident)} is down and could not be repaired ({detail[:200]}). The factory stopped trying: "
-        "ask for a change or a redeploy, or roll back by hand (/rollback).",
-    )
+    if tell:
+        _tell(
+            incident,
+            f"{_name(incident)} is down and could not be repaired ({detail[:200]}). The factory stopped trying: "
+            "ask for a change or a redeploy, or roll back by hand (/rollback).",
+        )
     return True
+
+
+@transaction.atomic
+def incident_retry(*, incident_id: int, by: str) -> Incident | None:
+    """A person asked to try again an incident the factory gave up on: it is open again with a
+    fresh count of restarts, and its repair starts over (restart, then roll back). None when it
+    cannot be reopened (not given up on, or the project has another open incident)."""
+    incident = Incident.objects.select_for_update().filter(id=incident_id, status=Incident.Status.FAILED).first()
+    if incident is None:
+        return None
+    try:
+        with transaction.atomic():
+            Incident.objects.filter(id=incident.id).update(
+                status=Incident.Status.RECOVERING, restarts=0, ended_at=None, recovering_at=timezone.now()
+            )
+    except IntegrityError:  # a newer outage of the project is already open: that one is repaired
+        return None
+    IncidentEvent.objects.create(incident_id=incident.id, type=Type.RETRY_ASKED, detail=f"by {by}"[:500])
+    transaction.on_commit(
+        lambda: current_app.send_task(task_names.RELEASES_REPAIR, kwargs={"incident_id": incident.id})
+    )
+    incident.refresh_from_db()
+    return incident
+
+
+@transaction.atomic
+def incidents_close(*, project_id: int, detail: str) -> int:
+    """The project was stopped (or removed) by a person: its open incidents end, nothing is
+    repaired any more. The number closed."""
+    open_ids = list(
+        Incident.objects.select_for_update()
+        .filter(project_id=project_id, status__in=Incident.OPEN)
+        .values_list("id", flat=True)
+    )
+    for incident_id in open_ids:
+        Incident.objects.filter(id=incident_id).update(status=Incident.Status.RESOLVED, ended_at=timezone.now())
+        IncidentEvent.objects.create(incident_id=incident_id, type=Type.CLOSED, detail=detail[:500])
+    return len(open_ids)

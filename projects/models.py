@@ -330,6 +330,8 @@ class IncidentEvent(models.Model):
         ROLLBACK_FAILED = "rollback_failed", "Rollback failed"
         RECOVERED = "recovered", "Recovered by itself"
         GAVE_UP = "gave_up", "Gave up: a person must decide"
+        RETRY_ASKED = "retry_asked", "A person asked to try again"
+        CLOSED = "closed", "Closed: the project was stopped"
 
     incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="events")
     type = models.CharField(max_length=30, choices=Type.choices)

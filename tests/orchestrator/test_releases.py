@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from config.errors import Conflict
+from agents import services as agent_services
+from agents.models import Escalation
+from config.errors import Conflict, ValidationFailed
 from orchestrator import releases
 from orchestrator.deploy import local
 from orchestrator.deploy.local import http
@@ -67,7 +69,7 @@ def test_a_healthy_release_passes_its_probe_and_records_it(new_run):
     drive(run.id)
     counts = releases.releases_probe()
     live = _live(run.project_id)
-    assert counts == {"probed": 1, "down": 0, "opened": 0}
+    assert counts == {"probed": 1, "down": 0, "opened": 0, "given_up": 0}
     assert (live.probe_ok, live.probe_detail) == (True, "healthy") and live.probe_ms is not None
 
 
@@ -126,6 +128,7 @@ def test_with_nothing_to_roll_back_to_the_factory_gives_up_and_says_so(new_run, 
     run = new_run()
     drive(run.id)
     live = _live(run.project_id)
+    app_source = (Path(live.release_dir) / "app.py").read_text()
     _break(live)
     _kill(live)
 
@@ -136,7 +139,48 @@ def test_with_nothing_to_roll_back_to_the_factory_gives_up_and_says_so(new_run, 
     incident.refresh_from_db()
     assert incident.status == "failed" and incident.ended_at is not None
     assert incident.events.last().type == "gave_up"
-    assert releases.releases_probe()["opened"] == 1  # still down: a new outage is opened, not hidden
+    # The owner is asked, once: retry or leave it down.
+    escalation = Escalation.objects.get(run=run, status="open")
+    assert escalation.reason == "release_down" and escalation.context["incident_id"] == incident.id
+    assert "retry" in escalation.question
+    # Still down, and still known to be: no new outage (and question) every sweep.
+    for _ in range(2):
+        assert releases.releases_probe() == {"probed": 1, "down": 1, "opened": 0, "given_up": 1}
+    assert Incident.objects.filter(project_id=run.project_id).count() == 1
+
+    # The person fixes what broke it and answers "retry": the repair starts over and brings it back.
+    with pytest.raises(ValidationFailed, match="retry"):
+        agent_services.escalation_answer(
+            escalation_id=escalation.id, user=run.project.owner, action="guidance", answer="hm"
+        )
+    (Path(live.release_dir) / "app.py").write_text(app_source)
+    agent_services.escalation_answer(
+        escalation_id=escalation.id, user=run.project.owner, action="guidance", answer="Retry"
+    )
+    incident.refresh_from_db()
+    assert (incident.status, incident.restarts) == ("recovering", 0)
+    _repair_until_done(incident.id)
+    incident.refresh_from_db()
+    assert incident.status == "resolved", list(incident.events.values_list("type", "detail"))
+    assert [e.type for e in incident.events.all()][-3:] == ["retry_asked", "restarting", "restarted"]
+    assert releases.releases_probe()["down"] == 0
+
+
+def test_stopping_a_project_closes_its_open_incident(new_run, settings):
+    settings.RELEASE_RESTART_LIMIT = 1
+    run = new_run()
+    drive(run.id)
+    live = _live(run.project_id)
+    _kill(live)
+    releases.releases_probe()
+    incident = Incident.objects.get(project_id=run.project_id)
+    assert incident.status in Incident.OPEN
+    releases.project_stop(project=live.project)
+    incident.refresh_from_db()
+    assert incident.status == "resolved" and incident.events.last().type == "closed"
+    # The repair that was on its way finds nothing to do, and tells nobody it gave up.
+    assert releases.release_repair(incident_id=incident.id) is None
+    assert not Escalation.objects.filter(run=run).exists()
 
 
 def test_rollback_by_hand_serves_the_earlier_release_and_keeps_the_url(new_run):
