@@ -24,15 +24,18 @@ from orchestrator import workers
 from orchestrator.git import branch_sha
 from orchestrator.stages import Outcome, StageContext, StageFailed
 from orchestrator.stages.preparer import SPEC_PATH
-from projects.models import Stage, StageRun
+from projects.models import PipelineRun, Stage, StageRun
 from projects.specs import ProjectSpec
 
 log = structlog.get_logger(__name__)
 
 
 def run(ctx: StageContext) -> Outcome:
-    spec = ProjectSpec.model_validate(ctx.project.spec)
     prepared = ctx.output_of(Stage.PREPARER)
+    if ctx.run.kind == PipelineRun.Kind.REDEPLOY:
+        # The deployed commit again, as a new release: nothing to write, no agent turn, no cost.
+        return Outcome({"commit": prepared["commit"], "summary": "redeploy: the deployed commit, unchanged"})
+    spec = ProjectSpec.model_validate(ctx.project.spec)
     config = agent_services.agent_config_for(role=Role.DEVELOPER)
     problem = config.time_limit_problem()
     if problem:  # the settings changed since the config was saved

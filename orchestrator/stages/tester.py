@@ -75,6 +75,13 @@ def run(ctx: StageContext) -> Outcome:
     host.report_tests(ctx.project, home, branch=prepared["branch"], sha=commit, ok=report.ok, summary=report.summary())
     if report.ok:
         return Outcome(output)
+    if ctx.run.kind == PipelineRun.Kind.REDEPLOY:
+        # Nobody writes code in a redeploy: going back to the Developer would change nothing.
+        raise StageFailed(
+            f"The deployed commit's own tests fail now: {report.summary()}; the live release keeps serving.",
+            code="redeploy_tests_failed",
+            output=output,
+        )
     if ctx.run.iteration < ctx.run.max_iterations:
         return Outcome(output, Next.LOOP)
     raise StageFailed(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from agents import services as agent_services
+from agents.models import Usage, WorkerSession
 from orchestrator import releases
 from orchestrator.deploy.local import RELEASE_MARKER, http
 from orchestrator.git import bare_repo_path, git
@@ -117,6 +118,11 @@ def test_redeploy_starts_the_same_commit_as_a_new_release(new_run, user):
 
     assert run.status == "succeeded", run.error_message
     assert StageRun.objects.get(run=run, stage="architect").output["reused"] is True
+    # No agent turn: the Developer hands on the deployed commit, and nothing is spent.
+    developed = StageRun.objects.get(run=run, stage="developer").output
+    assert developed["commit"] == old.commit_sha and "session_id" not in developed
+    assert not WorkerSession.objects.filter(run_id=run.id, role="developer").exists()
+    assert not Usage.objects.filter(stage_run__run=run, role="developer").exists()
     new = _live(first.project_id)
     assert new.id != old.id and new.commit_sha == old.commit_sha
     assert Deployment.objects.get(id=old.id).status == "stopped"
