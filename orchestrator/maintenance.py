@@ -20,6 +20,7 @@ from orchestrator.deploy import caddy, local, targets
 from orchestrator.runtime import WorkerGone, get_runtime
 from projects import deployments, selectors
 from projects.models import Deployment, PipelineRun, Project
+from secrets_meta.models import BotToken
 
 log = structlog.get_logger(__name__)
 State = WorkerSession.State
@@ -67,9 +68,10 @@ class ReleasesReport:
     stopped: list[int] = field(default_factory=list)  # "stopping" rows finished
     orphans: list[int] = field(default_factory=list)  # running releases no live/starting row accounts for
     down: list[int] = field(default_factory=list)  # live rows whose release does not run (incident opened)
+    torn_down: list[int] = field(default_factory=list)  # deleted projects whose teardown had not finished
 
     def total(self) -> int:
-        return len(self.stopped) + len(self.orphans) + len(self.down)
+        return len(self.stopped) + len(self.orphans) + len(self.down) + len(self.torn_down)
 
 
 def _deploy_targets() -> set[str]:
@@ -92,6 +94,21 @@ def releases_reconcile(*, adopt: bool = False) -> ReleasesReport:
       incident is opened and its repair restarts it (the probe would find it within a sweep).
     """
     report = ReleasesReport()
+    # A deletion killed between marking the project deleted and tearing it down (the API and
+    # admin do both in turn): the sweep finishes it, so a deleted project never keeps serving.
+    unfinished = (
+        Project.objects.filter(deleted_at__isnull=False)
+        .filter(
+            Q(deployments__status__in=Deployment.HOLDS_PORT)
+            | Q(bot_tokens__status=BotToken.Status.ASSIGNED)
+            | Q(worker_sessions__state__in=WorkerSession.LIVE)
+        )
+        .values_list("id", flat=True)
+        .distinct()
+    )
+    for project_id in list(unfinished):
+        project_teardown(project_id=project_id)
+        report.torn_down.append(project_id)
     for name in _deploy_targets():
         try:
             target = targets.get_target(name)
@@ -131,7 +148,14 @@ def releases_reconcile(*, adopt: bool = False) -> ReleasesReport:
                 releases.release_down(deployment, "the release was not running when the factory started")
                 report.down.append(deployment.id)
     if report.total():
-        log.info("releases_reconciled", stopped=report.stopped, orphans=report.orphans, down=report.down, adopt=adopt)
+        log.info(
+            "releases_reconciled",
+            stopped=report.stopped,
+            orphans=report.orphans,
+            down=report.down,
+            torn_down=report.torn_down,
+            adopt=adopt,
+        )
     return report
 
 

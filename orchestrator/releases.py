@@ -117,7 +117,11 @@ def releases_probe() -> dict[str, int]:
     A release the factory gave up on stays down without a new incident every sweep: its person
     was asked, and a retry, a redeploy or a rollback ends it."""
     counts = {"probed": 0, "down": 0, "opened": 0, "given_up": 0}
-    live = list(Deployment.objects.filter(status=Deployment.Status.LIVE).select_related("project"))
+    live = list(
+        Deployment.objects.filter(status=Deployment.Status.LIVE, project__deleted_at__isnull=True).select_related(
+            "project"
+        )
+    )
     if not live:
         return counts
     tokens = {d.project_id: _assigned_token(d.project_id) for d in live if d.project.kind == "telegram_bot"}

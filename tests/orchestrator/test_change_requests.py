@@ -190,3 +190,22 @@ def test_delete_tears_the_project_down_and_keeps_its_history(new_run, user):
     assert Project.objects.get(id=first.project_id).deleted_at is not None
     assert PipelineRun.objects.filter(project_id=first.project_id).count() == 1  # history kept
     assert api.delete(f"/api/projects/{first.project_id}/").status_code == 404
+
+
+def test_a_deletion_killed_before_its_teardown_is_finished_by_the_sweep(new_run, user):
+    """The API marks the project deleted, then tears it down: killed in between, its release
+    would serve a deleted project forever. The releases sweep finishes the teardown."""
+    from orchestrator.maintenance import releases_reconcile
+    from projects import services
+
+    first, old = _greeter(new_run)
+    services.project_mark_deleted(project_id=first.project_id)  # ...and the process dies here
+    assert pids_with_marker(RELEASE_MARKER, str(old.id))
+    assert releases.releases_probe()["probed"] == 0, "a deleted project's release is not watched or repaired"
+
+    report = releases_reconcile()
+
+    assert report.torn_down == [first.project_id]
+    assert not pids_with_marker(RELEASE_MARKER, str(old.id))
+    assert Deployment.objects.get(id=old.id).status == "stopped"
+    assert releases_reconcile().torn_down == []  # done once
