@@ -115,8 +115,9 @@ def releases_probe() -> dict[str, int]:
     The releases are looked at all at once (threads: each look waits on a health answer and a
     CPU sample, a fraction of a second to a second on Docker), then the results are written here.
     A release the factory gave up on stays down without a new incident every sweep: its person
-    was asked, and a retry, a redeploy or a rollback ends it."""
-    counts = {"probed": 0, "down": 0, "opened": 0, "given_up": 0}
+    was asked, and a retry, a redeploy or a rollback ends it. A release found down while a
+    Deployer of its project holds the deploy lock is left to that Deployer."""
+    counts = {"probed": 0, "down": 0, "opened": 0, "given_up": 0, "deploying": 0}
     live = list(
         Deployment.objects.filter(status=Deployment.Status.LIVE, project__deleted_at__isnull=True).select_related(
             "project"
@@ -144,6 +145,11 @@ def releases_probe() -> dict[str, int]:
                 )
             continue
         counts["down"] += 1
+        if deployments.deploy_lock_held(project_id=deployment.project_id):
+            # A Deployer of the project is at work (a bot's hand-over stops the old release
+            # before the new one polls): repairing the old one now would fight it.
+            counts["deploying"] += 1
+            continue
         last = Incident.objects.filter(deployment_id=deployment.id).order_by("-id").first()
         if last is not None and last.status == Incident.Status.FAILED:
             counts["given_up"] += 1
@@ -241,6 +247,8 @@ def release_repair(*, incident_id: int) -> float | None:
         else:
             _give_up(incident_id=incident.id, detail="the release is no longer live")
         return None
+    if deployments.deploy_lock_held(project_id=failing.project_id):
+        return settings.RELEASE_RESTART_BACKOFF_SECONDS  # a deploy is under way: it may replace this release
     if incident.restarts < settings.RELEASE_RESTART_LIMIT:
         incidents.incident_step(
             incident_id=incident.id, type=Type.RESTARTING, detail=f"restart {incident.restarts + 1}", restarted=True

@@ -167,7 +167,7 @@ def test_the_probe_asks_telegram_about_a_live_bot_and_a_revoked_token_is_an_outa
     run = new_run(BOT)
     drive(run.id)
     getme_before = len(botapi.calls(token, "getMe"))
-    assert releases.releases_probe() == {"probed": 1, "down": 0, "opened": 0, "given_up": 0}
+    assert releases.releases_probe() == {"probed": 1, "down": 0, "opened": 0, "given_up": 0, "deploying": 0}
     assert len(botapi.calls(token, "getMe")) == getme_before + 1  # each probe asks Telegram
 
     botapi.revoke(token)  # the owner revoked it at @BotFather; the release still says it polled

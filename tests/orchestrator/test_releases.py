@@ -69,7 +69,7 @@ def test_a_healthy_release_passes_its_probe_and_records_it(new_run):
     drive(run.id)
     counts = releases.releases_probe()
     live = _live(run.project_id)
-    assert counts == {"probed": 1, "down": 0, "opened": 0, "given_up": 0}
+    assert counts == {"probed": 1, "down": 0, "opened": 0, "given_up": 0, "deploying": 0}
     assert (live.probe_ok, live.probe_detail) == (True, "healthy") and live.probe_ms is not None
 
 
@@ -145,7 +145,7 @@ def test_with_nothing_to_roll_back_to_the_factory_gives_up_and_says_so(new_run, 
     assert "retry" in escalation.question
     # Still down, and still known to be: no new outage (and question) every sweep.
     for _ in range(2):
-        assert releases.releases_probe() == {"probed": 1, "down": 1, "opened": 0, "given_up": 1}
+        assert releases.releases_probe() == {"probed": 1, "down": 1, "opened": 0, "given_up": 1, "deploying": 0}
     assert Incident.objects.filter(project_id=run.project_id).count() == 1
 
     # The person fixes what broke it and answers "retry": the repair starts over and brings it back.
@@ -196,3 +196,33 @@ def test_rollback_by_hand_serves_the_earlier_release_and_keeps_the_url(new_run):
     assert Deployment.objects.get(id=second.id).status == "stopped"
     with pytest.raises(Conflict):  # nothing older than the first release is kept
         releases.rollback_by_hand(project=first.project)
+
+
+def test_a_release_down_during_a_deploy_of_its_project_is_left_to_the_deployer(new_run, settings):
+    """A bot's hand-over stops the old release before the new one polls; a worker killed there
+    leaves the old row live with nothing running. While a Deployer holds the project's deploy
+    lock the probe does not restart the old release against it; once that Deployer is gone
+    (its heartbeat stale) the outage is the probe's again."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from projects.models import StageRun
+
+    run = new_run()
+    drive(run.id)
+    live = _live(run.project_id)
+    change = PipelineRun.objects.create(project=live.project, kind="redeploy", status="running")
+    deployer = StageRun.objects.create(
+        run=change, stage="deployer", iteration=1, status="running", heartbeat_at=timezone.now()
+    )
+    assert deployments.deploy_lock_acquire(project_id=run.project_id, stage_run_id=deployer.id) is None
+    _kill(live)
+
+    counts = releases.releases_probe()
+    assert (counts["down"], counts["deploying"], counts["opened"]) == (1, 1, 0)
+    assert not Incident.objects.filter(project_id=run.project_id).exists()
+
+    stale = timezone.now() - timedelta(seconds=settings.STAGE_STALE_SECONDS + 1)
+    StageRun.objects.filter(id=deployer.id).update(heartbeat_at=stale)
+    assert releases.releases_probe()["opened"] == 1
