@@ -272,6 +272,8 @@ WORKER_EXEC_TIMEOUT = env_int("WORKER_EXEC_TIMEOUT", 600)
 # At most this many live worker sessions (paused ones count); over it a stage waits and retries.
 MAX_WORKERS = env_int("MAX_WORKERS", 8)
 WORKER_QUOTA_RETRY_SECONDS = env_float("WORKER_QUOTA_RETRY_SECONDS", 15.0)
+# A stage that waits retries after an outside service's Retry-After when it is longer, up to this.
+STAGE_RETRY_MAX_SECONDS = env_float("STAGE_RETRY_MAX_SECONDS", 900.0)
 # Beat sweeps of the worker lifecycle.
 WORKER_SWEEP_INTERVAL_SECONDS = env_float("WORKER_SWEEP_INTERVAL_SECONDS", 30.0)
 # The worker's API token (orchestrator-cli) lives this long; it is scoped to one run.

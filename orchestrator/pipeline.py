@@ -165,8 +165,45 @@ def _stage_module(stage: str) -> ModuleType:
     return STAGES[stage].module
 
 
+@dataclass(frozen=True)
+class _Wait:
+    """Next.WAIT with the delay the stage's task retries after."""
+
+    seconds: float
+
+
+def retry_delay(exc: AppError) -> float:
+    """How long a stage waits before it runs again: ``WORKER_QUOTA_RETRY_SECONDS``, or longer when
+    the outside service said how long (GitHub's ``Retry-After``, or its rate-limit window's reset,
+    carried as ``retry_after`` on the error or in its ``extra``), never past ``STAGE_RETRY_MAX_SECONDS``."""
+    base = float(settings.WORKER_QUOTA_RETRY_SECONDS)
+    hint = getattr(exc, "retry_after", None)
+    if hint is None:
+        hint = (exc.extra or {}).get("retry_after")
+    try:
+        hint = float(hint) if hint is not None else 0.0
+    except (TypeError, ValueError):
+        hint = 0.0
+    return min(max(base, hint), max(base, float(settings.STAGE_RETRY_MAX_SECONDS)))
+
+
 def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
     """Run one stage of one run. Returns what the chain should do next, or None to stop it."""
+    return execute_step(stage=stage, run_id=run_id, task_id=task_id)[0]
+
+
+def execute_step(*, stage: str, run_id: int, task_id: str) -> tuple[Next | None, float]:
+    """``execute``, with the seconds to wait before trying again when the answer is Next.WAIT
+    (the task retries after them)."""
+    outcome = _execute(stage=stage, run_id=run_id, task_id=task_id)
+    if isinstance(outcome, _Wait):
+        return Next.WAIT, outcome.seconds
+    if outcome is Next.WAIT:
+        return Next.WAIT, float(settings.WORKER_QUOTA_RETRY_SECONDS)
+    return outcome, 0.0
+
+
+def _execute(*, stage: str, run_id: int, task_id: str) -> Next | _Wait | None:
     close_old_connections()
     claim = runs.stage_claim(run_id=run_id, stage=stage, task_id=task_id)
     if claim.state is ClaimState.GONE:
@@ -194,7 +231,7 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
             # the claim back; the task retries later.
             log.info("worker_quota_wait" if isinstance(exc, WorkerQuotaExceeded) else "stage_wait", reason=exc.message)
             runs.stage_release(stage_run_id=row.id, attempt=row.attempt, reason=exc.message)
-            return Next.WAIT
+            return _Wait(retry_delay(exc))
         except TransientError as exc:
             # An outside service hiccuped (timeout, 5xx, rate limit): try the stage again later.
             # Only these failures count toward STAGE_MAX_ATTEMPTS (claims also rise on quota
@@ -210,7 +247,7 @@ def execute(*, stage: str, run_id: int, task_id: str) -> Next | None:
                 return Next.CONTINUE
             log.warning("stage_transient_error", reason=exc.message, failures=failures)
             runs.stage_release(stage_run_id=row.id, attempt=row.attempt, reason=exc.message, transient=True)
-            return Next.WAIT
+            return _Wait(retry_delay(exc))
         except StageFailed as exc:
             log.warning("stage_failed", code=exc.code, reason=exc.message)
             if escalations.should_escalate(stage, exc.code):

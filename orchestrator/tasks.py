@@ -31,14 +31,15 @@ STAGE_TASK = dict(
 
 
 def _run_stage(task, stage: str, run_id: int) -> None:
-    outcome = pipeline.execute(stage=stage, run_id=run_id, task_id=task.request.id or "")
+    outcome, wait = pipeline.execute_step(stage=stage, run_id=run_id, task_id=task.request.id or "")
     if outcome is None:
         # Another task owns this stage (or an earlier one): that task's chain goes on, not ours.
         # Ignore ends this task without success, so Celery does not apply the rest of the chain.
         raise Ignore()
     if outcome is Next.WAIT:
-        # Over the worker quota, or an outside service hiccuped: retry later, never sleep.
-        raise task.retry(countdown=settings.WORKER_QUOTA_RETRY_SECONDS)
+        # Over the worker quota, or an outside service hiccuped: retry later, never sleep (after
+        # the service's own Retry-After when it gave one, capped by STAGE_RETRY_MAX_SECONDS).
+        raise task.retry(countdown=wait)
     if outcome is Next.CONTINUE and not task.request.chain and stage != Stage.NOTIFY:
         # Sent alone (a new run's first stage): the rest of the run's chain follows now.
         pipeline.chain_from(run_id, pipeline.next_stage(stage)).apply_async()

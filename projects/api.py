@@ -118,21 +118,7 @@ class ProjectSummarySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Project
-        fields = [
-            "id",
-            "name",
-            "slug",
-            "kind",
-            "description",
-            "created_at",
-            "repo_url",
-            "pull_request_number",
-            "pull_request_url",
-            "ci_status",
-            "latest_run",
-            "live_url",
-            "cost_usd",
-        ]
+        fields = [*selectors.PROJECT_SUMMARY_FIELDS, "latest_run", "live_url", "cost_usd"]
 
     @cached_property
     def _run_summary(self) -> RunSummarySerializer:
