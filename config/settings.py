@@ -400,6 +400,9 @@ GITHUB_CHECKS_WAIT_IN_STAGE = env_int("GITHUB_CHECKS_WAIT_IN_STAGE", 120)
 GITHUB_CHECKS_TIMEOUT = env_int("GITHUB_CHECKS_TIMEOUT", 1800)
 # Polling stops early when fewer REST calls than this are left in the hour (X-RateLimit-Remaining).
 GITHUB_RATE_LIMIT_RESERVE = env_int("GITHUB_RATE_LIMIT_RESERVE", 100)
+# Signs GitHub's webhook deliveries (check runs) to /github/webhook/ (X-Hub-Signature-256);
+# empty: the endpoint answers 404 and the Deployer only polls.
+GITHUB_WEBHOOK_SECRET = env_str("GITHUB_WEBHOOK_SECRET", "")
 
 # --- Bots -----------------------------------------------------------------------------
 # The Bot API a generated bot's release talks to (a base URL, or a format with {0} token, {1}

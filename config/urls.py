@@ -5,6 +5,7 @@ from rest_framework.routers import DefaultRouter
 
 from agents.api import WorkerAskView, WorkerProgressView, WorkerResultView
 from orchestrator.api import ProjectBotView, ProjectEngineViewSet
+from orchestrator.codehost.webhook import github_webhook
 from orchestrator.console import favicon
 from orchestrator.metrics import metrics_view
 from orchestrator.telegram.webhook import telegram_webhook
@@ -28,6 +29,7 @@ urlpatterns = [
     path("api/runs/<int:run_id>/worker/ask/", WorkerAskView.as_view(), name="worker-ask"),
     path("api/runs/<int:run_id>/worker/result/", WorkerResultView.as_view(), name="worker-result"),
     path("telegram/webhook/", telegram_webhook, name="telegram-webhook"),
+    path("github/webhook/", github_webhook, name="github-webhook"),  # signed check-run deliveries
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -12,6 +12,8 @@ The principals stand for the credentials each kind of route takes:
 - ``worker`` routes (channel 2): owner is the run's own worker token, other is the token of a
   worker of another person's run, staff is a staff user's API token (not a worker token).
 - ``telegram``: owner is Telegram with the webhook's secret, everyone else lacks it.
+- ``github``: owner is GitHub signing the body with the webhook's secret (X-Hub-Signature-256),
+  malformed signs it with another secret, everyone else sends no signature.
 - the ``admin`` namespace (sessions): one rule for all its routes, since ``AdminSite`` wraps
   every view but login and logout in its staff check: people who are not staff are sent to the
   login page, staff are not.
@@ -19,6 +21,8 @@ The principals stand for the credentials each kind of route takes:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from dataclasses import dataclass
@@ -74,6 +78,9 @@ PUBLIC = {"anonymous": 200, "malformed": 401, "other": 200, "owner": 200, "staff
 TELEGRAM = {"anonymous": 403, "malformed": 403, "other": 403, "owner": 200, "staff": 403}
 METRICS = {"anonymous": 401, "malformed": 403, "other": 401, "owner": 200, "staff": 401}
 METRICS_TOKEN = "metrics-token-for-tests"
+GITHUB = {"anonymous": 401, "malformed": 403, "other": 401, "owner": 200, "staff": 401}
+GITHUB_WEBHOOK_SECRET = "github-webhook-secret-for-tests"
+GITHUB_PING = {"zen": "Keep it logically awesome.", "hook_id": 1}
 ANYONE = dict.fromkeys(PRINCIPALS, 200)
 DESCRIPTION = {"description": "a web service that greets people by name"}
 OWNED_WRITE = {"anonymous": 401, "malformed": 401, "other": 404, "owner": 200, "staff": 200}
@@ -120,6 +127,7 @@ MATRIX: dict[str, tuple[str, dict[str, tuple[dict[str, int], dict | None]], str 
     "schema": ("user", {"GET": (PUBLIC, None)}, None),
     "docs": ("user", {"GET": (PUBLIC, None)}, None),
     "telegram-webhook": ("telegram", {"POST": (TELEGRAM, {"update_id": 1})}, None),
+    "github-webhook": ("github", {"POST": (GITHUB, GITHUB_PING)}, None),
     # Prometheus: only METRICS_TOKEN as a bearer token; an API token is no credential here.
     "metrics": ("metrics", {"GET": (METRICS, None)}, None),
     "favicon": ("user", {"GET": (ANYONE, None)}, None),  # what browsers ask every site for
@@ -170,6 +178,7 @@ def _worker_session(project, run):
 def world(request, db, django_user_model, settings) -> World:
     settings.TELEGRAM_WEBHOOK_SECRET = "webhook-secret-for-tests"
     settings.METRICS_TOKEN = METRICS_TOKEN
+    settings.GITHUB_WEBHOOK_SECRET = GITHUB_WEBHOOK_SECRET
     users = {  # no passwords: hashing them would be most of this test's time
         "owner": django_user_model.objects.create_user(username="owner"),
         "other": django_user_model.objects.create_user(username="other"),
@@ -237,6 +246,13 @@ def _client_for(kind: str, principal: str, world: World) -> Client:
         secret = {"owner": "webhook-secret-for-tests", "malformed": "not-the-secret"}.get(principal)
         if secret:
             client.defaults["HTTP_X_TELEGRAM_BOT_API_SECRET_TOKEN"] = secret
+        header = None if principal in ("anonymous", "malformed", "owner") else f"Token {world.tokens[principal]}"
+    elif kind == "github":  # the matrix's one body, signed as GitHub signs it
+        key = {"owner": GITHUB_WEBHOOK_SECRET, "malformed": "not-the-secret"}.get(principal)
+        if key:
+            mac = hmac.new(key.encode(), json.dumps(GITHUB_PING).encode(), hashlib.sha256).hexdigest()
+            client.defaults["HTTP_X_HUB_SIGNATURE_256"] = f"sha256={mac}"
+            client.defaults["HTTP_X_GITHUB_EVENT"] = "ping"
         header = None if principal in ("anonymous", "malformed", "owner") else f"Token {world.tokens[principal]}"
     else:  # sessions (admin)
         header = "Token malformed and ignored" if principal == "malformed" else None

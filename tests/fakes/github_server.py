@@ -15,6 +15,9 @@ the wire format, the status codes and the error bodies (``{"message", "documenta
 - GitHub Actions stand-in: a pushed commit whose tree has ``.github/workflows/*.yml`` gets a
   ``tests`` check run, queued until it was read ``ci_polls`` times, then completed with the next
   of ``ci_conclusions`` (default success; a failure carries ``ci_failure_text`` as its output).
+- Webhooks: with ``webhook = (url, secret)``, ``complete_checks(repo, sha, conclusion)`` finishes
+  a commit's check runs and delivers ``check_run`` and ``check_suite`` events signed like GitHub
+  (``X-Hub-Signature-256``); ``deliver`` sends any event.
 - Faults: ``fail(method, path_regex, status, message, headers, times)`` answers the next matching
   requests with that error (a secondary rate limit is 403 + ``Retry-After``). Every response
   carries ``X-RateLimit-*`` headers.
@@ -25,6 +28,8 @@ the wire format, the status codes and the error bodies (``{"message", "documenta
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -33,6 +38,9 @@ import secrets
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -113,6 +121,8 @@ class FakeGitHub:
         self.token_lifetime = timedelta(hours=1)
         self.on_git = None
         self.remaining = 5000
+        self.webhook: tuple[str, str] | None = None  # (url, secret) deliveries are POSTed to
+        self.deliveries: list[tuple[str, int]] = []  # (event, status answered)
         self._ids = itertools.count(1000)
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -130,6 +140,66 @@ class FakeGitHub:
     def add_app(self, app_id: str, public_key_pem: str, installation_id: int) -> None:
         self.app = (str(app_id), public_key_pem)
         self.installations.add(installation_id)
+
+    def complete_checks(self, full_name: str, sha: str, conclusion: str = "success") -> list[tuple[int, dict]]:
+        """GitHub Actions finishes the check runs of ``sha`` now; with ``webhook`` set (url,
+        secret), each completed check run and then its suite is delivered there as GitHub does
+        (``X-GitHub-Event``, ``X-GitHub-Delivery``, ``X-Hub-Signature-256`` over the raw body).
+        Returns each delivery's (status, answer)."""
+        repo = self.repos[full_name]
+        with self._lock:
+            runs = repo.check_runs.get(sha, [])
+            for run in runs:
+                run["status"], run["conclusion"] = "completed", conclusion
+        answers = []
+        for run in runs:
+            public = {k: v for k, v in run.items() if not k.startswith("_")}
+            answers.append(self.deliver("check_run", {"action": "completed", "check_run": public}, repo))
+        suite = {"id": next(self._ids), "head_sha": sha, "head_branch": None, "status": "completed"}
+        suite["conclusion"] = conclusion
+        answers.append(self.deliver("check_suite", {"action": "completed", "check_suite": suite}, repo))
+        return answers
+
+    def deliver(self, event: str, payload: dict, repo: FakeRepo | None = None, *, secret: str | None = None):
+        """One webhook delivery to ``webhook`` (url, secret), signed with ``secret`` when given."""
+        if self.webhook is None:
+            return (0, {})
+        url, key = self.webhook
+        if repo is not None:
+            payload = {
+                **payload,
+                "repository": {
+                    "id": repo.id,
+                    "name": repo.name,
+                    "full_name": repo.full_name,
+                    "private": repo.private,
+                    "owner": {"login": repo.owner, "type": "Organization"},
+                },
+                "organization": {"login": repo.owner},
+                "sender": {"login": "github-actions[bot]", "type": "Bot"},
+            }
+        body = json.dumps(payload).encode()
+        mac = hmac.new((secret or key).encode(), body, hashlib.sha256).hexdigest()
+        request = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "GitHub-Hookshot/fake",
+                "X-GitHub-Event": event,
+                "X-GitHub-Delivery": str(uuid.uuid4()),
+                "X-GitHub-Hook-ID": "1",
+                "X-Hub-Signature-256": f"sha256={mac}",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                answer = (response.status, json.loads(response.read() or b"{}"))
+        except urllib.error.HTTPError as exc:
+            answer = (exc.code, json.loads(exc.read() or b"{}"))
+        self.deliveries.append((event, answer[0]))
+        return answer
 
     def fail(self, method: str, path: str, status: int, message: str, *, headers: dict | None = None, times: int = 1):
         self.faults.append(Fault(method, re.compile(path), status, message, headers or {}, times))
