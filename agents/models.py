@@ -195,6 +195,7 @@ class Escalation(models.Model):
         SECRETS_MISSING = "secrets_missing", "Secrets the person must provide are missing"
         BOT_TOKEN = "bot_token", "The bot needs a token (pool empty, or the person's own bot)"
         RELEASE_DOWN = "release_down", "A live release is down and the factory could not repair it"
+        REPO_NAME_TAKEN = "repo_name_taken", "The project's repository name is someone else's"
 
     class Action(models.TextChoices):
         GUIDANCE = "guidance", "Go on with this guidance"

@@ -19,6 +19,7 @@ from agents.contracts import AgentResult
 from agents.models import AgentConfig, Escalation, Usage, WorkerSession, WorkerTransition
 from config.errors import AppError, Conflict, NotFound, ValidationFailed
 from projects import incidents, notifications, runs
+from projects import services as project_services
 from projects.events import event_record
 from projects.models import Incident, PipelineRun
 from secrets_meta import redaction
@@ -481,6 +482,15 @@ def escalation_answer(
         return _answer_release_down(escalation, user, _release_down_action(action, answer), answer)
     if action == "retry":
         raise ValidationFailed("“retry” answers only a question about a release that is down.", code="unknown_action")
+    if escalation.reason == Escalation.Reason.REPO_NAME_TAKEN:
+        if action == "raise_budget":
+            raise ValidationFailed(
+                "This question is answered with the project's new name, or cancel.", code="slug_required"
+            )
+        if action == "guidance":
+            # The answer is the new name: validated and given to the project before the run resumes
+            # (a refused name leaves the question open; the Preparer then uses the new name).
+            answer = project_services.project_rename(project_id=escalation.run.project_id, slug=answer).slug
     if escalation.reason in VALUE_REASONS and action == "guidance":
         # Never take a secret as guidance text: it would be stored and shown to an agent.
         raise ValidationFailed(
@@ -519,6 +529,8 @@ def escalation_answer(
         # Someone else (an operator, in admin) answered: the person who was asked is told.
         what = {"cancel": "cancelled the run", "raise_budget": f"added ${increase} to the budget; the run goes on"}
         said = f": “{notifications.shorten(answer, 500)}”" if action == "guidance" else ""
+        if escalation.reason == Escalation.Reason.REPO_NAME_TAKEN:
+            what["guidance"] = f"renamed the project {answer!r}; the run goes on"
         notifications.notify_person(
             user_id=run.project.owner_id,
             run_id=run.id,

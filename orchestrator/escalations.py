@@ -30,11 +30,17 @@ ESCALATING = {
     "secrets_missing": Escalation.Reason.SECRETS_MISSING,
     "bot_token_needed": Escalation.Reason.BOT_TOKEN,
     "bot_not_polling": Escalation.Reason.STAGE_ERROR,
+    "repo_name_taken": Escalation.Reason.REPO_NAME_TAKEN,
 }
 STAGES = (Stage.DEVELOPER, Stage.TESTER, Stage.DEPLOYER)
+# The Preparer asks only this: the repository's name is someone else's (any other failure of its
+# own fails the run).
+PREPARER_ESCALATING = {"repo_name_taken"}
 
 
 def should_escalate(stage: str, code: str) -> bool:
+    if stage == Stage.PREPARER:
+        return code in PREPARER_ESCALATING
     return stage in STAGES and code in ESCALATING
 
 
@@ -72,6 +78,13 @@ def question_for(ctx: StageContext, exc: StageFailed) -> str:
             f"Your bot needs a Telegram bot token ({why}). Create a bot with @BotFather, then reply to this "
             "message with its token, or send /token. The message with the token is deleted from this chat "
             "and the token is stored encrypted; no agent ever sees it. /cancel to stop."
+        )
+    if reason == Escalation.Reason.REPO_NAME_TAKEN:
+        taken = (exc.output or {}).get("repository") or ctx.project.slug
+        return (
+            f"The repository {taken} already exists on GitHub and is not this project's, so your project "
+            f"needs another name. Reply with the new name (lowercase letters, digits and dashes, e.g. "
+            f"'{ctx.project.slug}-2'), or /cancel."
         )
     return f"The {ctx.stage_run.stage} stage failed: {exc.message}\nReply with guidance to try again, or /cancel."
 

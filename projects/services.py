@@ -6,6 +6,7 @@ The run state machine is ``projects.runs``; releases are ``projects.deployments`
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ from django.utils import timezone
 from config.errors import Conflict, NotFound, RateLimited, ValidationFailed
 from projects import runs
 from projects.models import Deployment, PipelineRun, Project
-from projects.specs import ProjectSpec
+from projects.specs import SLUG, ProjectSpec
 
 log = structlog.get_logger(__name__)
 
@@ -86,6 +87,54 @@ def _free_slug(base: str, project_id: int) -> str:
     while f"{stem}-{n}" in taken:
         n += 1
     return f"{stem}-{n}"
+
+
+def _clean_slug(name: Any) -> str:
+    """A project's new name as a person types it: a slug that is also a usable repository name
+    (GitHub allows letters, digits, ``-``, ``_`` and ``.``; a slug is the stricter subset)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationFailed("Reply with the new name for the project, e.g. 'greeter-2'.", code="slug_required")
+    slug = name.strip().strip("'\"“”«»`").lower()
+    if not re.fullmatch(SLUG, slug):
+        raise ValidationFailed(
+            f"{slug[:60]!r} cannot be a project's name: use 3 to 42 lowercase letters, digits and dashes, "
+            "starting with a letter and not ending with a dash (e.g. 'greeter-2').",
+            code="bad_slug",
+        )
+    return slug
+
+
+@transaction.atomic
+def project_rename(*, project_id: int, slug: Any) -> Project:
+    """Give a project that has no repository and no release yet another slug (its repository's
+    and its address's name): the Preparer found the name taken on the code host. Refused for a
+    project that already has its repository or a release (their names follow the slug), and for
+    a name another project has."""
+    new = _clean_slug(slug)
+    project = Project.objects.select_for_update().filter(id=project_id).first()
+    if project is None:
+        raise NotFound("No such project.", code="project_not_found")
+    if project.slug == new:
+        raise ValidationFailed(f"The project is already called {new!r}; choose another name.", code="slug_unchanged")
+    if project.repo_url or Deployment.objects.filter(project_id=project_id).exists():
+        raise Conflict(
+            "The project already has its repository or a release under its name; it cannot be renamed.",
+            code="project_named",
+        )
+    if Project.objects.filter(slug=new).exclude(id=project_id).exists():
+        raise ValidationFailed(f"The name {new!r} is taken by another project; choose another.", code="slug_taken")
+    old = project.slug
+    project.slug = new
+    if project.spec:
+        project.spec = {**project.spec, "slug": new}
+    try:
+        with transaction.atomic():
+            project.save(update_fields=["slug", "spec", "updated_at"])
+    except IntegrityError as exc:  # another project took it at the same moment
+        taken = f"The name {new!r} is taken by another project; choose another."
+        raise ValidationFailed(taken, code="slug_taken") from exc
+    log.info("project_renamed", project_id=project_id, old=old, new=new)
+    return project
 
 
 @transaction.atomic

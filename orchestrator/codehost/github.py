@@ -110,7 +110,7 @@ class GitHubHost:
         if not self._ours(remote, project):
             raise RepoTaken(
                 f"A repository named {full} already exists on GitHub and is not this project's. "
-                f"Choose another name for the project (e.g. '{project.slug}-2') and start it again.",
+                f"The person is asked for another name for the project (e.g. '{project.slug}-2').",
                 output={"repository": full},
             )
         services.project_set_repo(project_id=project.id, repo_url=remote.html_url)

@@ -11,7 +11,10 @@ developer agent what to build and how to report. Idempotent: an existing branch 
 Where the code lives is the code host's business (``orchestrator.codehost``): the run works in the
 host's mirror (a bare repository workers clone and push to); on GitHub the repository is created
 or reused first, the scaffold carries the factory's marker (and a CI workflow), a first run's
-scaffold becomes ``main`` there, and a later run starts from GitHub's ``main``.
+scaffold becomes ``main`` there, and a later run starts from GitHub's ``main``. A repository of
+the project's name that is someone else's (``RepoTaken``, code ``repo_name_taken``) makes the run
+ask the person for another name (``orchestrator.escalations``); their answer renames the project
+and this stage runs again under the new name.
 """
 
 from __future__ import annotations

@@ -131,10 +131,11 @@ def test_an_existing_foreign_repository_is_refused_and_left_alone(new_run, githu
     before = github.branch(theirs.full_name, "main")
     drive(run.id, start="preparer")
     run = finished(run.id)
-    assert run.status == "failed"
-    assert run.error_code == "repo_name_taken"
-    assert f"acme/{slug} already exists on GitHub" in run.error_message
-    assert "another name" in run.error_message
+    assert run.status == "waiting_human"  # the person is asked for another name (test_repo_name_taken.py)
+    question = run.escalations.get(status="open")
+    assert question.reason == "repo_name_taken" and question.stage == "preparer"
+    assert f"acme/{slug} already exists on GitHub" in question.question
+    assert "another name" in question.question
     assert github.branch(theirs.full_name, "main") == before
     assert not any(m == "POST" and "git-receive-pack" in p for m, p in github.requests)
 
