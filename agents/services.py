@@ -510,20 +510,7 @@ def escalation_answer(
             raise ValidationFailed(
                 f"The budget increase must be between $0 and ${settings.MAX_BUDGET_INCREASE_USD}.", code="bad_budget"
             )
-    Escalation.objects.filter(id=escalation.id).update(
-        status=Escalation.Status.ANSWERED,
-        action=action,
-        answer=answer[:4000],
-        budget_increase_usd=increase,
-        answered_by=user if user.is_authenticated else None,
-        answered_at=timezone.now(),
-    )
-    event_record(
-        run_id=escalation.run_id,
-        type="escalation.answered",
-        stage=escalation.stage,
-        payload={"escalation_id": escalation.id, "action": action, "by": getattr(user, "username", "") or "operator"},
-    )
+    _mark_answered(escalation, user, action, answer, increase)
     run = escalation.run
     if user.id != run.project.owner_id:
         # Someone else (an operator, in admin) answered: the person who was asked is told.
@@ -549,21 +536,28 @@ def escalation_answer(
     return escalation
 
 
-def _answer_release_down(escalation: Escalation, user, action: str, answer: str) -> Escalation:
+def _mark_answered(escalation: Escalation, user, action: str, answer: str, increase: Decimal | None = None) -> str:
+    """Record a person's answer on the question and in the run's events; who answered."""
+    who = getattr(user, "username", "") or "operator"
     Escalation.objects.filter(id=escalation.id).update(
         status=Escalation.Status.ANSWERED,
         action=action,
         answer=answer[:4000],
+        budget_increase_usd=increase,
         answered_by=user if user.is_authenticated else None,
         answered_at=timezone.now(),
     )
-    who = getattr(user, "username", "") or "operator"
     event_record(
         run_id=escalation.run_id,
         type="escalation.answered",
         stage=escalation.stage,
         payload={"escalation_id": escalation.id, "action": action, "by": who},
     )
+    return who
+
+
+def _answer_release_down(escalation: Escalation, user, action: str, answer: str) -> Escalation:
+    who = _mark_answered(escalation, user, action, answer)
     project = escalation.run.project
     name = project.name or f"Project #{project.id}"
     if action == "retry":

@@ -25,7 +25,7 @@ from config import task_names as names
 from config.errors import Conflict, NotFound, PermanentError, TransientError
 from orchestrator.deploy import botcheck, caddy, environment, local, targets
 from orchestrator.telegram import transport
-from projects import deployments, incidents, notifications
+from projects import deployments, incidents
 from projects import services as project_services
 from projects.models import Deployment, Incident, IncidentEvent, Project
 from projects.specs import ProjectSpec
@@ -265,18 +265,12 @@ def release_repair(*, incident_id: int) -> float | None:
 
 
 def _give_up(*, incident_id: int, detail: str) -> None:
-    """Stop trying, and ask the owner what to do (retry or leave it down) in one message."""
+    """Stop trying, and ask the owner what to do (retry or leave it down) in one message; when
+    the run already has an open question, only tell them."""
     if not incidents.incident_give_up(incident_id=incident_id, detail=detail, tell=False):
         return
-    if agent_services.escalation_release_down(incident_id=incident_id, detail=detail) is not None:
-        return
-    incident = Incident.objects.select_related("project").get(id=incident_id)  # the run has another question
-    notifications.notify_person(
-        user_id=incident.project.owner_id,
-        text=f"{incident.project.name or f'Project #{incident.project_id}'} is down and could not be repaired "
-        f"({detail[:200]}). The factory stopped trying: ask for a change or a redeploy, or roll back by hand "
-        "(/rollback).",
-    )
+    if agent_services.escalation_release_down(incident_id=incident_id, detail=detail) is None:
+        incidents.incident_tell_given_up(incident_id=incident_id, detail=detail)
 
 
 def _previous_healthy(failing: Deployment) -> Deployment | None:

@@ -489,9 +489,10 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         responses={201: ProjectRunStartedSerializer, 409: error_response(409), 429: error_response(429)},
         summary="Deploy the same commit again as a new release",
         description="Starts a run of kind `redeploy`: the spec is kept (no Architect turn), the branch is the live "
-        "release's commit (else the last deployed one) with no new commit, the Developer finds nothing to "
-        "change, the Tester tests that commit again and the Deployer starts it as a new release (with the "
-        "secrets and bot as they are now), swapped in only once healthy. 409 `run_in_progress`, "
+        "release's commit (else the last deployed one) with no new commit, the Developer hands that commit on "
+        "with no agent turn, the Tester tests it again (a failure ends the run; the live release keeps "
+        "serving) and the Deployer starts it as a new release (with the secrets and bot as they are now), "
+        "swapped in only once healthy. 409 `run_in_progress`, "
         "`never_deployed`; 429 `change_rate_limited`.",
     )
     @action(detail=True, methods=["post"], url_path="redeploy", url_name="redeploy")

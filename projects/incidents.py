@@ -95,12 +95,21 @@ def incident_give_up(*, incident_id: int, detail: str, tell: bool = True) -> boo
     Incident.objects.filter(id=incident.id).update(status=Incident.Status.FAILED, ended_at=timezone.now())
     IncidentEvent.objects.create(incident_id=incident.id, type=Type.GAVE_UP, detail=detail[:500])
     if tell:
-        _tell(
-            incident,
-            f"{_name(incident)} is down and could not be repaired ({detail[:200]}). The factory stopped trying: "
-            "ask for a change or a redeploy, or roll back by hand (/rollback).",
-        )
+        _tell_given_up(incident, detail)
     return True
+
+
+def _tell_given_up(incident: Incident, detail: str) -> None:
+    _tell(
+        incident,
+        f"{_name(incident)} is down and could not be repaired ({detail[:200]}). The factory stopped trying: "
+        "ask for a change or a redeploy, or roll back by hand (/rollback).",
+    )
+
+
+def incident_tell_given_up(*, incident_id: int, detail: str) -> None:
+    """Tell the owner the factory gave up on this incident (when no question could say it)."""
+    _tell_given_up(Incident.objects.select_related("project").get(id=incident_id), detail)
 
 
 @transaction.atomic

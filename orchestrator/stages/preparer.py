@@ -3,7 +3,7 @@
 A later run builds on what serves: the live release's commit (after a rollback that is not
 ``main``, which the Deployer moved to the last deployed commit), else ``main``. A ``redeploy`` run
 makes no commit: its branch is the live commit itself, so the release is built from the very same
-code (the Developer finds nothing to do, the Tester tests that commit again).
+code (the Developer hands it on with no agent turn, the Tester tests that commit again).
 
 The scaffold is made by copier from ``templates/<kind>`` (web_service, telegram_bot); TASK.md and AGENTS.md tell the
 developer agent what to build and how to report. Idempotent: an existing branch is reused.
