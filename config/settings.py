@@ -175,6 +175,8 @@ BROKER_FOLDER = env_path("CELERY_BROKER_FOLDER", FACTORY_HOME / "broker")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     for _sub in ("queue", "control"):
         (BROKER_FOLDER / _sub).mkdir(parents=True, exist_ok=True)
+    # Kombu's transport with whole-file writes (a reader could take a half-written message).
+    CELERY_BROKER_TRANSPORT = "orchestrator.broker_fs:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_FOLDER / "queue"),
         "data_folder_out": str(BROKER_FOLDER / "queue"),

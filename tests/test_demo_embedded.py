@@ -74,3 +74,8 @@ def test_demo_builds_a_telegram_bot_from_the_pool_and_shows_it_answering(tmp_pat
     # Its token is in the vault, encrypted: not in the database's plain text.
     assert db.execute("select count(*) from secrets_meta_secretvalue where scope = 'bots'").fetchone() == (1,)
     assert (home / "secrets.key").stat().st_mode & 0o777 == 0o600
+    # A second demo in the same home: the pool's bot (its first stand-in gone) serves again.
+    again = run_demo(home, "a telegram bot that greets people by name", "--exit")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"Bot @{name.group(1)} running" in again.stdout
+    assert "you: /hello Ada → bot: Hello, Ada!" in again.stdout

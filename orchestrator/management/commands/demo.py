@@ -35,6 +35,7 @@ from orchestrator.telegram.standin import StandIn
 from projects import people, selectors, services
 from projects.models import PipelineRun, RunEvent
 from projects.specs import ProjectSpec
+from secrets_meta.bots import bot_token_value
 from secrets_meta.models import BotToken
 
 CELERY = [sys.executable, "-m", "celery", "-A", "config"]
@@ -151,8 +152,13 @@ class Command(BaseCommand):
             except AppError as exc:
                 raise CommandError(f"The bot token was refused: {exc.message}") from exc
             self.stdout.write(f"Your own bot @{bot.username} will run this project (if it is a bot).")
-        elif self.standin is not None and not BotToken.objects.filter(status=BotToken.Status.FREE).exists():
-            bots.pool_add(self.standin.add_bot(f"factory_demo_{os.getpid() % 10000}_bot"), actor="demo")
+        elif self.standin is not None:
+            # The pool's bots from an earlier demo in this home were served by that demo's
+            # stand-in, which is gone: this one serves them, so they still pass getMe.
+            free = BotToken.objects.filter(status=BotToken.Status.FREE)
+            served = [self.standin.add_bot(row.username, token=t) for row in free if (t := bot_token_value(row))]
+            if not served:
+                bots.pool_add(self.standin.add_bot(f"factory_demo_{os.getpid() % 10000}_bot"), actor="demo")
 
     def _reply(self, token: str, before: int, timeout: float = 15.0) -> str:
         """The bot's first message to the demo's person after the `before` it had sent already."""
