@@ -261,9 +261,12 @@ class GitHubHost:
         client = gh.client()
         with gh.errors(f"reporting the tests of {sha[:12]}"):
             remote = client.get_repo(repo.full_name)
-            remote.get_commit(sha).create_status(
-                "success" if ok else "failure", description=summary[:140], context=STATUS_CONTEXT
-            )
+            commit = remote.get_commit(sha)
+            state, description = ("success" if ok else "failure"), summary[:140]
+            # A retried report (the stage ran again after a fault) does not add a second status.
+            latest = next((s for s in commit.get_statuses() if s.context == STATUS_CONTEXT), None)
+            if latest is None or (latest.state, latest.description) != (state, description):
+                commit.create_status(state, description=description, context=STATUS_CONTEXT)
         pull = self._open_pull(remote, branch)
         if pull is not None:
             tag = f"<!-- factory:tests:{sha} -->"

@@ -578,6 +578,9 @@ class FakeGitHub:
             }
             repo.statuses.setdefault(sha, []).append(status)
             return 201, status, {}
+        m = re.fullmatch(r"/(?:statuses/([0-9a-f]{40})|commits/([0-9a-f]{40})/statuses)", rest)
+        if m and method == "GET":  # newest first, as GitHub lists them
+            return 200, list(reversed(repo.statuses.get(m.group(1) or m.group(2), []))), {}
         m = re.fullmatch(r"/commits/([0-9a-f]{4,40})", rest)
         if m and method == "GET":
             sha = self.git(repo, "rev-parse", "--verify", "--quiet", f"{m.group(1)}^{{commit}}", check=False)

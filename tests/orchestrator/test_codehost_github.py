@@ -103,6 +103,16 @@ def test_a_whole_run_on_github_ends_in_a_merged_pull_request_and_a_live_release(
     (status,) = repo.statuses[live.commit_sha]
     assert status["context"] == "factory/tests" and status["state"] == "success"
     assert any("Factory tests passed" in c["body"] for c in repo.comments[pull["number"]])
+    # A report made again (the Tester ran again after a fault) adds no second status; a changed
+    # verdict does, and GitHub's newest status is the one that counts.
+    host, tested = get_host(), StageRun.objects.get(run=run, stage="tester").output
+    summary = status["description"]
+    host.report_tests(project, host.repo(project), branch=run.branch, sha=live.commit_sha, ok=True, summary=summary)
+    assert len(repo.statuses[live.commit_sha]) == 1 and tested["commit"] == live.commit_sha
+    host.report_tests(project, host.repo(project), branch=run.branch, sha=live.commit_sha, ok=False, summary="1 failed")
+    assert [s["state"] for s in repo.statuses[live.commit_sha]] == ["success", "failure"]
+    repo.statuses[live.commit_sha].pop()
+    services.project_set_code_state(project_id=project.id, ci_status="success")
     # The deploy waited for the check runs of exactly that commit.
     assert repo.check_runs[live.commit_sha][0]["conclusion"] == "success"
     assert ("GET", f"/api/v3/repos/{full}/commits/{live.commit_sha}/check-runs") in github.requests
