@@ -476,3 +476,44 @@ def test_checks_are_polled_less_when_few_requests_are_left_this_hour(new_run, gi
     checks = get_host().checks(project, get_host().repo(project), sha=commit)
     assert checks.state == "pending"
     assert checks.retry_in > 3000  # the fake's window resets in an hour
+
+
+def test_a_bot_on_github_goes_live_from_a_merged_pull_request_and_its_token_is_not_in_the_repository(
+    new_run, github, settings
+):
+    from orchestrator import bots
+    from orchestrator.telegram.standin import StandIn, make_user
+
+    botapi = StandIn().start()
+    settings.TELEGRAM_API_URL, settings.BOTS_API_URL = botapi.api_url, botapi.base_url
+    try:
+        token = botapi.add_bot("greeter_gh_bot")
+        bots.pool_add(token)
+        run = new_run("a telegram bot that greets people by name")
+        drive(run.id)
+        run = finished(run.id)
+        assert run.status == "succeeded", run.error_message
+        project = run.project
+        repo = github.repos[f"acme/{project.slug}"]
+        (pull,) = repo.pulls.values()
+        live = Deployment.objects.get(run=run, status="live")
+        assert pull["merged"] and pull["head_sha"] == live.commit_sha
+        assert f"Code: {github.url}/acme/{project.slug}\n" in run.result_message
+        # The bot's token is a secret: in no file of any commit pushed to GitHub.
+        assert (
+            github.git(
+                repo,
+                "grep",
+                "-I",
+                "-l",
+                token.split(":")[1],
+                *github.git(repo, "rev-list", "--all").split(),
+                check=False,
+            )
+            == ""
+        )
+        stranger = make_user(990002, first_name="Grace", username="grace_g")
+        botapi.say(token, "/hello Ada", user=stranger)
+        assert "Hello, Ada!" in botapi.wait_for_reply(token, stranger["id"], "Hello, Ada!", timeout=15)["text"]
+    finally:
+        botapi.stop()
