@@ -66,3 +66,15 @@ def env_list(name: str, default: list[str]) -> list[str]:
 def env_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     return Path(raw).expanduser().resolve() if raw else default
+
+
+def bot_api_format(url: str) -> str:
+    """A Bot API URL as telebot's ``API_URL`` wants it (``{0}`` the token, ``{1}`` the method).
+    A base such as ``http://127.0.0.1:8081`` (a local Bot API server) gets ``/bot{0}/{1}``."""
+    if "{0}" in url and "{1}" in url:
+        return url
+    if "{" in url or not url.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(
+            f"TELEGRAM_API_URL={url!r}: give a base URL (https://api.telegram.org) or a format with {{0}} and {{1}}."
+        )
+    return url.rstrip("/") + "/bot{0}/{1}"

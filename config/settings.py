@@ -13,7 +13,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
-from config.env import env_bool, env_float, env_int, env_list, env_path, env_str
+from config.env import bot_api_format, env_bool, env_float, env_int, env_list, env_path, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -350,8 +350,9 @@ ROUTES_SYNC_INTERVAL_SECONDS = env_float("ROUTES_SYNC_INTERVAL_SECONDS", 30.0)
 # --- Telegram -------------------------------------------------------------------------
 # The bot's token (from @BotFather); empty: the factory does not talk to Telegram.
 TELEGRAM_BOT_TOKEN = env_str("TELEGRAM_BOT_TOKEN", "")
-# The Bot API's URL, {0} the token and {1} the method (tests point it at a loopback stand-in).
-TELEGRAM_API_URL = env_str("TELEGRAM_API_URL", "https://api.telegram.org/bot{0}/{1}")
+# The Bot API: a base URL (https://api.telegram.org, a local Bot API server) or telebot's format,
+# {0} the token and {1} the method (tests point it at a loopback stand-in).
+TELEGRAM_API_URL = bot_api_format(env_str("TELEGRAM_API_URL", "https://api.telegram.org"))
 # Webhook mode: Telegram sends this in X-Telegram-Bot-Api-Secret-Token; empty refuses every call.
 TELEGRAM_WEBHOOK_SECRET = env_str("TELEGRAM_WEBHOOK_SECRET", "")
 # How long an invite code (`/start <code>`) stays valid.
