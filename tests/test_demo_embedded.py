@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -79,3 +80,31 @@ def test_demo_builds_a_telegram_bot_from_the_pool_and_shows_it_answering(tmp_pat
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"Bot @{name.group(1)} running" in again.stdout
     assert "you: /hello Ada → bot: Hello, Ada!" in again.stdout
+
+
+def test_a_demo_stopped_with_sigterm_stops_everything_it_started(tmp_path):
+    home = tmp_path / "embedded"
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+    env["FACTORY_HOME"] = str(home)
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "demo", "a web service that greets people by name"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    api = None
+    for line in proc.stdout:
+        api = api or re.search(r"API and admin at http://127\.0\.0\.1:(\d+)/", line)
+        if "Service running at" in line:
+            break
+    assert api, "the demo never said where its API is"
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[0]
+    assert "Stopping." in rest
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", int(api.group(1))), timeout=1)
+    db = sqlite3.connect(home / "db.sqlite3")
+    assert db.execute("select status from projects_deployment").fetchall() == [("stopped",)]
+    assert {s for (s,) in db.execute("select state from agents_workersession")} <= {"terminated"}

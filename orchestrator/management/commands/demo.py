@@ -54,6 +54,9 @@ class Command(BaseCommand):
         parser.add_argument("--bot-token", default="", help="run a bot as this bot (your own token)")
 
     def handle(self, *args, description: str, exit: bool, timeout: float, user: str, bot_token: str, **options):
+        # Stopped with SIGTERM (kill, timeout, a service manager) as with Ctrl-C: everything it
+        # started is stopped, nothing is left running.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         call_command("migrate", verbosity=0, interactive=False)
         logs = Path(settings.FACTORY_HOME) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
