@@ -30,7 +30,11 @@ def eager_celery():
     celery_app.conf.task_always_eager = before
 
 
-def _waiting_deployer(new_run, github, settings):  # noqa: F811
+def _waiting_deployer(new_run, github, settings, live_server):  # noqa: F811
+    """A run whose Deployer gave its claim back to wait for checks; GitHub delivers signed events
+    to this server's webhook."""
+    settings.GITHUB_WEBHOOK_SECRET = SECRET
+    github.webhook = (f"{live_server.url}/github/webhook/", SECRET)
     settings.GITHUB_CHECKS_WAIT_IN_STAGE = 0  # no polling inside the task: the claim is given back at once
     github.ci_polls = 10_000  # GitHub's checks never finish by being looked at
     run = new_run()
@@ -49,9 +53,7 @@ def test_a_signed_check_delivery_records_ci_and_the_run_proceeds(
     live_server,
     eager_celery,
 ):
-    run, project, commit = _waiting_deployer(new_run, github, settings)
-    settings.GITHUB_WEBHOOK_SECRET = SECRET
-    github.webhook = (f"{live_server.url}/github/webhook/", SECRET)
+    run, project, commit = _waiting_deployer(new_run, github, settings, live_server)
     answers = github.complete_checks(f"acme/{project.slug}", commit)
     assert [status for status, _ in answers] == [200, 200], answers
     assert answers[-1][1] == {"ok": True, "event": "check_suite", "handled": True}
@@ -74,9 +76,7 @@ def test_a_wrongly_signed_or_unsigned_delivery_is_refused_and_changes_nothing(
     live_server,
     eager_celery,
 ):
-    run, project, commit = _waiting_deployer(new_run, github, settings)
-    settings.GITHUB_WEBHOOK_SECRET = SECRET
-    github.webhook = (f"{live_server.url}/github/webhook/", SECRET)
+    run, project, commit = _waiting_deployer(new_run, github, settings, live_server)
     suite = {"action": "completed", "check_suite": {"head_sha": commit, "status": "completed", "conclusion": "success"}}
     repo = github.repos[f"acme/{project.slug}"]
     status, body = github.deliver("check_suite", suite, repo, secret="not-the-secret")
