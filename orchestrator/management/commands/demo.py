@@ -70,49 +70,55 @@ class Command(BaseCommand):
             env |= {"TELEGRAM_API_URL": self.standin.api_url, "BOTS_API_URL": self.standin.base_url}
             # This process validates and adds bots itself: it talks to the stand-in too.
             settings.TELEGRAM_API_URL, settings.BOTS_API_URL = self.standin.api_url, self.standin.base_url
-        procs = [
-            self._spawn(
-                "web",
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "config.wsgi",
-                    "--bind",
-                    api_url[7:],
-                    "--workers",
-                    "2",
-                    "--worker-class",
-                    "gthread",
-                    "--threads",
-                    "8",
-                ],
-                logs,
-                env,
-            ),
-            self._spawn(
-                "worker",
-                [
-                    *CELERY,
-                    "worker",
-                    "-Q",
-                    "pipeline,agents,maintenance,notify",
-                    "--concurrency=2",
-                    "-n",
-                    f"demo-{os.getpid()}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--loglevel=INFO",
-                ],
-                logs,
-                env,
-            ),
-            self._spawn(
-                "beat", [*CELERY, "beat", f"--schedule={logs / 'beat-schedule'}", "--loglevel=INFO"], logs, env
-            ),
-        ]
+        procs: list[subprocess.Popen] = []
         project = None
         try:
+            # Spawned inside the try: a SIGTERM between two spawns still stops the first.
+            procs.append(
+                self._spawn(
+                    "web",
+                    [
+                        sys.executable,
+                        "-m",
+                        "gunicorn",
+                        "config.wsgi",
+                        "--bind",
+                        api_url[7:],
+                        "--workers",
+                        "2",
+                        "--worker-class",
+                        "gthread",
+                        "--threads",
+                        "8",
+                    ],
+                    logs,
+                    env,
+                )
+            )
+            procs.append(
+                self._spawn(
+                    "worker",
+                    [
+                        *CELERY,
+                        "worker",
+                        "-Q",
+                        "pipeline,agents,maintenance,notify",
+                        "--concurrency=2",
+                        "-n",
+                        f"demo-{os.getpid()}@%h",
+                        "--without-gossip",
+                        "--without-mingle",
+                        "--loglevel=INFO",
+                    ],
+                    logs,
+                    env,
+                )
+            )
+            procs.append(
+                self._spawn(
+                    "beat", [*CELERY, "beat", f"--schedule={logs / 'beat-schedule'}", "--loglevel=INFO"], logs, env
+                )
+            )
             person = people.person_ensure(username=user)
             try:
                 project, run = services.project_create(owner=person, description=description)
