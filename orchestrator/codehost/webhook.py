@@ -31,7 +31,9 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from config.errors import envelope
 from orchestrator import pipeline
+from orchestrator.codehost.github import FAILED
 from projects import services
 from projects.models import PipelineRun, Project, Stage, StageRun
 
@@ -39,7 +41,6 @@ log = structlog.get_logger(__name__)
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 EVENT_HEADER = "X-GitHub-Event"
 EVENTS = ("check_run", "check_suite")
-FAILED = {"failure", "timed_out", "cancelled", "action_required", "startup_failure", "stale"}
 
 
 class _Loose(BaseModel):
@@ -71,10 +72,6 @@ class CheckSuiteEvent(_Loose):
     action: str = Field(min_length=1, max_length=40)
     check_suite: _Check
     repository: _Repository
-
-
-def _error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message, "extra": {}}}, status=status)
 
 
 def signature_ok(body: bytes, given: str | None) -> bool:
@@ -132,19 +129,19 @@ def check_event_record(*, owner: str, repo: str, sha: str, state: str) -> int | 
 @require_POST
 def github_webhook(request: HttpRequest) -> JsonResponse:
     if not settings.GITHUB_WEBHOOK_SECRET:
-        return _error(404, "not_found", "Not found.")
+        return envelope(404, code="not_found", message="Not found.")
     given = request.headers.get(SIGNATURE_HEADER)
     if not given:
-        return _error(401, "not_authenticated", f"The delivery carries no {SIGNATURE_HEADER} signature.")
+        return envelope(401, code="not_authenticated", message=f"The delivery carries no {SIGNATURE_HEADER} signature.")
     body = request.body
     if not signature_ok(body, given):
         log.warning("github_webhook_refused", reason="wrong signature", remote=request.META.get("REMOTE_ADDR"))
-        return _error(403, "permission_denied", "The delivery's signature does not match.")
+        return envelope(403, code="permission_denied", message="The delivery's signature does not match.")
     event = request.headers.get(EVENT_HEADER, "")
     try:
         raw = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return _error(400, "validation_error", "The body is not JSON.")
+        return envelope(400, code="validation_error", message="The body is not JSON.")
     if event == "ping":
         return JsonResponse({"ok": True, "event": "ping"})
     if event not in EVENTS:
@@ -158,7 +155,7 @@ def github_webhook(request: HttpRequest) -> JsonResponse:
             check, suite = payload.check_suite, True
     except ValidationError as exc:
         fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})[:10]
-        return _error(400, "validation_error", f"Not a {event} event: {', '.join(fields)}.")
+        return envelope(400, code="validation_error", message=f"Not a {event} event: {', '.join(fields)}.")
     state = ci_state(check, suite=suite)
     run_id = check_event_record(
         owner=payload.repository.owner.login, repo=payload.repository.name, sha=check.head_sha, state=state
